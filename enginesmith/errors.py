@@ -1,0 +1,14 @@
+"""The one exception type users see: a one-line message that says what went wrong and what to do."""
+
+from __future__ import annotations
+
+
+class EnginesmithError(Exception):
+    """A user-facing error. The CLI prints `error: <message>` and exits with code 2.
+
+    Raise it for bad input (wrong path, truncated weights, empty calibration folder, unsupported
+    input size, unavailable target) and for a stage whose verification failed. The message is a
+    single line that names the offending thing and suggests the fix.
+    """
+
+    exit_code = 2

@@ -1,0 +1,102 @@
+"""The model registry: one `ModelSpec` per network, registered by its family file.
+
+Adding a model is one file in models/ that calls `register(ModelSpec(...))`; registering the same
+name twice is an error. `get(name)` suggests the closest names for a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.preprocess import PreprocessSpec
+
+Task = Literal["classification", "detection", "dense"]
+
+# Family modules imported (once) the first time the registry is read.
+FAMILY_MODULES = ("enginesmith.models.lenet", "enginesmith.models.resnet", "enginesmith.models.yolo")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the pipeline needs to know about one network.
+
+    - builder(num_classes, input_size) -> torch.nn.Module in eval mode, deterministically
+      initialised (the caller seeds torch). Classification models output `logits [N, C]`;
+      detectors output `boxes [N, A, 4]` (x1, y1, x2, y2, input pixels) and `scores [N, A, C]`
+      (probabilities), with all box decoding inside submodules named `decode` so quantizers can
+      keep it in float (node names then contain "/decode/").
+    - check_input_size((H, W)) raises EnginesmithError for sizes the architecture cannot take.
+    - load_weights(model, path) loads a checkpoint by path (format chosen from the file), raising
+      EnginesmithError with a clear message for missing/truncated/mismatched files.
+    - default_calibration: name of the offline calibration source ("photos" or "digits").
+    """
+
+    name: str
+    task: Task
+    builder: Callable[..., object]
+    input_size: tuple[int, int]
+    num_classes: int
+    preprocess: PreprocessSpec
+    output_names: tuple[str, ...]
+    check_input_size: Callable[[tuple[int, int]], None]
+    load_weights: Callable[[object, Path], None]
+    class_names: tuple[str, ...] = ()
+    default_calibration: str = "photos"
+    paper: str = ""
+    source_file: str = ""  # the family file, hashed into the export cache key
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def create(self, num_classes: int | None = None, input_size: tuple[int, int] | None = None, seed: int = 0):
+        """Build the network (eval mode), seeded so the untrained weights are reproducible."""
+        import torch
+
+        size = tuple(input_size or self.input_size)
+        self.check_input_size(size)  # type: ignore[arg-type]
+        torch.manual_seed(seed)
+        model = self.builder(num_classes=num_classes or self.num_classes, input_size=size)
+        return model.eval()
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_loaded = False
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add a model; a second model with the same name is a programming error."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_families() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in FAMILY_MODULES:
+            importlib.import_module(module)
+
+
+def get(name: str) -> ModelSpec:
+    """The spec of `name`, or an EnginesmithError naming the closest registered models."""
+    _load_families()
+    key = name.strip().lower()
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise EnginesmithError(f"unknown model {name!r}{hint} (`enginesmith models` lists them all)")
+
+
+def names() -> list[str]:
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def all_specs() -> list[ModelSpec]:
+    return [_REGISTRY[n] for n in names()]
