@@ -1,0 +1,201 @@
+"""OpenVINO backend: ONNX (or an NNCF-quantized openvino.Model) -> model.xml + model.bin for the CPU plugin.
+
+The build proves the engine compiles for CPU in a child process: OpenVINO 2026.4 has segfaulted
+compiling some Q/DQ graphs, and a crash there must become an error that names the stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from enginesmith.backends.base import Runner as _BaseRunner
+from enginesmith.backends.base import check_engine_file, check_precision, first_line
+from enginesmith.backends.isolation import run_isolated
+from enginesmith.errors import EnginesmithError
+
+ENGINE_FILE = "model.xml"
+WEIGHTS_FILE = "model.bin"
+TARGET = "openvino"
+BUILD_TIMEOUT_S = 600.0
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
+
+# The child compiles with the same config the Runner uses by default, so "it compiled" means what runs.
+_CHECK_COMPILE = (
+    "import sys, openvino as ov\n"
+    "ov.Core().compile_model(sys.argv[1], 'CPU', "
+    "{'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': 'f32'})\n"
+    "print('ok')\n"
+)
+
+
+def available() -> tuple[bool, str]:
+    try:
+        import openvino as ov
+    except Exception as e:
+        return False, f"openvino cannot be imported ({first_line(e)}); pip install openvino"
+    try:
+        devices = ov.Core().available_devices
+    except Exception as e:
+        return False, f"OpenVINO cannot list devices ({first_line(e)})"
+    if "CPU" not in devices:
+        return False, f"OpenVINO has no CPU device (found {devices})"
+    return True, ""
+
+
+def build(source: Any, out_dir: Path, precision: str) -> Path:
+    """Write model.xml/model.bin into out_dir and prove they compile for CPU (in a child process).
+
+    `source` is an ONNX path or an `openvino.Model` (the NNCF-quantized model). fp16 stores the weights
+    as f16 (`compress_to_fp16`); everything else keeps them as they are.
+    """
+    import openvino as ov
+
+    check_precision(precision, TARGET)
+    if isinstance(source, ov.Model):
+        model = source
+    elif isinstance(source, (str, Path)):
+        from enginesmith.backends.onnxruntime import validate_onnx
+
+        validate_onnx(source)
+        try:
+            model = ov.convert_model(str(source))
+        except Exception as e:
+            raise EnginesmithError(
+                f"OpenVINO cannot convert {source}: {first_line(e)}; check the ONNX opset/operators "
+                "or build for --target onnxruntime"
+            ) from None
+    else:
+        raise EnginesmithError(
+            f"target openvino builds from an ONNX path or an openvino.Model, got {type(source).__name__}"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    xml = out_dir / ENGINE_FILE
+    try:
+        ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
+    except Exception as e:
+        raise EnginesmithError(f"OpenVINO cannot save {xml}: {first_line(e)}; check disk space and permissions") from None
+    run_isolated(
+        _CHECK_COMPILE,
+        [str(xml)],
+        stage="engine",
+        what=f"compiling {xml.name} for CPU",
+        timeout_s=BUILD_TIMEOUT_S,
+        tool="OpenVINO",
+        hint="build another precision (fp32/fp16) or --target onnxruntime, or keep the failing layers in float (--precision mixed)",
+    )
+    return xml
+
+
+class _OpenVINORunnerBase(_BaseRunner):
+    name = "openvino"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._compiled: Any = None
+        self._request: Any = None
+
+    def _compile(self) -> Any:
+        raise NotImplementedError
+
+    def _load(self) -> None:
+        self._compiled = self._compile()
+        self.input_names = [_port_name(p, f"input{i}") for i, p in enumerate(self._compiled.inputs)]
+        self.output_names = [_port_name(p, f"output{i}") for i, p in enumerate(self._compiled.outputs)]
+        self._request = self._compiled.create_infer_request()
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            result = self._request.infer({name: feed[name] for name in self.input_names})
+        except Exception as e:
+            shapes = {k: tuple(v.shape) for k, v in feed.items()}
+            raise EnginesmithError(
+                f"OpenVINO inference failed for inputs {shapes}: {first_line(e)}; "
+                "feed the shapes and dtypes the model was exported with"
+            ) from None
+        values = result.to_tuple()
+        return {name: np.array(values[i]) for i, name in enumerate(self.output_names)}
+
+    def _release(self) -> None:
+        self._request = None
+        self._compiled = None
+
+
+def _port_name(port: Any, fallback: str) -> str:
+    try:
+        return port.get_any_name()
+    except Exception:  # an unnamed port
+        return fallback
+
+
+class Runner(_OpenVINORunnerBase):
+    """An OpenVINO CPU CompiledModel.
+
+    - performance_hint: "LATENCY" (default, one request at a time) or "THROUGHPUT".
+    - inference_precision: "f32" (default) or "f16" (on AVX2 CPUs OpenVINO still executes f16 as f32).
+    - num_threads: INFERENCE_NUM_THREADS, when given.
+    """
+
+    def __init__(
+        self,
+        engine_path: str | Path,
+        *,
+        performance_hint: str = "LATENCY",
+        inference_precision: str = "f32",
+        num_threads: int | None = None,
+        **_: Any,
+    ) -> None:
+        super().__init__()
+        hint = performance_hint.upper()
+        if hint not in PERFORMANCE_HINTS:
+            raise EnginesmithError(f"unknown OpenVINO performance hint {performance_hint!r}; use LATENCY or THROUGHPUT")
+        if inference_precision not in ("f32", "f16", "bf16"):
+            raise EnginesmithError(f"unknown OpenVINO inference precision {inference_precision!r}; use f32 or f16")
+        self.engine_path = Path(engine_path)
+        self.config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": inference_precision}
+        if num_threads:
+            self.config["INFERENCE_NUM_THREADS"] = int(num_threads)
+
+    def _compile(self) -> Any:
+        import openvino as ov
+
+        xml = check_engine_file(self.engine_path, "OpenVINO engine")
+        weights = xml.with_suffix(".bin")
+        if not weights.is_file():
+            raise EnginesmithError(f"engine not found: {weights} (the weights of {xml.name}); rebuild the engine")
+        try:
+            core = ov.Core()
+            return core.compile_model(core.read_model(str(xml), str(weights)), "CPU", self.config)
+        except Exception as e:
+            raise EnginesmithError(
+                f"cannot load OpenVINO engine {xml}: {first_line(e)}; is the file corrupt? rebuild it"
+            ) from None
+
+
+class PlainRunner(_OpenVINORunnerBase):
+    """The untuned baseline: `ov.Core().compile_model(ov.convert_model(onnx), "CPU")`, no config."""
+
+    name = "openvino-plain"
+
+    def __init__(self, onnx_path: str | Path) -> None:
+        super().__init__()
+        self.onnx_path = Path(onnx_path)
+
+    def _compile(self) -> Any:
+        import openvino as ov
+
+        from enginesmith.backends.onnxruntime import validate_onnx
+
+        validate_onnx(self.onnx_path)
+        try:
+            return ov.Core().compile_model(ov.convert_model(str(self.onnx_path)), "CPU")
+        except Exception as e:
+            raise EnginesmithError(f"OpenVINO cannot compile {self.onnx_path}: {first_line(e)}") from None
+
+
+def plain_runner(onnx_path: str | Path) -> PlainRunner:
+    """A Runner for the baseline the issue compares against (OpenVINO defaults, nothing tuned)."""
+    return PlainRunner(onnx_path)

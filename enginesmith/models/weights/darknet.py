@@ -1,0 +1,159 @@
+"""Darknet `.weights` files (pjreddie / AlexeyAB format), read and written layer by layer.
+
+File layout (little endian):
+- header: int32 major, int32 minor, int32 revision, then `seen` (images seen in training) as
+  int64 when (major*10 + minor) >= 2 and major < 1000 and minor < 1000, else int32
+  (the rule in darknet's `load_weights_upto`).
+- then float32 for every convolutional layer in cfg order:
+  - with batch norm: beta (= BN bias) [c], gamma (= BN weight) [c], running_mean [c],
+    running_var [c], kernel [c, cin/groups, k, k];
+  - without batch norm: bias [c], kernel.
+
+The model's convolutional layers are found in module registration order: a Conv2d immediately
+followed (in `named_modules()` order) by a BatchNorm2d of the same width is a conv+BN layer,
+otherwise the Conv2d must carry a bias. The family files register modules in cfg order.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from enginesmith.errors import EnginesmithError
+
+
+@dataclass(frozen=True)
+class DarknetConv:
+    """One Darknet convolutional layer: the conv, its batch norm (or None) and the module name."""
+
+    name: str
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d | None
+
+    @property
+    def num_floats(self) -> int:
+        c = self.conv.out_channels
+        return self.conv.weight.numel() + (4 * c if self.bn is not None else c)
+
+
+def darknet_layers(model: nn.Module) -> list[DarknetConv]:
+    """The model's convolutional layers in Darknet file order (see the module docstring)."""
+    mods = list(model.named_modules())
+    layers: list[DarknetConv] = []
+    for i, (name, m) in enumerate(mods):
+        if not isinstance(m, nn.Conv2d):
+            continue
+        nxt = mods[i + 1][1] if i + 1 < len(mods) else None
+        if isinstance(nxt, nn.BatchNorm2d) and nxt.num_features == m.out_channels:
+            layers.append(DarknetConv(name, m, nxt))
+        elif m.bias is not None:
+            layers.append(DarknetConv(name, m, None))
+        else:
+            raise EnginesmithError(
+                f"conv layer {name} has neither batch norm nor bias, so it has no Darknet layout; "
+                "this model cannot use .weights files"
+            )
+    if not layers:
+        raise EnginesmithError(f"{type(model).__name__} has no convolutional layers to load Darknet weights into")
+    return layers
+
+
+def _seen_is_64bit(major: int, minor: int) -> bool:
+    return (major * 10 + minor) >= 2 and major < 1000 and minor < 1000
+
+
+def header_size(major: int, minor: int) -> int:
+    """Bytes of the header for this version: 12 + (8 if seen is int64 else 4)."""
+    return 12 + (8 if _seen_is_64bit(major, minor) else 4)
+
+
+def load_darknet_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
+    """Load a Darknet `.weights` file into `model` (in place); returns the header fields.
+
+    The whole file is checked against the architecture before any tensor changes, so a bad file
+    leaves the model untouched. Raises EnginesmithError for a missing, truncated or oversized file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise EnginesmithError(f"darknet weights not found: {p}")
+    data = p.read_bytes()
+    layers = darknet_layers(model)
+    total_floats = sum(layer.num_floats for layer in layers)
+    if len(data) < 12:
+        raise EnginesmithError(
+            f"truncated darknet weights {p}: expected {12 + 8 + 4 * total_floats} bytes, found {len(data)}; "
+            "ran out in the header"
+        )
+    major, minor, revision = struct.unpack("<3i", data[:12])
+    hsize = header_size(major, minor)
+    expected = hsize + 4 * total_floats
+    if len(data) < expected:
+        avail = max(0, (len(data) - hsize) // 4)
+        where = "the header"
+        used = 0
+        for k, layer in enumerate(layers):
+            used += layer.num_floats
+            if used > avail:
+                where = f"conv layer {k} ({layer.name})"
+                break
+        raise EnginesmithError(
+            f"truncated darknet weights {p}: expected {expected} bytes, found {len(data)}; ran out at {where}"
+        )
+    if len(data) > expected:
+        extra = len(data) - expected
+        raise EnginesmithError(
+            f"darknet weights {p} do not match the architecture: the file has more weights than the model "
+            f"(expected {expected} bytes, found {len(data)}, {extra} bytes extra); wrong cfg or num_classes?"
+        )
+    seen = struct.unpack("<q" if hsize == 20 else "<i", data[12:hsize])[0]
+    floats = np.frombuffer(data, dtype="<f4", offset=hsize, count=total_floats)
+
+    offset = 0
+
+    def take(t: torch.Tensor) -> None:
+        nonlocal offset
+        n = t.numel()
+        t.copy_(torch.from_numpy(floats[offset : offset + n].copy()).view_as(t))
+        offset += n
+
+    with torch.no_grad():
+        for layer in layers:
+            if layer.bn is not None:
+                take(layer.bn.bias)
+                take(layer.bn.weight)
+                take(layer.bn.running_mean)
+                take(layer.bn.running_var)
+            else:
+                take(layer.conv.bias)
+            take(layer.conv.weight)
+    return {"major": major, "minor": minor, "revision": revision, "seen": int(seen)}
+
+
+def save_darknet_weights(
+    model: nn.Module, path: str | Path, seen: int = 0, version: tuple[int, int, int] = (0, 2, 0)
+) -> Path:
+    """Write `model`'s conv layers as a Darknet `.weights` file (the inverse of load); returns the path."""
+    p = Path(path)
+    major, minor, revision = version
+    parts = [struct.pack("<3i", major, minor, revision)]
+    parts.append(struct.pack("<q" if _seen_is_64bit(major, minor) else "<i", seen))
+    with torch.no_grad():
+        for layer in darknet_layers(model):
+            tensors = (
+                [layer.bn.bias, layer.bn.weight, layer.bn.running_mean, layer.bn.running_var]
+                if layer.bn is not None
+                else [layer.conv.bias]
+            )
+            tensors.append(layer.conv.weight)
+            for t in tensors:
+                parts.append(t.detach().cpu().to(torch.float32).contiguous().numpy().astype("<f4").tobytes())
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_bytes(b"".join(parts))
+    tmp.replace(p)
+    return p

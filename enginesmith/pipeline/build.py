@@ -1,0 +1,65 @@
+"""Engine stage: build the backend engine and verify it against the FP32 ONNX on the same images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from enginesmith.backends import get_backend
+from enginesmith.pipeline.artifacts import Artifact, Cache, StageResult
+from enginesmith.pipeline.verify import TOLERANCES, check, compare
+
+
+def runner_options(target: str, precision: str) -> dict[str, Any]:
+    """Options a Runner of this engine needs (OpenVINO executes an fp16 build in f16 where it can)."""
+    if target == "openvino":
+        return {"inference_precision": "f16" if precision == "fp16" else "f32"}
+    return {}
+
+
+def run_batches(runner: Any, input_name: str, batches: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Run every (N, C, H, W) batch through `runner`; concatenate each output along the batch axis."""
+    outs: dict[str, list[np.ndarray]] = {}
+    for b in batches:
+        for name, value in runner.infer({input_name: b}).items():
+            outs.setdefault(name, []).append(np.asarray(value))
+    return {name: np.concatenate(v, axis=0) for name, v in outs.items()}
+
+
+def _engine_source(source: Path) -> Any:
+    """An IR produced by the precision stage is read back as an openvino.Model; ONNX goes as a path."""
+    if source.suffix == ".xml":
+        import openvino as ov
+
+        return ov.Core().read_model(str(source))
+    return source
+
+
+def engine_artifact(
+    cache: Cache,
+    target: str,
+    precision: str,
+    source: Artifact,
+    input_name: str,
+    verify_batches: Callable[[], list[np.ndarray]],
+    reference: Callable[[], dict[str, np.ndarray]],
+) -> Artifact:
+    """Build (or reuse) the engine for `target` from `source` and check it holds the precision's tolerance."""
+    backend = get_backend(target)
+
+    def produce(tmp: Path) -> StageResult:
+        engine = Path(backend.build(_engine_source(source.file), tmp, precision))
+        with backend.Runner(engine, **runner_options(target, precision)) as runner:
+            got = run_batches(runner, input_name, verify_batches())
+        cmp = compare(reference(), got)
+        check(cmp, TOLERANCES[precision], f"the {target} {precision} engine")
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        files.remove(engine.name)
+        files.insert(0, engine.name)
+        size = sum((tmp / f).stat().st_size for f in files)
+        return StageResult(files, {"verify": cmp.to_dict(), "engine_bytes": size, "verify_images": int(
+            sum(len(b) for b in verify_batches()))})
+
+    return cache.run("engine", [source], {"target": target, "precision": precision}, produce)

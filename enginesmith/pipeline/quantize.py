@@ -1,0 +1,139 @@
+"""Precision stage: turn the simplified FP32 ONNX into what each backend's engine is built from.
+
+Per DESIGN.md (Precision): each backend gets its model from the quantizer that knows its kernels.
+- openvino int8: NNCF on the OpenVINO model (overflow fix for AVX2-without-VNNI) -> IR model.xml/.bin
+- onnxruntime int8: our streaming activation ranges -> ONNX Runtime's Q/DQ quantizer -> model.onnx
+- tensorrt int8: the same ranges -> symmetric Q/DQ (zero points 0) -> model.onnx
+- fp16: an FP16-typed ONNX for onnxruntime/tensorrt; OpenVINO compresses at engine build instead.
+- fp32: nothing to do.
+Compute layers are quantized; nodes under a `decode` module (box decoding) stay float.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from enginesmith.pipeline.artifacts import Artifact, Cache, StageResult
+from enginesmith.runtime.preprocess import PreprocessSpec
+
+DECODE_ONNX_PATTERN = "/decode/"
+DECODE_OPENVINO_PATTERN = ".*decode.*"
+QUANTIZED_OP_TYPES = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class Calibration:
+    """The calibration data of one build: where the images come from and how they are batched.
+
+    `batches()` streams (batch, C, H, W) float32 arrays preprocessed with `spec`, so calibration
+    and inference share one preprocessing definition.
+    """
+
+    source: object  # calibration.sources.CalibrationSource
+    spec: PreprocessSpec
+    method: str
+    batch: int  # images per batch (the engine's static batch, or 1 for a dynamic one)
+
+    def fingerprint(self) -> dict[str, object]:
+        return {
+            "images": self.source.fingerprint(),  # type: ignore[attr-defined]
+            "count": len(self.source),  # type: ignore[arg-type]
+            "preprocess": self.spec.to_dict(),
+            "method": self.method,
+            "batch": self.batch,
+        }
+
+    def batches(self) -> Iterator[np.ndarray]:
+        from enginesmith.calibration.sources import calibration_batches
+
+        for b in calibration_batches(self.source, self.spec, self.batch):
+            if len(b) == self.batch:
+                yield b
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Re-iterable: every pass streams the images again (memory flat in the set size)."""
+        return self.batches()
+
+    def __len__(self) -> int:
+        return len(self.source) // self.batch  # type: ignore[arg-type]
+
+
+def precision_artifacts(
+    cache: Cache, target: str, precision: str, simplified: Artifact, calibration: Calibration | None,
+    on_stage: Callable[[Artifact], None],
+) -> Artifact | None:
+    """Run the precision stage(s) for (target, precision); return the artifact the engine is built
+    from, or None when the engine is built straight from the simplified ONNX."""
+    if precision == "fp32" or (precision == "fp16" and target == "openvino"):
+        return None
+    if precision == "fp16":
+        art = cache.run("fp16", [simplified], {"keep_io_types": True}, lambda tmp: _fp16(simplified.file, tmp))
+        on_stage(art)
+        return art
+    assert calibration is not None
+    if target == "openvino":
+        art = cache.run(
+            "quantize-nncf", [simplified], {"calibration": calibration.fingerprint()},
+            lambda tmp: _nncf(simplified.file, calibration, tmp),
+        )
+        on_stage(art)
+        return art
+    stats = cache.run(
+        "statistics", [simplified], {"calibration": calibration.fingerprint(), "exclude": DECODE_ONNX_PATTERN},
+        lambda tmp: _statistics(simplified.file, calibration, tmp),
+    )
+    on_stage(stats)
+    symmetric = target == "tensorrt"
+    art = cache.run(
+        "quantize-qdq", [simplified, stats], {"symmetric": symmetric, "op_types": list(QUANTIZED_OP_TYPES)},
+        lambda tmp: _qdq(simplified.file, stats.file, symmetric, tmp),
+    )
+    on_stage(art)
+    return art
+
+
+def _fp16(src: Path, tmp: Path) -> StageResult:
+    from enginesmith.calibration.fp16 import onnx_to_fp16
+
+    onnx_to_fp16(src, tmp / "model.onnx", keep_io_types=True)
+    return StageResult(["model.onnx"], {"precision": "fp16"})
+
+
+def _nncf(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
+    import openvino as ov
+
+    from enginesmith.calibration.nncf_openvino import quantize_openvino
+
+    result = quantize_openvino(
+        ov.convert_model(str(src)),
+        calibration,
+        subset_size=len(calibration),
+        method=calibration.method,
+        ignored_patterns=(DECODE_OPENVINO_PATTERN,),
+        statistics_dir=None,
+    )
+    model, info = result if isinstance(result, tuple) else (result, {})
+    ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+    return StageResult(["model.xml", "model.bin"], {"quantizer": "nncf", "calibration_batches": len(calibration), **info})
+
+
+def _statistics(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
+    from enginesmith.calibration.statistics import activation_ranges, quantizable_tensors
+
+    names = quantizable_tensors(src, QUANTIZED_OP_TYPES, (DECODE_ONNX_PATTERN,))
+    ranges = activation_ranges(src, calibration.batches, names, calibration.method)
+    (tmp / "ranges.json").write_text(json.dumps({k: [float(lo), float(hi)] for k, (lo, hi) in ranges.items()}))
+    return StageResult(["ranges.json"], {"tensors": len(ranges), "method": calibration.method})
+
+
+def _qdq(src: Path, ranges_file: Path, symmetric: bool, tmp: Path) -> StageResult:
+    from enginesmith.calibration.qdq import quantize_qdq
+
+    ranges = {k: (lo, hi) for k, (lo, hi) in json.loads(ranges_file.read_text()).items()}
+    info = quantize_qdq(src, tmp / "model.onnx", ranges, symmetric=symmetric, exclude_patterns=(DECODE_ONNX_PATTERN,))
+    return StageResult(["model.onnx"], {"quantizer": "onnxruntime-qdq", "symmetric": symmetric, **(info or {})})

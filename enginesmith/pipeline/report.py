@@ -1,0 +1,77 @@
+"""The build report (printed and written as report.md beside the engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from enginesmith.pipeline.artifacts import Artifact
+
+STAGE_CHECKS = {
+    "export": "ONNX Runtime vs PyTorch",
+    "simplify": "simplified vs exported (ONNX Runtime)",
+    "engine": "engine vs FP32 ONNX (ONNX Runtime)",
+}
+
+
+def _verify_text(metrics: dict[str, Any]) -> str:
+    v = metrics.get("verify")
+    if not v:
+        return "-"
+    s = f"max abs Δ {v['max_abs']:.3g}, rel {v['max_rel']:.2g}, cosine {v['cosine']:.5f}"
+    if v.get("top1_agreement") is not None:
+        s += f", top-1 agree {v['top1_agreement']:.0%}"
+    return s
+
+
+def _details(a: Artifact) -> str:
+    m = a.metrics
+    if a.stage == "export":
+        return f"opset {m.get('opset')}, {m.get('nodes')} nodes"
+    if a.stage == "simplify":
+        return f"nodes {m.get('nodes_before')} -> {m.get('nodes_after')}"
+    if a.stage == "engine":
+        return f"{', '.join(a.manifest['files'])}: {m.get('engine_bytes', 0) / 1e6:.1f} MB"
+    return ", ".join(f"{k} {v}" for k, v in m.items() if isinstance(v, (int, float, str)) and k != "verify")
+
+
+def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact], latency: Artifact | None,
+                  out: Path, trained: bool) -> str:
+    """Markdown: what was built, each stage's time and verification, the engine, a latency check."""
+    size = preprocess.input_size
+    batch = "dynamic" if config.dynamic_batch else str(config.batch)
+    lines = [
+        f"# {spec.name} -> {config.target} {config.precision}",
+        "",
+        f"- engine: `{out}/` (input `images` [{batch}, {preprocess.channels}, {size[0]}, {size[1]}], "
+        f"outputs {', '.join(f'`{n}`' for n in spec.output_names)})",
+        f"- weights: {config.weights if trained else 'none given: seeded, untrained'}",
+    ]
+    if config.precision == "int8":
+        src = config.calib or f"built-in offline set ({spec.default_calibration})"
+        lines.append(f"- calibration: {src}, {config.calib_size} images, method {config.calib_method}")
+    if not trained:
+        lines.append("- **accuracy cannot be judged for untrained weights: this report shows speed and "
+                     "numerical equivalence only.** Give `--weights PATH` for a trained model.")
+    lines += ["", "| stage | status | time | check | result | details |", "|---|---|---|---|---|---|"]
+    for a in stages:
+        check = STAGE_CHECKS.get(a.stage, "-")
+        lines.append(f"| {a.stage} | {'cached' if a.cached else 'built'} | {a.wall_time_s:.1f} s | {check} | "
+                     f"{_verify_text(a.metrics)} | {_details(a)} |")
+    if latency is not None:
+        m = latency.metrics
+        e, t = m["engine"], m["pytorch_eager_fp32"]
+        lines += [
+            "",
+            f"## Latency check (batch {e['batch']}, {'cached from an earlier run' if latency.cached else 'measured in this run'})",
+            "",
+            "| runner | iterations | p50 ms | p90 ms | mean ms | FPS |",
+            "|---|---|---|---|---|---|",
+            f"| {config.target} {config.precision} engine | {e['iterations']} | {e['p50_ms']:.2f} | {e['p90_ms']:.2f} | "
+            f"{e['mean_ms']:.2f} | {e['fps']:.1f} |",
+            f"| PyTorch eager fp32 | {t['iterations']} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | {t['mean_ms']:.2f} | "
+            f"{t['fps']:.1f} |",
+            "",
+            f"Engine speed-up over PyTorch eager: **{m['speedup']:.2f}x** (median latency ratio).",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,116 @@
+"""Compare one stage's outputs with the stage before it, and fail loudly beyond tolerance.
+
+Outputs are dicts name -> ndarray (e.g. `logits [N, C]`, or `boxes [N, A, 4]` + `scores [N, A, C]`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from enginesmith.errors import EnginesmithError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Limits a stage must hold: relative max error (max|a-b| / max|ref|) and cosine similarity."""
+
+    max_rel: float | None = None
+    min_cosine: float | None = None
+
+
+# Per stage/precision. FP32 stages must be numerically equivalent; reduced precision is judged by
+# cosine similarity of every output (the task metric is judged separately, on held-out data).
+TOLERANCES: dict[str, Tolerance] = {
+    "export": Tolerance(max_rel=1e-3, min_cosine=0.9999),
+    "simplify": Tolerance(max_rel=1e-4, min_cosine=0.99999),
+    "fp32": Tolerance(max_rel=2e-3, min_cosine=0.9999),
+    "fp16": Tolerance(max_rel=None, min_cosine=0.999),
+    "int8": Tolerance(max_rel=None, min_cosine=0.99),
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Worst case over the outputs compared."""
+
+    max_abs: float
+    max_rel: float
+    cosine: float
+    pearson: float
+    top1_agreement: float | None  # classifiers only: share of samples whose argmax agrees
+
+    def summary(self) -> str:
+        s = f"max|Δ| {self.max_abs:.3g} (rel {self.max_rel:.3g}), cosine {self.cosine:.6f}"
+        if self.top1_agreement is not None:
+            s += f", top-1 agreement {self.top1_agreement:.1%}"
+        return s
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "cosine": self.cosine,
+            "pearson": self.pearson,
+            "top1_agreement": self.top1_agreement,
+        }
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> Comparison:
+    """Compare every output present in `reference` (same names and shapes required)."""
+    max_abs = max_rel = 0.0
+    cosine = pearson = 1.0
+    top1: float | None = None
+    for name, ref in reference.items():
+        if name not in candidate:
+            raise EnginesmithError(f"output {name!r} missing from the stage's outputs ({sorted(candidate)})")
+        got = candidate[name]
+        if got.shape != ref.shape:
+            raise EnginesmithError(f"output {name!r} changed shape: {ref.shape} -> {got.shape}")
+        r = ref.astype(np.float64).ravel()
+        g = got.astype(np.float64).ravel()
+        if not np.all(np.isfinite(g)):
+            raise EnginesmithError(f"output {name!r} has NaN or Inf values")
+        diff = float(np.max(np.abs(r - g))) if r.size else 0.0
+        scale = float(np.max(np.abs(r))) if r.size else 0.0
+        max_abs = max(max_abs, diff)
+        max_rel = max(max_rel, diff / scale if scale > 0 else diff)
+        cosine = min(cosine, _cosine(r, g))
+        pearson = min(pearson, _cosine(r - r.mean(), g - g.mean()))
+        if name == "logits" and ref.ndim == 2:
+            agree = float(np.mean(np.argmax(ref, 1) == np.argmax(got, 1)))
+            top1 = agree if top1 is None else min(top1, agree)
+    return Comparison(max_abs, max_rel, cosine, pearson, top1)
+
+
+def check(comparison: Comparison, tolerance: Tolerance, what: str) -> None:
+    """Raise EnginesmithError when `comparison` breaks `tolerance`."""
+    if tolerance.max_rel is not None and comparison.max_rel > tolerance.max_rel:
+        raise EnginesmithError(
+            f"{what} changed the outputs beyond tolerance: relative error {comparison.max_rel:.3g} > "
+            f"{tolerance.max_rel:g} ({comparison.summary()})"
+        )
+    if tolerance.min_cosine is not None and comparison.cosine < tolerance.min_cosine:
+        raise EnginesmithError(
+            f"{what} changed the outputs beyond tolerance: cosine {comparison.cosine:.5f} < "
+            f"{tolerance.min_cosine:g} ({comparison.summary()})"
+        )
+
+
+def run_onnx_reference(onnx_path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of an ONNX model on ONNX Runtime's CPU provider (the reference runner)."""
+    from enginesmith.backends.onnxruntime import Runner
+
+    with Runner(Path(onnx_path)) as runner:
+        return runner.infer(feed)
