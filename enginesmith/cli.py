@@ -64,7 +64,7 @@ def build(
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]: nothing half-written was kept")
         raise typer.Exit(130)
-    out.print(result.report, markup=False, highlight=False)
+    sys.stdout.write(result.report)
     console.print(f"engine, manifest.json and report.md written to [bold]{result.out}[/]", highlight=False)
 
 
@@ -80,12 +80,19 @@ def models(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table("model", "task", "input", "params", "GMACs", "paper")
+    table = Table("model", "task", "input", "classes", "params", "MACs")
     for r in rows:
         h, w = r["input_size"]
-        table.add_row(r["name"], r["task"], f"{r['channels']}x{h}x{w}", f"{r['params'] / 1e6:.2f} M",
-                      f"{r['macs'] / 1e9:.3f}", r["paper"])
+        table.add_row(r["name"], r["task"], f"{r['channels']}x{h}x{w}", str(r["num_classes"]), _si(r["params"]),
+                      _si(r["macs"]))
     out.print(table)
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return str(int(n))
 
 
 def main() -> None:

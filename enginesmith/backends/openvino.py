@@ -123,6 +123,18 @@ class _OpenVINORunnerBase(_BaseRunner):
         self._request = None
         self._compiled = None
 
+    @property
+    def inference_precision(self) -> str:
+        """The precision the CPU plugin actually chose ("f32", "bf16", "f16"); loaded runners only.
+
+        Without a hint OpenVINO picks bf16 on CPUs with AMX/AVX512-BF16 and f32 elsewhere, so the
+        plain baseline is not always an f32 baseline.
+        """
+        if self._compiled is None:
+            raise EnginesmithError("OpenVINO runner is not loaded; use it as `with runner:` first")
+        value = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        return value.to_string() if hasattr(value, "to_string") else str(value)
+
 
 def _port_name(port: Any, fallback: str) -> str:
     try:
@@ -176,7 +188,11 @@ class Runner(_OpenVINORunnerBase):
 
 
 class PlainRunner(_OpenVINORunnerBase):
-    """The untuned baseline: `ov.Core().compile_model(ov.convert_model(onnx), "CPU")`, no config."""
+    """The untuned baseline: `ov.Core().compile_model(ov.convert_model(onnx), "CPU")`, no config.
+
+    Note: with no INFERENCE_PRECISION_HINT the CPU plugin runs bf16 on AMX/AVX512-BF16 CPUs (see
+    `inference_precision`), so its outputs differ from f32 by ~1e-3 relative there.
+    """
 
     name = "openvino-plain"
 

@@ -20,7 +20,11 @@ def make_grid(height: int, width: int, dtype: torch.dtype = torch.float32) -> Te
 
 
 def yolo_decode(
-    raw: Tensor, anchors: Tensor, stride: float, grid: Tensor | None = None
+    raw: Tensor,
+    anchors: Tensor,
+    stride: float,
+    grid: Tensor | None = None,
+    static_shape: tuple[int, int, int, int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Decode one YOLOv3 detection map.
 
@@ -30,16 +34,20 @@ def yolo_decode(
     - stride: input pixels per feature-map cell.
     - grid: [H, W, 2] cell offsets from `make_grid` (pass a precomputed buffer when exporting, so
       the graph holds a constant instead of a range computation).
+    - static_shape: (na, 5 + C, H, W) as Python ints, given by modules that are traced for export
+      so reshapes get constant shapes (the batch stays -1, i.e. dynamic).
 
     Returns boxes [N, na*H*W, 4] (x1, y1, x2, y2, input pixels) and scores [N, na*H*W, C]
     (sigmoid(obj) * sigmoid(cls)), ordered anchor-major, then row, then column:
     xy = (sigmoid(t_xy) + cell) * stride, wh = exp(t_wh) * anchor.
     """
-    na = int(anchors.shape[0])
+    if static_shape is None:
+        na = int(anchors.shape[0])
+        no, h, w = int(raw.shape[1]) // na, int(raw.shape[2]), int(raw.shape[3])
+    else:
+        na, no, h, w = static_shape
     if grid is None:
-        grid = make_grid(int(raw.shape[2]), int(raw.shape[3]), raw.dtype).to(raw.device)
-    h, w = int(grid.shape[0]), int(grid.shape[1])
-    no = int(raw.shape[1]) // na
+        grid = make_grid(h, w, raw.dtype).to(raw.device)
     # [N, na, no, H, W] -> [N, na, H, W, no]; -1 keeps the batch axis dynamic in ONNX.
     p = raw.reshape(-1, na, no, h, w).permute(0, 1, 3, 4, 2)
     xy = (torch.sigmoid(p[..., 0:2]) + grid) * stride

@@ -8,6 +8,7 @@ Metadata never goes inside the engine file: native tools must still open it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -57,10 +58,17 @@ def tool_versions(packages: Iterable[str] = TOOL_PACKAGES) -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def _own_version() -> str:
+    """Package version plus a hash of its source, so a code change invalidates cached stages."""
     from enginesmith import __version__
 
-    return __version__
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return f"{__version__}+src.{h.hexdigest()[:12]}"
 
 
 @dataclass

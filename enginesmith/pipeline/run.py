@@ -148,7 +148,6 @@ class _Build:
     # -- stages ---------------------------------------------------------------------------------
     def export(self) -> Artifact:
         from enginesmith.pipeline.export import INPUT_NAME, OPSET, export_onnx, node_count, torch_outputs
-        from enginesmith.pipeline.build import run_batches
         from enginesmith.pipeline.verify import TOLERANCES, check, compare, run_onnx_reference
 
         c = self.config
@@ -237,7 +236,7 @@ def build_engine(
     on_start: Callable[[str], None] | None = None,
 ) -> BuildResult:
     """Run the whole pipeline for `config` and publish the engine, its manifest and report.md."""
-    from enginesmith.pipeline.build import engine_artifact, run_batches
+    from enginesmith.pipeline.build import engine_artifact
     from enginesmith.pipeline.export import INPUT_NAME
     from enginesmith.pipeline.quantize import precision_artifacts
     from enginesmith.pipeline.report import render_report

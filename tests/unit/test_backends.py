@@ -42,8 +42,7 @@ def reference(x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory) -> Path:
-    # Large enough (conv weights padded with an unused 64k initializer-free Constant? no: keep weights
-    # in the conv) -- the fp16 check compares .bin sizes, which halve with the weights.
+    # Dynamic batch ("batch"); the fp16 check compares .bin sizes, which shrink with the conv weights.
     nodes = [
         helper.make_node("Conv", ["images", "W", "B"], ["conv"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
         helper.make_node("Relu", ["conv"], ["relu"]),
@@ -107,6 +106,17 @@ def test_onnxruntime_build_and_run(onnx_path, inputs, tmp_path):
             out = runner.infer({"images": x})["logits"]
             np.testing.assert_allclose(out, reference(x), atol=1e-4)
     assert not runner.is_active
+
+
+def test_onnxruntime_copies_external_data(onnx_path, inputs, tmp_path):
+    model = onnx.load(str(onnx_path))
+    src = tmp_path / "src" / "ext.onnx"
+    src.parent.mkdir()
+    onnx.save(model, str(src), save_as_external_data=True, location="ext.weights", size_threshold=0)
+    engine = ort_backend.build(src, tmp_path / "out", "fp32")
+    assert (tmp_path / "out" / "ext.weights").is_file()
+    with ort_backend.Runner(engine) as runner:
+        np.testing.assert_allclose(runner.infer({"images": inputs[1]})["logits"], reference(inputs[1]), atol=1e-4)
 
 
 def test_runner_checks_feed_and_lifecycle(onnx_path, inputs):
@@ -175,10 +185,15 @@ def test_openvino_from_model_object(onnx_path, inputs, tmp_path):
         np.testing.assert_allclose(runner.infer({"images": inputs[3]})["logits"], reference(inputs[3]), atol=1e-4)
 
 
-def test_openvino_plain_runner(onnx_path, inputs):
+def test_openvino_plain_runner(onnx_path, inputs, ov_engines):
+    # No config: the CPU plugin picks its own precision (bf16 on AMX/AVX512-BF16 CPUs, f32 elsewhere).
     with ov_backend.plain_runner(onnx_path) as runner:
+        assert runner.inference_precision in ("f32", "bf16", "f16")
+        atol = 1e-4 if runner.inference_precision == "f32" else 1e-2
         for x in inputs.values():
-            np.testing.assert_allclose(runner.infer({"images": x})["logits"], reference(x), atol=1e-4)
+            np.testing.assert_allclose(runner.infer({"images": x})["logits"], reference(x), atol=atol)
+    with ov_backend.Runner(ov_engines["fp32"]) as runner:
+        assert runner.inference_precision == "f32"
 
 
 def test_openvino_corrupt_and_missing_bin(ov_engines, tmp_path):

@@ -1,0 +1,218 @@
+"""Benchmark for the foundation slice: speed ratios, build times, INT8 agreement and calibration memory.
+
+    python -m enginesmith.benchmarks.foundation [--out benchmarks/foundation-cpu.md] [--skip-memory]
+
+Everything is measured in one run on this machine and written as markdown with the command, date,
+machine and library versions. Nothing here asserts: it prints numbers and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from enginesmith.pipeline.artifacts import tool_versions
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cli(args: list[str], cache: Path, cwd: Path) -> float:
+    """Run `build-engine ARGS` in a child process; return its wall time in seconds."""
+    env = {**os.environ, "ENGINESMITH_CACHE": str(cache)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "enginesmith.cli", "build", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"build-engine {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def yolov3_speed(work: Path, budget_s: float) -> dict[str, Any]:
+    """yolov3 416 batch 1: OpenVINO INT8 and FP32 engines vs PyTorch eager FP32 and vs plain OpenVINO."""
+    from enginesmith.backends import openvino as ovb
+    from enginesmith.backends.torch import TorchRunner
+    from enginesmith.benchmarks.latency import measure_latency
+    from enginesmith.models import registry
+    from enginesmith.pipeline.run import BuildConfig, build_engine
+
+    cache = work / "cache"
+    results: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    cold = _cli(["yolov3", "--out", str(work / "int8")], cache, work)
+    warm = _cli(["yolov3", "--out", str(work / "int8b")], cache, work)
+    results["build_cold_s"], results["build_cached_s"] = cold, warm
+    fp32 = build_engine(BuildConfig("yolov3", precision="fp32", out=work / "fp32", cache_dir=cache, latency_budget_s=1))
+    simplified = next(a for a in fp32.stages if a.stage == "simplify").file
+    results["fp32_build_s"] = time.perf_counter() - t0 - cold - warm
+
+    spec = registry.get("yolov3")
+    x = np.random.default_rng(0).random((1, 3, 416, 416), dtype=np.float32)
+    feed = {"images": x}
+    runs = {
+        "pytorch_eager_fp32": lambda: TorchRunner(spec.create(), "images", list(spec.output_names)),
+        "openvino_plain_fp32": lambda: ovb.plain_runner(simplified),
+        "openvino_fp32_engine": lambda: ovb.Runner(work / "fp32" / "model.xml", inference_precision="f32"),
+        "openvino_int8_engine": lambda: ovb.Runner(work / "int8" / "model.xml", inference_precision="f32"),
+    }
+    for name, make in runs.items():
+        with make() as r:
+            results[name] = measure_latency(lambda: r.infer(feed), 1, warmup=3, min_iterations=10,
+                                            budget_s=budget_s).to_dict()
+    p50 = {k: results[k]["p50_ms"] for k in runs}
+    results["ratio_int8_over_pytorch_fps"] = p50["pytorch_eager_fp32"] / p50["openvino_int8_engine"]
+    results["ratio_fp32_engine_over_plain_fps"] = p50["openvino_plain_fp32"] / p50["openvino_fp32_engine"]
+    return results
+
+
+def int8_agreement(work: Path) -> dict[str, Any]:
+    """INT8 vs FP32 cosine on the calibration images, per backend, for untrained yolov3 and resnet50
+    (the engine stage's own verification figures), and trained LeNet-5 top-1 per backend."""
+    from enginesmith.pipeline.run import BuildConfig, build_engine
+
+    out: dict[str, Any] = {}
+    cache = work / "cache"
+    for model in ("yolov3", "resnet50"):
+        for target in ("openvino", "onnxruntime"):
+            res = build_engine(BuildConfig(model, target=target, precision="int8", out=work / f"{model}-{target}",
+                                           cache_dir=cache, latency_budget_s=3))
+            engine = next(a for a in res.stages if a.stage == "engine")
+            out[f"{model}/{target}"] = {"verify": engine.metrics["verify"],
+                                        "speedup_vs_pytorch": res.latency.metrics["speedup"]}
+    out["lenet5"] = lenet_top1(work)
+    return out
+
+
+def lenet_top1(work: Path) -> dict[str, float]:
+    import torch
+
+    from enginesmith.backends import get_backend
+    from enginesmith.data.digits import load_digits_32
+    from enginesmith.models import registry
+    from enginesmith.models.training import train_lenet5
+    from enginesmith.pipeline.build import runner_options
+    from enginesmith.pipeline.run import BuildConfig, build_engine
+    from enginesmith.runtime.preprocess import preprocess_batch
+
+    digits = load_digits_32()
+    model, _ = train_lenet5(digits)
+    weights = work / "lenet5.pt"
+    torch.save(model.state_dict(), weights)
+    spec = registry.get("lenet5")
+    x = preprocess_batch(list(digits.test_images), spec.preprocess)
+    with torch.inference_mode():
+        ref = np.argmax(model(torch.from_numpy(x)).numpy(), 1)
+    res = {"pytorch_fp32": float(np.mean(ref == digits.test_labels)), "test_images": len(x)}
+    for target in ("openvino", "onnxruntime"):
+        b = build_engine(BuildConfig("lenet5", target=target, precision="int8", weights=weights, calib_size=256,
+                                     out=work / f"lenet-{target}", cache_dir=work / "cache", latency_budget_s=0.5))
+        with get_backend(target).Runner(b.engine, **runner_options(target, "int8")) as r:
+            pred = np.array([np.argmax(r.infer({"images": x[i : i + 1]})["logits"]) for i in range(len(x))])
+        res[f"{target}_int8"] = float(np.mean(pred == digits.test_labels))
+    return res
+
+
+MEMORY_CHILD = """
+import resource, sys, json
+from pathlib import Path
+from enginesmith.pipeline.run import BuildConfig, build_engine
+n, target, work = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+build_engine(BuildConfig("resnet50", target=target, precision="int8", calib_size=n, out=work / f"m-{target}-{n}",
+                         cache_dir=work / f"cache-{target}-{n}", latency_budget_s=0.2))
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def calibration_memory(work: Path, sizes: tuple[int, ...] = (64, 512)) -> dict[str, Any]:
+    """Peak RSS of a whole resnet50 int8 build (fresh cache, child process) per calibration-set size."""
+    out: dict[str, Any] = {}
+    for target in ("openvino", "onnxruntime"):
+        for n in sizes:
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(n), target, str(work)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(proc.stderr[-3000:])
+            out[f"{target}/{n}"] = {**json.loads(proc.stdout.strip().splitlines()[-1]),
+                                    "wall_s": time.perf_counter() - t0}
+        a, b = out[f"{target}/{sizes[0]}"]["peak_rss_mb"], out[f"{target}/{sizes[-1]}"]["peak_rss_mb"]
+        out[f"{target}/ratio"] = b / a
+    return out
+
+
+def render(results: dict[str, Any], command: str) -> str:
+    v = results["versions"]
+    lines = [
+        "# Foundation benchmark (CPU)", "",
+        f"- command: `{command}`",
+        f"- date: {results['date']}",
+        f"- machine: {results['machine']}",
+        f"- versions: {', '.join(f'{k} {val}' for k, val in sorted(v.items()))}",
+        "", "```json", json.dumps({k: val for k, val in results.items() if k not in ('versions',)}, indent=1), "```",
+    ]
+    s = results.get("speed")
+    if s:
+        lines += [
+            "", "## yolov3 416, batch 1",
+            "", "| runner | p50 ms | FPS |", "|---|---|---|",
+            *[f"| {k} | {s[k]['p50_ms']:.1f} | {s[k]['fps']:.2f} |" for k in
+              ("pytorch_eager_fp32", "openvino_plain_fp32", "openvino_fp32_engine", "openvino_int8_engine")],
+            "",
+            f"- OpenVINO INT8 engine / PyTorch eager FP32 throughput: **{s['ratio_int8_over_pytorch_fps']:.2f}x** (target >= 2.5x)",
+            f"- OpenVINO FP32 engine / plain convert_model+compile_model throughput: **{s['ratio_fp32_engine_over_plain_fps']:.3f}** (target >= 0.90)",
+            f"- `build-engine yolov3` cold: **{s['build_cold_s']:.1f} s** (target < 180 s); second identical run: **{s['build_cached_s']:.1f} s** (target < 10 s)",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/foundation-cpu.md"))
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-agreement", action="store_true")
+    ap.add_argument("--budget", type=float, default=20.0, help="seconds of timing per runner")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="es-bench-"))
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        "versions": tool_versions(),
+    }
+    try:
+        results["speed"] = yolov3_speed(work, args.budget)
+        print(json.dumps(results["speed"], indent=1), flush=True)
+        if not args.skip_agreement:
+            results["int8_agreement"] = int8_agreement(work)
+            print(json.dumps(results["int8_agreement"], indent=1), flush=True)
+        if not args.skip_memory:
+            results["calibration_memory"] = calibration_memory(work)
+            print(json.dumps(results["calibration_memory"], indent=1), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    command = "python -m enginesmith.benchmarks.foundation " + " ".join(sys.argv[1:])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(results, command.strip()))
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()

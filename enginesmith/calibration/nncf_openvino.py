@@ -1,0 +1,224 @@
+"""INT8 for OpenVINO: NNCF post-training quantization of the OpenVINO model (FakeQuantize).
+
+Decisions:
+- Overflow fix: ``OverflowFix.ENABLE`` by default. The target CPU is AVX2 without VNNI, where
+  OpenVINO's u8 x s8 kernels saturate unless weights use half the 8-bit range (DESIGN.md,
+  measured -40 mAP on a plain Q/DQ file). NNCF's default (FIRST_LAYER) narrows only the first
+  convolution; ENABLE narrows every Conv/MatMul weight (7-bit), the safe choice for AVX2.
+- Method mapping (``info["estimator"]`` records it for the manifest):
+    minmax     -> RangeEstimatorParametersSet.MINMAX (global min / max);
+    percentile -> per-sample QUANTILE statistics (outlier prob = 1 - p/100) averaged over
+                  samples (NNCF's MEAN_QUANTILE aggregation): NNCF has no global quantile, so
+                  this is not the same number as statistics.activation_ranges' percentile;
+    entropy    -> NNCF has no KL-divergence calibrator; the closest is
+                  RangeEstimatorParametersSet.HISTOGRAM (range chosen by minimising the
+                  quantization error on a histogram). Not TensorRT's entropy.
+  Weights always use NNCF's default (per-channel min/max).
+- Decode subgraph: OpenVINO friendly names after ``convert_model(onnx)`` keep the ONNX node
+  names ("/decode/Slice", "/decode/Mul", ...), but the *last* decode node takes the graph
+  output's name ("boxes", "scores", "out"): a name pattern alone misses the decode Concat that
+  crashed OpenVINO. So the ignored scope is ``patterns`` (regex, validate=False) plus the names
+  of every op fed only by decode ops (propagated in topological order).
+- Statistics cache: NNCF 3.4 honours ``statistics_path`` only in compress_weights
+  (AdvancedCompressionParameters); ``nncf.quantize`` has no statistics cache. So
+  ``statistics_dir`` caches the *result* instead: the quantized IR is saved under it, named by
+  a hash of the quantization parameters, and reloaded on a hit. The caller keys the directory
+  by (model, calibration fingerprint, preprocessing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from enginesmith.errors import EnginesmithError
+
+METHODS = ("minmax", "percentile", "entropy")
+_CACHE_VERSION = "nncf-ov-v1"
+
+
+def _estimator(method: str, percentile: float):
+    from nncf.quantization.range_estimator import (
+        AggregatorType,
+        RangeEstimatorParameters,
+        RangeEstimatorParametersSet,
+        StatisticsCollectorParameters,
+        StatisticsType,
+    )
+
+    if method == "minmax":
+        return RangeEstimatorParametersSet.MINMAX, "MINMAX (global min/max)"
+    if method == "percentile":
+        prob = max(1e-6, 1.0 - percentile / 100.0)
+        params = RangeEstimatorParameters(
+            min=StatisticsCollectorParameters(StatisticsType.QUANTILE, AggregatorType.MEAN, quantile_outlier_prob=prob),
+            max=StatisticsCollectorParameters(StatisticsType.QUANTILE, AggregatorType.MEAN, quantile_outlier_prob=prob),
+        )
+        return params, f"MEAN_QUANTILE (per-sample quantile {percentile}%, averaged)"
+    if method == "entropy":
+        return RangeEstimatorParametersSet.HISTOGRAM, "HISTOGRAM (quantization-error minimising; NNCF has no KL entropy)"
+    raise EnginesmithError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
+
+
+def decode_op_names(model, patterns: Sequence[str]) -> list[str]:
+    """Friendly names of the ops kept in float: names matching a regex in `patterns`, plus every
+    non-constant op whose non-constant inputs all come from such ops (e.g. the final decode
+    Concat named after the graph output) and the Results they feed."""
+    if not patterns:
+        return []
+    decode: set[str] = set()
+    out: list[str] = []
+    for op in model.get_ordered_ops():  # topological order
+        t = op.get_type_name()
+        name = op.get_friendly_name()
+        if t in ("Parameter", "Constant"):
+            continue
+        producers = [
+            inp.get_source_output().get_node() for inp in op.inputs()
+        ]
+        acts = [p for p in producers if p.get_type_name() != "Constant"]
+        if any(re.search(p, name) for p in patterns) or (
+            acts and all(p.get_friendly_name() in decode for p in acts)
+        ):
+            decode.add(name)
+            out.append(name)
+    return out
+
+
+def count_fake_quantize(model) -> int:
+    return sum(1 for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
+
+
+def fake_quantize_feeding(model, names: Iterable[str]) -> list[str]:
+    """Ops in `names` that have a FakeQuantize (possibly through a Convert) as a direct input."""
+    wanted = set(names)
+    bad = []
+    for op in model.get_ordered_ops():
+        if op.get_friendly_name() not in wanted:
+            continue
+        for inp in op.inputs():
+            src = inp.get_source_output().get_node()
+            if src.get_type_name() == "Convert":
+                src = src.input_value(0).get_node()
+            if src.get_type_name() == "FakeQuantize":
+                bad.append(op.get_friendly_name())
+    return bad
+
+
+def _batches_list(batches) -> Callable[[], Iterable[np.ndarray]]:
+    if callable(batches):
+        return batches
+    return lambda: batches
+
+
+def quantize_openvino(
+    model: Any,
+    batches: Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]],
+    *,
+    subset_size: int,
+    method: str = "minmax",
+    ignored_patterns: Sequence[str] = (".*decode.*",),
+    statistics_dir: Path | None = None,
+    percentile: float = 99.99,
+    overflow_fix: str = "enable",
+) -> tuple[Any, dict[str, Any]]:
+    """NNCF INT8 of an ``openvino.Model`` -> (quantized openvino.Model, info).
+
+    batches: a re-iterable of (N, C, H, W) float32 arrays (a list) or a factory returning a fresh
+    iterator. subset_size counts *samples* (images); NNCF reads whole feeds, so with feeds of N
+    it runs ceil(subset_size / N) of them. A model with a static batch dim B is fed B at a time
+    (batches are sliced; a remainder smaller than B is dropped). info: fake_quantize (count), estimator, method,
+    overflow_fix, ignored (names), cached (bool).
+    """
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    if subset_size <= 0:
+        raise EnginesmithError(f"calibration subset size must be positive, got {subset_size}")
+    estimator, estimator_name = _estimator(method, percentile)
+    ignored = decode_op_names(model, ignored_patterns)
+    info: dict[str, Any] = {
+        "method": method,
+        "estimator": estimator_name,
+        "overflow_fix": overflow_fix,
+        "ignored_patterns": list(ignored_patterns),
+        "ignored": ignored,
+        "cached": False,
+    }
+
+    factory = _batches_list(batches)
+    first = next(iter(factory()), None)
+    if first is None:
+        raise EnginesmithError("calibration data is empty; give at least one image")
+    dim0 = model.inputs[0].get_partial_shape()[0]
+    # A model exported with a static batch (usually 1) is fed in slices of that size.
+    feed_n = int(dim0.get_length()) if dim0.is_static else int(first.shape[0])
+    batch_n = feed_n
+    n_batches = max(1, -(-subset_size // batch_n))
+
+    cache_file = None
+    if statistics_dir is not None:
+        key = json.dumps(
+            [_CACHE_VERSION, method, percentile, subset_size, batch_n, list(ignored_patterns), overflow_fix,
+             nncf.__version__, ov.__version__],
+        )
+        cache_file = Path(statistics_dir) / f"nncf-{hashlib.sha256(key.encode()).hexdigest()[:16]}.xml"
+        if cache_file.is_file() and cache_file.with_suffix(".bin").is_file():
+            q = ov.Core().read_model(str(cache_file))
+            info.update(cached=True, fake_quantize=count_fake_quantize(q))
+            return q, info
+
+    input_name = model.inputs[0].get_any_name()
+
+    def transform(batch: np.ndarray):
+        return {input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+
+    class _Reiterable:
+        def __iter__(self):
+            for batch in factory():
+                if batch.shape[0] == feed_n:
+                    yield batch
+                    continue
+                for i in range(0, batch.shape[0] - feed_n + 1, feed_n):
+                    yield batch[i : i + feed_n]
+
+    dataset = nncf.Dataset(_Reiterable(), transform)
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix(overflow_fix),
+        activations_range_estimator_params=estimator,
+    )
+    try:
+        q = nncf.quantize(
+            model,
+            dataset,
+            subset_size=n_batches,
+            ignored_scope=nncf.IgnoredScope(names=ignored, patterns=list(ignored_patterns), validate=False),
+            advanced_parameters=advanced,
+        )
+    except Exception as e:  # NNCF raises many types; the user needs the stage and the reason
+        raise EnginesmithError(f"NNCF quantization failed ({type(e).__name__}: {e}); try --calib-method minmax") from None
+    info["fake_quantize"] = count_fake_quantize(q)
+    bad = fake_quantize_feeding(q, ignored)
+    if bad:
+        raise EnginesmithError(f"NNCF quantized inputs of decode ops {bad[:5]}; the decode subgraph must stay float")
+
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = tempfile.mkdtemp(prefix=".nncf-", dir=cache_file.parent)
+        try:
+            tmp = Path(tmpdir) / cache_file.name
+            ov.save_model(q, str(tmp), compress_to_fp16=False)
+            os.replace(tmp.with_suffix(".bin"), cache_file.with_suffix(".bin"))
+            os.replace(tmp, cache_file)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    return q, info

@@ -1,0 +1,137 @@
+"""Q/DQ ONNX from our calibration ranges, with ONNX Runtime's QDQ quantizer (no ORT calibrator).
+
+The ranges come from calibration.statistics (streaming, cached); they are handed to
+``onnxruntime.quantization.qdq_quantizer.QDQQuantizer`` as a ``TensorsData`` exactly the way
+``quantize_static`` does after its calibrator ran, so ORT never collects activations itself
+(its calibrators held 5.5 GB for 100 images here).
+
+Two forms:
+- symmetric=True, the TensorRT form (explicit quantization): int8 activations and int8
+  weights, all zero points 0 (symmetric activations and weights), per-channel weights, full
+  8-bit range, biases left in float (TensorRT fuses float bias itself; it does not take int32
+  DequantizeLinear biases).
+- symmetric=False, the ONNX Runtime CPU form: uint8 asymmetric activations (ReLU outputs use
+  all 256 levels), int8 symmetric per-channel weights with ``reduce_range`` (7-bit weights,
+  [-64, 63]) and int32 biases. Why reduce_range: ORT's x86 u8s8 kernels without VNNI use
+  vpmaddubsw, whose int16 pair sums saturate with full-range u8 x s8 products; 7-bit weights
+  cannot overflow (2 * 255 * 64 < 32767). That is the CPU this project targets (DESIGN.md:
+  AVX2 without VNNI) — ORT documents reduce_range for exactly this case. On a VNNI CPU it costs
+  one bit of weight resolution; measured cosine to float on ORT (held-out inputs, tests/unit/
+  test_quantizers.py and the report) stays >= 0.99 for both the 4-conv net and ResNet-18.
+
+The decode subgraph (node names matching `exclude_patterns`, plus nodes fed only by it) is
+excluded and stays float.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from enginesmith.calibration.statistics import decode_node_names
+from enginesmith.calibration.onnx_io import save_onnx_atomic
+from enginesmith.errors import EnginesmithError
+
+
+def _qdq_config(symmetric: bool) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantType
+
+    if symmetric:
+        return dict(
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            reduce_range=False,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        )
+    return dict(
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        reduce_range=True,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )
+
+
+def quantize_qdq(
+    onnx_in: str | Path,
+    onnx_out: str | Path,
+    ranges: Mapping[str, tuple[float, float]],
+    *,
+    symmetric: bool,
+    per_channel: bool = True,
+    op_types: Sequence[str] = ("Conv", "Gemm", "MatMul"),
+    exclude_patterns: Sequence[str] = ("/decode/",),
+    _config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a Q/DQ ONNX of `onnx_in` to `onnx_out` (atomically) using `ranges` (tensor -> (lo, hi)).
+
+    `ranges` must cover the float inputs and outputs of every node to quantize
+    (statistics.quantizable_tensors gives that list). Returns info: quantized_nodes,
+    quantize_linear / dequantize_linear node counts, qdq_pairs, excluded_nodes, and the config.
+    `_config` overrides the chosen kernel config (used only to measure alternatives).
+    """
+    import onnx
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer, update_opset_version
+
+    src, dst = Path(onnx_in), Path(onnx_out)
+    if not src.is_file():
+        raise EnginesmithError(f"ONNX model not found: {src}")
+    cfg = dict(_config) if _config is not None else _qdq_config(symmetric)
+
+    # ORT's loader writes a "-inferred" sibling; work on a private copy so a read-only or shared
+    # input folder is never touched.
+    with tempfile.TemporaryDirectory(prefix="enginesmith-qdq-") as tmpdir:
+        local = Path(tmpdir) / "model.onnx"
+        local.write_bytes(src.read_bytes())
+        model = load_model_with_shape_infer(local)
+    model = update_opset_version(model, cfg["weight_type"], cfg["activation_type"])
+    if model.opset_import and max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 13:
+        model = onnx.version_converter.convert_version(model, 13)
+
+    excluded = sorted(decode_node_names(model.graph, exclude_patterns))
+    tensors = TensorsData(
+        CalibrationMethod.MinMax,
+        {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.items()},
+    )
+    quantizer = QDQQuantizer(
+        model,
+        per_channel,
+        cfg["reduce_range"],
+        cfg["weight_type"],
+        cfg["activation_type"],
+        tensors,
+        [],  # nodes_to_quantize: all of op_types
+        excluded,
+        list(op_types),
+        dict(cfg["extra_options"]),
+    )
+    try:
+        quantizer.quantize_model()
+    except ValueError as e:
+        raise EnginesmithError(
+            f"Q/DQ quantization of {src} failed: {e}; compute ranges with statistics.quantizable_tensors()"
+        ) from None
+    qmodel = quantizer.model.model
+    save_onnx_atomic(qmodel, dst)
+
+    nodes = list(qmodel.graph.node)
+    dq_outputs = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized = sum(1 for n in nodes if n.op_type in op_types and any(i in dq_outputs for i in n.input))
+    n_q = sum(1 for n in nodes if n.op_type == "QuantizeLinear")
+    n_dq = sum(1 for n in nodes if n.op_type == "DequantizeLinear")
+    return {
+        "form": "tensorrt-symmetric" if symmetric else "onnxruntime-u8s8",
+        "quantized_nodes": quantized,
+        "quantize_linear": n_q,
+        "dequantize_linear": n_dq,
+        "qdq_pairs": n_q,
+        "excluded_nodes": len(excluded),
+        "activation_type": str(cfg["activation_type"]),
+        "weight_type": str(cfg["weight_type"]),
+        "reduce_range": bool(cfg["reduce_range"]),
+        "per_channel": bool(per_channel),
+    }
