@@ -70,7 +70,8 @@ def yolov3_speed(work: Path, budget_s: float) -> dict[str, Any]:
     feed = {"images": x}
     runs = {
         "pytorch_eager_fp32": lambda: TorchRunner(spec.create(), "images", list(spec.output_names)),
-        "openvino_plain_fp32": lambda: ovb.plain_runner(simplified),
+        "openvino_plain_default": lambda: ovb.plain_runner(simplified),
+        "openvino_plain_f32": lambda: _PlainF32(simplified),
         "openvino_fp32_engine": lambda: ovb.Runner(work / "fp32" / "model.xml", inference_precision="f32"),
         "openvino_int8_engine": lambda: ovb.Runner(work / "int8" / "model.xml", inference_precision="f32"),
     }
@@ -80,8 +81,30 @@ def yolov3_speed(work: Path, budget_s: float) -> dict[str, Any]:
                                             budget_s=budget_s).to_dict()
     p50 = {k: results[k]["p50_ms"] for k in runs}
     results["ratio_int8_over_pytorch_fps"] = p50["pytorch_eager_fp32"] / p50["openvino_int8_engine"]
-    results["ratio_fp32_engine_over_plain_fps"] = p50["openvino_plain_fp32"] / p50["openvino_fp32_engine"]
+    results["ratio_fp32_engine_over_plain_f32_fps"] = p50["openvino_plain_f32"] / p50["openvino_fp32_engine"]
+    results["ratio_fp32_engine_over_plain_default_fps"] = p50["openvino_plain_default"] / p50["openvino_fp32_engine"]
     return results
+
+
+class _PlainF32:
+    """`compile_model(convert_model(onnx), "CPU", {INFERENCE_PRECISION_HINT: f32})`: plain OpenVINO held to
+    f32 (with no config the CPU plugin picks bf16 on AMX/AVX512-BF16 CPUs, which is not an FP32 baseline)."""
+
+    def __init__(self, onnx_path: Path) -> None:
+        self.onnx_path = onnx_path
+
+    def __enter__(self) -> "_PlainF32":
+        import openvino as ov
+
+        self.compiled = ov.Core().compile_model(ov.convert_model(str(self.onnx_path)), "CPU",
+                                                {"INFERENCE_PRECISION_HINT": "f32"})
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.compiled
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict:
+        return self.compiled(feed)
 
 
 def int8_agreement(work: Path) -> dict[str, Any]:
@@ -175,10 +198,12 @@ def render(results: dict[str, Any], command: str) -> str:
             "", "## yolov3 416, batch 1",
             "", "| runner | p50 ms | FPS |", "|---|---|---|",
             *[f"| {k} | {s[k]['p50_ms']:.1f} | {s[k]['fps']:.2f} |" for k in
-              ("pytorch_eager_fp32", "openvino_plain_fp32", "openvino_fp32_engine", "openvino_int8_engine")],
+              ("pytorch_eager_fp32", "openvino_plain_default", "openvino_plain_f32", "openvino_fp32_engine",
+               "openvino_int8_engine")],
             "",
             f"- OpenVINO INT8 engine / PyTorch eager FP32 throughput: **{s['ratio_int8_over_pytorch_fps']:.2f}x** (target >= 2.5x)",
-            f"- OpenVINO FP32 engine / plain convert_model+compile_model throughput: **{s['ratio_fp32_engine_over_plain_fps']:.3f}** (target >= 0.90)",
+            f"- OpenVINO FP32 engine / plain convert_model+compile_model (f32 hint) throughput: **{s['ratio_fp32_engine_over_plain_f32_fps']:.3f}** (target >= 0.90)",
+            f"- OpenVINO FP32 engine / plain convert_model+compile_model (no config: the plugin's default precision) throughput: **{s['ratio_fp32_engine_over_plain_default_fps']:.3f}**",
             f"- `build-engine yolov3` cold: **{s['build_cold_s']:.1f} s** (target < 180 s); second identical run: **{s['build_cached_s']:.1f} s** (target < 10 s)",
         ]
     return "\n".join(lines) + "\n"
