@@ -282,7 +282,7 @@ def build_engine(
                                                     b.preprocess.channels, *b.size]},
             "outputs": list(spec.output_names),
             "preprocess": b.preprocess.to_dict(),
-            "class_names": list(spec.class_names),
+            "class_names": _class_names(spec, config.num_classes),
             "weights": b.weights_id,
             "trained": b.trained,
             "sha256": engine.sha256,
@@ -295,3 +295,9 @@ def build_engine(
 
     publish_folder(fill, out)
     return BuildResult(config, out, out / engine.manifest["files"][0], stages, latency, report)
+
+
+def _class_names(spec: Any, num_classes: int | None) -> list[str]:
+    """The spec's names when the class count is the default, else "0".."C-1"."""
+    n = num_classes or spec.num_classes
+    return list(spec.class_names) if len(spec.class_names) == n else [str(i) for i in range(n)]

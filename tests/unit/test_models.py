@@ -191,6 +191,7 @@ def test_seeded_creation_is_deterministic() -> None:
 
 
 # ------------------------------------------------------------------------------------------- ONNX
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_yolov3_onnx_export_dynamic_batch(tmp_path: Path) -> None:
     import onnx
     import onnxruntime as ort
