@@ -30,7 +30,7 @@ def build(
     weights: Optional[Path] = typer.Option(None, help="Darknet .weights or PyTorch state dict"),
     calib: Optional[Path] = typer.Option(None, help="folder of calibration images (default: built-in photos)"),
     calib_method: str = typer.Option("minmax", help="minmax | entropy | percentile"),
-    calib_size: int = typer.Option(32, help="number of calibration images"),
+    calib_size: int = typer.Option(64, help="number of calibration images"),
     batch: int = typer.Option(1, help="static batch size"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="dynamic batch axis instead of --batch"),
     input_size: Optional[str] = typer.Option(None, help="HxW, e.g. 416x416"),

@@ -138,10 +138,14 @@ def quantize_openvino(
     (batches are sliced; a remainder smaller than B is dropped). info: fake_quantize (count), estimator, method,
     overflow_fix, ignored (names), cached (bool).
     """
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # nncf probes torch
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
+    nncf.set_log_level(logging.WARNING)
     if subset_size <= 0:
         raise EnginesmithError(f"calibration subset size must be positive, got {subset_size}")
     estimator, estimator_name = _estimator(method, percentile)

@@ -112,7 +112,7 @@ def _nncf(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
     result = quantize_openvino(
         ov.convert_model(str(src)),
         calibration,
-        subset_size=len(calibration),
+        subset_size=len(calibration) * calibration.batch,
         method=calibration.method,
         ignored_patterns=(DECODE_OPENVINO_PATTERN,),
         statistics_dir=None,

@@ -43,7 +43,7 @@ class BuildConfig:
     weights: Path | None = None
     calib: Path | None = None
     calib_method: str = "minmax"
-    calib_size: int = 32
+    calib_size: int = 64
     batch: int = 1
     dynamic_batch: bool = False
     input_size: tuple[int, int] | None = None
