@@ -49,16 +49,15 @@ def build(
         )
         if cache_dir is not None:
             config.cache_dir = cache_dir
-        with console.status("validating", spinner="dots") as status:
 
-            def on_start(stage: str) -> None:
-                status.update(f"[bold]{stage}[/] ...")
+        def on_start(stage: str) -> None:
+            console.print(f"  [dim]…[/] {stage:<14} building", highlight=False)
 
-            def on_stage(a) -> None:  # type: ignore[no-untyped-def]
-                state = "cached" if a.cached else f"built in {a.wall_time_s:.1f} s"
-                console.print(f"  [green]✓[/] {a.stage:<14} {state}", highlight=False)
+        def on_stage(a) -> None:  # type: ignore[no-untyped-def]
+            state = "cached" if a.cached else f"built in {a.wall_time_s:.1f} s"
+            console.print(f"  [green]✓[/] {a.stage:<14} {state}", highlight=False)
 
-            result = build_engine(config, on_stage=on_stage, on_start=on_start)
+        result = build_engine(config, on_stage=on_stage, on_start=on_start)
     except EnginesmithError as e:
         _fail(e)
     except KeyboardInterrupt:

@@ -125,8 +125,13 @@ def _nncf(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
 def _statistics(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
     from enginesmith.calibration.statistics import activation_ranges, quantizable_tensors
 
+    from enginesmith.pipeline.progress import progress_bar
+
     names = quantizable_tensors(src, QUANTIZED_OP_TYPES, (DECODE_ONNX_PATTERN,))
-    ranges = activation_ranges(src, calibration.batches, names, calibration.method)
+    passes = 1 if calibration.method == "minmax" else 2
+    with progress_bar(f"activation statistics ({calibration.method})", len(calibration) * calibration.batch,
+                      passes) as update:
+        ranges = activation_ranges(src, calibration.batches, names, calibration.method, progress=update)
     (tmp / "ranges.json").write_text(json.dumps({k: [float(lo), float(hi)] for k, (lo, hi) in ranges.items()}))
     return StageResult(["ranges.json"], {"tensors": len(ranges), "method": calibration.method})
 
