@@ -85,7 +85,7 @@ def build(source: Any, out_dir: Path, precision: str) -> Path:
         what=f"compiling {xml.name} for CPU",
         timeout_s=BUILD_TIMEOUT_S,
         tool="OpenVINO",
-        hint="build another precision (fp32/fp16) or --target onnxruntime, or keep the failing layers in float (--precision mixed)",
+        hint="build another precision (fp32/fp16) or --target onnxruntime",
     )
     return xml
 
@@ -196,9 +196,10 @@ class PlainRunner(_OpenVINORunnerBase):
 
     name = "openvino-plain"
 
-    def __init__(self, onnx_path: str | Path) -> None:
+    def __init__(self, onnx_path: str | Path, config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.onnx_path = Path(onnx_path)
+        self.config = dict(config or {})
 
     def _compile(self) -> Any:
         import openvino as ov
@@ -207,11 +208,12 @@ class PlainRunner(_OpenVINORunnerBase):
 
         validate_onnx(self.onnx_path)
         try:
-            return ov.Core().compile_model(ov.convert_model(str(self.onnx_path)), "CPU")
+            return ov.Core().compile_model(ov.convert_model(str(self.onnx_path)), "CPU", self.config)
         except Exception as e:
             raise EnginesmithError(f"OpenVINO cannot compile {self.onnx_path}: {first_line(e)}") from None
 
 
-def plain_runner(onnx_path: str | Path) -> PlainRunner:
-    """A Runner for the baseline the issue compares against (OpenVINO defaults, nothing tuned)."""
-    return PlainRunner(onnx_path)
+def plain_runner(onnx_path: str | Path, config: dict[str, Any] | None = None) -> PlainRunner:
+    """A Runner for the baseline the issue compares against: OpenVINO defaults, nothing tuned
+    (`config`, e.g. {"INFERENCE_PRECISION_HINT": "f32"}, pins what the defaults would pick)."""
+    return PlainRunner(onnx_path, config)

@@ -71,7 +71,7 @@ def yolov3_speed(work: Path, budget_s: float) -> dict[str, Any]:
     runs = {
         "pytorch_eager_fp32": lambda: TorchRunner(spec.create(), "images", list(spec.output_names)),
         "openvino_plain_default": lambda: ovb.plain_runner(simplified),
-        "openvino_plain_f32": lambda: _PlainF32(simplified),
+        "openvino_plain_f32": lambda: ovb.plain_runner(simplified, {"INFERENCE_PRECISION_HINT": "f32"}),
         "openvino_fp32_engine": lambda: ovb.Runner(work / "fp32" / "model.xml", inference_precision="f32"),
         "openvino_int8_engine": lambda: ovb.Runner(work / "int8" / "model.xml", inference_precision="f32"),
     }
@@ -84,27 +84,6 @@ def yolov3_speed(work: Path, budget_s: float) -> dict[str, Any]:
     results["ratio_fp32_engine_over_plain_f32_fps"] = p50["openvino_plain_f32"] / p50["openvino_fp32_engine"]
     results["ratio_fp32_engine_over_plain_default_fps"] = p50["openvino_plain_default"] / p50["openvino_fp32_engine"]
     return results
-
-
-class _PlainF32:
-    """`compile_model(convert_model(onnx), "CPU", {INFERENCE_PRECISION_HINT: f32})`: plain OpenVINO held to
-    f32 (with no config the CPU plugin picks bf16 on AMX/AVX512-BF16 CPUs, which is not an FP32 baseline)."""
-
-    def __init__(self, onnx_path: Path) -> None:
-        self.onnx_path = onnx_path
-
-    def __enter__(self) -> "_PlainF32":
-        import openvino as ov
-
-        self.compiled = ov.Core().compile_model(ov.convert_model(str(self.onnx_path)), "CPU",
-                                                {"INFERENCE_PRECISION_HINT": "f32"})
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        del self.compiled
-
-    def infer(self, feed: dict[str, np.ndarray]) -> dict:
-        return self.compiled(feed)
 
 
 def int8_agreement(work: Path) -> dict[str, Any]:

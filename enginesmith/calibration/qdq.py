@@ -54,6 +54,39 @@ def _qdq_config(symmetric: bool) -> dict[str, Any]:
     )
 
 
+def _keep_decode_inputs_float(graph, decode: set[str]) -> int:
+    """Remove Q -> DQ pairs whose dequantized tensor is read only by decode nodes, wiring those nodes
+    to the float tensor itself: the quantizer quantizes a Conv's output when it can, which would put
+    the detection heads' raw outputs (the exp() of box sizes) through 8 bits before decoding.
+    Returns how many pairs were removed."""
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    producer = {o: n for n in graph.node for o in n.output}
+    drop, removed = set(), 0
+    for dq in graph.node:
+        if dq.op_type != "DequantizeLinear" or dq.output[0] not in consumers:
+            continue
+        readers = consumers[dq.output[0]]
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or not all(r.name in decode for r in readers):
+            continue
+        float_tensor = q.input[0]
+        for r in readers:
+            for k, name in enumerate(r.input):
+                if name == dq.output[0]:
+                    r.input[k] = float_tensor
+        drop.add(id(dq))
+        if all(c is dq for c in consumers.get(q.output[0], [])):
+            drop.add(id(q))
+        removed += 1
+    kept = [n for n in graph.node if id(n) not in drop]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return removed
+
+
 def quantize_qdq(
     onnx_in: str | Path,
     onnx_out: str | Path,
@@ -116,6 +149,7 @@ def quantize_qdq(
             f"Q/DQ quantization of {src} failed: {e}; compute ranges with statistics.quantizable_tensors()"
         ) from None
     qmodel = quantizer.model.model
+    unquantized_heads = _keep_decode_inputs_float(qmodel.graph, set(excluded))
     save_onnx_atomic(qmodel, dst)
 
     nodes = list(qmodel.graph.node)
@@ -130,6 +164,7 @@ def quantize_qdq(
         "dequantize_linear": n_dq,
         "qdq_pairs": n_q,
         "excluded_nodes": len(excluded),
+        "decode_inputs_kept_float": unquantized_heads,
         "activation_type": str(cfg["activation_type"]),
         "weight_type": str(cfg["weight_type"]),
         "reduce_range": bool(cfg["reduce_range"]),

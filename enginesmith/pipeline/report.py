@@ -36,7 +36,7 @@ def _details(a: Artifact) -> str:
 
 
 def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact], latency: Artifact | None,
-                  out: Path, trained: bool) -> str:
+                  out: Path, trained: bool, calibration_images: int, calibration_warning: str | None = None) -> str:
     """Markdown: what was built, each stage's time and verification, the engine, a latency check."""
     size = preprocess.input_size
     batch = "dynamic" if config.dynamic_batch else str(config.batch)
@@ -49,7 +49,9 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
     ]
     if config.precision == "int8":
         src = config.calib or f"built-in offline set ({spec.default_calibration})"
-        lines.append(f"- calibration: {src}, {config.calib_size} images, method {config.calib_method}")
+        lines.append(f"- calibration: {src}, {calibration_images} images, method {config.calib_method}")
+        if calibration_warning:
+            lines.append(f"- warning: {calibration_warning}")
     if not trained:
         lines.append("- **accuracy cannot be judged for untrained weights: this report shows speed and "
                      "numerical equivalence only.** Give `--weights PATH` for a trained model.")

@@ -267,7 +267,8 @@ def build_engine(
     latency = b.latency(engine)
     stages = [a for a in (exported, simplified, quantized, engine) if a is not None]
     out = Path(config.out) if config.out else Path("build") / spec.name / f"{config.target}-{config.precision}"
-    report = render_report(config, spec, b.preprocess, stages, latency, out, trained=b.trained)
+    report = render_report(config, spec, b.preprocess, stages, latency, out, trained=b.trained,
+                           calibration_images=len(b.source), calibration_warning=b.source.warning)
 
     def fill(tmp: Path) -> None:
         for name in engine.manifest["files"]:
