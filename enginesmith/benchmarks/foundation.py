@@ -134,24 +134,39 @@ def lenet_top1(work: Path) -> dict[str, float]:
 
 
 MEMORY_CHILD = """
-import resource, sys, json
+import json, sys
 from pathlib import Path
-from enginesmith.pipeline.run import BuildConfig, build_engine
-n, target, work = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-build_engine(BuildConfig("resnet50", target=target, precision="int8", calib_size=n, out=work / f"m-{target}-{n}",
-                         cache_dir=work / f"cache-{target}-{n}", latency_budget_s=0.2))
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+from enginesmith.calibration.sources import calibration_source
+from enginesmith.pipeline.artifacts import Artifact, Cache
+from enginesmith.pipeline.quantize import Calibration, precision_artifacts
+from enginesmith.runtime.preprocess import PreprocessSpec
+n, target, simplified_dir, spec_json, cache = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4], Path(sys.argv[5])
+simplified = Artifact(simplified_dir, json.loads((simplified_dir / "manifest.json").read_text()))
+cal = Calibration(calibration_source(None, "photos", n), PreprocessSpec.from_dict(json.loads(spec_json)), "minmax", 1)
+def hwm():  # this process's own peak RSS (ru_maxrss would include the parent's, inherited at fork)
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+before = hwm()
+precision_artifacts(Cache(cache), target, "int8", simplified, cal, lambda a: None)
+print(json.dumps({"peak_rss_mb": hwm(), "peak_rss_before_calibration_mb": before}))
 """
 
 
 def calibration_memory(work: Path, sizes: tuple[int, ...] = (64, 512)) -> dict[str, Any]:
-    """Peak RSS of a whole resnet50 int8 build (fresh cache, child process) per calibration-set size."""
+    """Peak RSS of the calibration + quantization stage alone (resnet50 224, minmax, fresh cache, one
+    child process per run, its own VmHWM) per calibration-set size and backend."""
+    from enginesmith.pipeline.run import BuildConfig, build_engine
+
+    fp32 = build_engine(BuildConfig("resnet50", target="onnxruntime", precision="fp32", out=work / "mem-fp32",
+                                    cache_dir=work / "cache", latency_budget_s=0.2))
+    simplified = next(a for a in fp32.stages if a.stage == "simplify")
+    spec = json.dumps(json.loads((fp32.out / "manifest.json").read_text())["preprocess"])
     out: dict[str, Any] = {}
     for target in ("openvino", "onnxruntime"):
         for n in sizes:
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(n), target, str(work)],
-                                  capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(n), target, str(simplified.folder), spec,
+                                   str(work / f"mem-cache-{target}-{n}")], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SystemExit(proc.stderr[-3000:])
             out[f"{target}/{n}"] = {**json.loads(proc.stdout.strip().splitlines()[-1]),
@@ -185,12 +200,36 @@ def render(results: dict[str, Any], command: str) -> str:
             f"- OpenVINO FP32 engine / plain convert_model+compile_model (no config: the plugin's default precision) throughput: **{s['ratio_fp32_engine_over_plain_default_fps']:.3f}**",
             f"- `build-engine yolov3` cold: **{s['build_cold_s']:.1f} s** (target < 180 s); second identical run: **{s['build_cached_s']:.1f} s** (target < 10 s)",
         ]
+    a = results.get("int8_agreement")
+    if a:
+        lines += ["", "## INT8 vs FP32, per backend (engine-stage verification on the calibration images; untrained weights)",
+                  "", "| model / backend | cosine | pearson | max rel | top-1 agreement | speed-up vs PyTorch |",
+                  "|---|---|---|---|---|---|"]
+        for k, r in a.items():
+            if k == "lenet5":
+                continue
+            v = r["verify"]
+            t1 = "-" if v["top1_agreement"] is None else f"{v['top1_agreement']:.0%}"
+            lines.append(f"| {k} | {v['cosine']:.5f} | {v['pearson']:.5f} | {v['max_rel']:.3f} | {t1} | "
+                         f"{r['speedup_vs_pytorch']:.2f}x |")
+        le = a["lenet5"]
+        lines += ["", f"LeNet-5 trained on scikit-learn digits, top-1 on {le['test_images']} held-out digits: "
+                  f"PyTorch FP32 {le['pytorch_fp32']:.4f}, OpenVINO INT8 {le['openvino_int8']:.4f}, "
+                  f"ONNX Runtime INT8 {le['onnxruntime_int8']:.4f} (target: within 0.005 of FP32)."]
+    m = results.get("calibration_memory")
+    if m:
+        lines += ["", "## Calibration memory (resnet50 224, minmax; peak RSS of the quantize stage in its own process)",
+                  "", "| backend | 64 images | 512 images | ratio 512/64 |", "|---|---|---|---|"]
+        for t in ("openvino", "onnxruntime"):
+            lines.append(f"| {t} | {m[f'{t}/64']['peak_rss_mb']:.0f} MB ({m[f'{t}/64']['wall_s']:.0f} s) | "
+                         f"{m[f'{t}/512']['peak_rss_mb']:.0f} MB ({m[f'{t}/512']['wall_s']:.0f} s) | {m[f'{t}/ratio']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/foundation-cpu.md"))
+    ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--budget", type=float, default=20.0, help="seconds of timing per runner")
@@ -202,8 +241,9 @@ def main() -> None:
         "versions": tool_versions(),
     }
     try:
-        results["speed"] = yolov3_speed(work, args.budget)
-        print(json.dumps(results["speed"], indent=1), flush=True)
+        if not args.skip_speed:
+            results["speed"] = yolov3_speed(work, args.budget)
+            print(json.dumps(results["speed"], indent=1), flush=True)
         if not args.skip_agreement:
             results["int8_agreement"] = int8_agreement(work)
             print(json.dumps(results["int8_agreement"], indent=1), flush=True)
