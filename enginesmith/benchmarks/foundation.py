@@ -35,6 +35,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
 def _cli(args: list[str], cache: Path, cwd: Path) -> float:
     """Run `build-engine ARGS` in a child process; return its wall time in seconds."""
     env = {**os.environ, "ENGINESMITH_CACHE": str(cache)}
@@ -181,7 +189,7 @@ def render(results: dict[str, Any], command: str) -> str:
     lines = [
         "# Foundation benchmark (CPU)", "",
         f"- command: `{command}`",
-        f"- date: {results['date']}",
+        f"- date: {results['date']}, enginesmith commit {results.get('commit', 'unknown')}",
         f"- machine: {results['machine']}",
         f"- versions: {', '.join(f'{k} {val}' for k, val in sorted(v.items()))}",
         "", "```json", json.dumps({k: val for k, val in results.items() if k not in ('versions',)}, indent=1), "```",
@@ -239,6 +247,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
         "versions": tool_versions(),
+        "commit": _git_commit(),
     }
     try:
         if not args.skip_speed:

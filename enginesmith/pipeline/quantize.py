@@ -117,7 +117,8 @@ def _nncf(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
         ignored_patterns=(DECODE_OPENVINO_PATTERN,),
         statistics_dir=None,
     )
-    model, info = result if isinstance(result, tuple) else (result, {})
+    model, info = result
+    info = {k: v for k, v in info.items() if k not in ("cached", "ignored")}
     ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
     return StageResult(["model.xml", "model.bin"], {"quantizer": "nncf", "calibration_batches": len(calibration), **info})
 
