@@ -11,7 +11,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from enginesmith.errors import EnginesmithError
 
@@ -50,17 +49,6 @@ def export_onnx(
         except Exception as e:  # torch raises many types here; the user needs one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EnginesmithError(f"ONNX export failed: {first}") from None
-
-
-def torch_outputs(model: Any, batch: np.ndarray, output_names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Run the PyTorch model on (N, C, H, W) float32 -> {output name: ndarray}."""
-    import torch
-
-    with torch.inference_mode():
-        out = model(torch.from_numpy(np.ascontiguousarray(batch)))
-    if isinstance(out, torch.Tensor):
-        out = (out,)
-    return {name: t.detach().cpu().numpy() for name, t in zip(output_names, out)}
 
 
 def node_count(path: Path) -> int:

@@ -147,8 +147,11 @@ class _Build:
 
     # -- stages ---------------------------------------------------------------------------------
     def export(self) -> Artifact:
-        from enginesmith.pipeline.export import INPUT_NAME, OPSET, export_onnx, node_count, torch_outputs
-        from enginesmith.pipeline.verify import TOLERANCES, check, compare, run_onnx_reference
+        from enginesmith.backends.onnxruntime import Runner
+        from enginesmith.backends.torch import TorchRunner
+        from enginesmith.pipeline.build import run_batches
+        from enginesmith.pipeline.export import INPUT_NAME, OPSET, export_onnx, node_count
+        from enginesmith.pipeline.verify import TOLERANCES, check, compare
 
         c = self.config
         batch_dim = 1 if c.dynamic_batch else c.batch
@@ -166,16 +169,10 @@ class _Build:
         def produce(tmp: Path) -> StageResult:
             path = tmp / "model.onnx"
             export_onnx(self.model, path, shape, self.spec.output_names, c.dynamic_batch)
-            ref = {}
-            for b in self.verify_batches:
-                for k, v in torch_outputs(self.model, b, self.spec.output_names).items():
-                    ref.setdefault(k, []).append(v)
-            ref = {k: np.concatenate(v) for k, v in ref.items()}
-            got: dict[str, list[np.ndarray]] = {}
-            for b in self.verify_batches:
-                for k, v in run_onnx_reference(path, {INPUT_NAME: b}).items():
-                    got.setdefault(k, []).append(v)
-            cmp = compare(ref, {k: np.concatenate(v) for k, v in got.items()})
+            with TorchRunner(self.model, INPUT_NAME, list(self.spec.output_names)) as torch_runner:
+                ref = run_batches(torch_runner, INPUT_NAME, self.verify_batches)
+            with Runner(path) as onnx_runner:
+                cmp = compare(ref, run_batches(onnx_runner, INPUT_NAME, self.verify_batches))
             check(cmp, TOLERANCES["export"], "ONNX export (ONNX Runtime vs PyTorch)")
             return StageResult(["model.onnx"], {"nodes": node_count(path), "verify": cmp.to_dict(), "opset": OPSET})
 
@@ -236,11 +233,11 @@ def build_engine(
     on_start: Callable[[str], None] | None = None,
 ) -> BuildResult:
     """Run the whole pipeline for `config` and publish the engine, its manifest and report.md."""
-    from enginesmith.pipeline.build import engine_artifact
+    from enginesmith.pipeline.build import engine_artifact, run_batches
     from enginesmith.pipeline.export import INPUT_NAME
     from enginesmith.pipeline.quantize import precision_artifacts
     from enginesmith.pipeline.report import render_report
-    from enginesmith.pipeline.verify import run_onnx_reference
+    from enginesmith.backends.onnxruntime import Runner
 
     spec = validate(config)
     b = _Build(config, spec, on_stage)
@@ -249,16 +246,11 @@ def build_engine(
     simplified = b.simplify(exported)
     calibration = b.calibration if config.precision == "int8" else None
     quantized = precision_artifacts(b.cache, config.target, config.precision, simplified, calibration, on_stage)
-    reference_cache: dict[str, dict[str, np.ndarray]] = {}
 
     def reference() -> dict[str, np.ndarray]:
-        if "ref" not in reference_cache:
-            outs: dict[str, list[np.ndarray]] = {}
-            for batch in b.verify_batches:
-                for k, v in run_onnx_reference(simplified.file, {INPUT_NAME: batch}).items():
-                    outs.setdefault(k, []).append(v)
-            reference_cache["ref"] = {k: np.concatenate(v) for k, v in outs.items()}
-        return reference_cache["ref"]
+        """The FP32 simplified ONNX on ONNX Runtime: what every engine is verified against."""
+        with Runner(simplified.file) as runner:
+            return run_batches(runner, INPUT_NAME, b.verify_batches)
 
     engine = engine_artifact(
         b.cache, config.target, config.precision, quantized or simplified, INPUT_NAME, lambda: b.verify_batches, reference

@@ -6,7 +6,6 @@ Outputs are dicts name -> ndarray (e.g. `logits [N, C]`, or `boxes [N, A, 4]` + 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -106,11 +105,3 @@ def check(comparison: Comparison, tolerance: Tolerance, what: str) -> None:
             f"{what} changed the outputs beyond tolerance: cosine {comparison.cosine:.5f} < "
             f"{tolerance.min_cosine:g} ({comparison.summary()})"
         )
-
-
-def run_onnx_reference(onnx_path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Outputs of an ONNX model on ONNX Runtime's CPU provider (the reference runner)."""
-    from enginesmith.backends.onnxruntime import Runner
-
-    with Runner(Path(onnx_path)) as runner:
-        return runner.infer(feed)
