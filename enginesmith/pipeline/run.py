@@ -90,6 +90,8 @@ def validate(config: BuildConfig):
         raise EnginesmithError(why)
     if config.batch < 1:
         raise EnginesmithError(f"--batch must be at least 1, got {config.batch}")
+    if config.dynamic_batch and config.batch != 1:
+        raise EnginesmithError("give either --batch N (a static batch) or --dynamic-batch, not both")
     if config.calib_size < 1:
         raise EnginesmithError(f"--calib-size must be at least 1, got {config.calib_size}")
     if config.calib_size < config.batch:

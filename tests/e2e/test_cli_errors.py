@@ -94,12 +94,10 @@ def test_unreadable_calibration_image(run_cli, tmp_path):
 
 def test_tensorrt_unavailable_stops_at_once(run_cli, tmp_path):
     pytest.importorskip("onnx")
-    try:
-        import tensorrt  # noqa: F401
+    import importlib.util
 
+    if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
-    except ImportError:
-        pass
     proc = run_cli("build", "lenet5", "--target", "tensorrt")
     _assert_clean_error(proc, "tensorrt")
     _nothing_built(tmp_path)
@@ -114,6 +112,10 @@ def test_input_size_the_architecture_cannot_take(run_cli, tmp_path):
 
 def test_bad_input_size_text(run_cli):
     _assert_clean_error(run_cli("build", "lenet5", "--input-size", "big"), "HxW")
+
+
+def test_static_and_dynamic_batch_together(run_cli):
+    _assert_clean_error(run_cli("build", "lenet5", "--batch", "4", "--dynamic-batch"), "not both")
 
 
 def test_unknown_target_and_precision(run_cli):
