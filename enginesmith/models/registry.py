@@ -17,8 +17,9 @@ from enginesmith.runtime.preprocess import PreprocessSpec
 
 Task = Literal["classification", "detection", "dense"]
 
-# Family modules imported (once) the first time the registry is read.
-FAMILY_MODULES = ("enginesmith.models.lenet", "enginesmith.models.resnet", "enginesmith.models.yolo")
+# Modules of enginesmith.models that are not model families; every other module is imported (once,
+# the first time the registry is read) and registers its models itself.
+NOT_FAMILIES = {"registry", "ops", "profile", "catalog", "training", "weights"}
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,13 @@ def _load_families() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        for module in FAMILY_MODULES:
-            importlib.import_module(module)
+        import pkgutil
+
+        import enginesmith.models as package
+
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            if info.name not in NOT_FAMILIES and not info.name.startswith("_"):
+                importlib.import_module(f"{package.__name__}.{info.name}")
 
 
 def get(name: str) -> ModelSpec:

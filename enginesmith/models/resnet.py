@@ -67,5 +67,6 @@ SPEC = register(
         default_calibration="photos",
         paper="He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
         source_file=__file__,
+        extra={"ci_input_size": (64, 64)},
     )
 )
