@@ -79,11 +79,11 @@ def models(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table("model", "task", "input", "classes", "params", "MACs")
+    table = Table("model", "task", "input", "classes", "params", "MACs", "boxes")
     for r in rows:
         h, w = r["input_size"]
         table.add_row(r["name"], r["task"], f"{r['channels']}x{h}x{w}", str(r["num_classes"]), _si(r["params"]),
-                      _si(r["macs"]))
+                      _si(r["macs"]), str(r.get("boxes", "")))
     out.print(table)
 
 

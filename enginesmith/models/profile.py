@@ -1,8 +1,9 @@
 """Model cost: parameter count and multiply-accumulates (MACs) of Conv2d and Linear layers.
 
-MACs count one multiply-add per kernel tap: conv = out_elements * (in_channels / groups) * kh * kw,
-linear = in_features * out_features per output row. Batch 1; other layers (BN, activations,
-pooling, decode arithmetic) are not counted, as in the papers' tables.
+MACs count one multiply-add per kernel tap: conv (1/2/3-D) = out_elements * (in_channels / groups) *
+prod(kernel); transposed conv = in_elements * (out_channels / groups) * prod(kernel); linear =
+in_features * out_features per output row. Batch 1; other layers (BN, activations, pooling, decode
+arithmetic) are not counted, as in the papers' tables.
 """
 
 from __future__ import annotations
@@ -16,14 +17,24 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """MACs of one forward pass on a zero input of shape (C, H, W) (batch 1)."""
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """MACs of one forward pass on a zero input of shape (C, H, W) or (C, D, H, W) (batch 1)."""
+    return profile_forward(model, input_shape)[0]
+
+
+def profile_forward(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, object]:
+    """(MACs, the model's outputs) of one forward pass on a zero input of shape `input_shape` (batch 1)."""
     total = 0
 
-    def conv_hook(m: nn.Conv2d, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+    def conv_hook(m: nn.modules.conv._ConvNd, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal total
-        kh, kw = m.kernel_size
-        total += out.numel() * (m.in_channels // m.groups) * kh * kw
+        taps = 1
+        for k in m.kernel_size:
+            taps *= k
+        if m.transposed:
+            total += inputs[0].numel() * (m.out_channels // m.groups) * taps
+        else:
+            total += out.numel() * (m.in_channels // m.groups) * taps
 
     def linear_hook(m: nn.Linear, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal total
@@ -31,7 +42,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
 
     handles = []
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.modules.conv._ConvNd):
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))
@@ -41,9 +52,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
         param = next(model.parameters(), None)
         x = torch.zeros((1, *input_shape), dtype=param.dtype if param is not None else torch.float32)
         with torch.no_grad():
-            model(x)
+            outputs = model(x)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return int(total)
+    return int(total), outputs

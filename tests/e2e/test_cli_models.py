@@ -17,6 +17,7 @@ def test_models_json_lists_the_slice_with_published_sizes(run_cli):
     # YOLOv3-416: 65.86 BFLOPs on the darknet site = 32.93 GMACs; 61.95M parameters
     assert rows["yolov3"]["task"] == "detection" and abs(rows["yolov3"]["macs"] / 1e9 - 32.93) < 0.01
     assert rows["yolov3"]["outputs"] == ["boxes", "scores"]
+    assert rows["yolov3"]["boxes"] == 10647 and "boxes" not in rows["lenet5"]
 
 
 def test_models_table(run_cli):
