@@ -35,6 +35,7 @@ def build(
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="dynamic batch axis instead of --batch"),
     input_size: Optional[str] = typer.Option(None, help="HxW, e.g. 416x416"),
     num_classes: Optional[int] = typer.Option(None, help="number of classes (default: the model's)"),
+    nms: str = typer.Option("host", help="detectors: engine (ONNX NonMaxSuppression in the engine) | host (numpy)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="output folder (default build/MODEL/TARGET-PRECISION)"),
     cache_dir: Optional[Path] = typer.Option(None, help="stage cache (default build/.cache or $ENGINESMITH_CACHE)"),
 ) -> None:
@@ -46,6 +47,7 @@ def build(
             model=model, target=target, precision=precision, weights=weights, calib=calib, calib_method=calib_method,
             calib_size=calib_size, batch=batch, dynamic_batch=dynamic_batch,
             input_size=parse_input_size(input_size) if input_size else None, num_classes=num_classes, out=out_dir,
+            nms=nms,
         )
         if cache_dir is not None:
             config.cache_dir = cache_dir

@@ -97,14 +97,24 @@ class _OpenVINORunnerBase(_BaseRunner):
         super().__init__()
         self._compiled: Any = None
         self._request: Any = None
+        self._declared_outputs: list[str] | None = None
 
     def _compile(self) -> Any:
         raise NotImplementedError
 
+    def _compile_model(self, model: Any, config: dict[str, Any]) -> Any:
+        """Compile for CPU, remembering the model's own output names: the CPU plugin may rename an
+        output port when it folds the op behind it (e.g. a final Cast to int32)."""
+        import openvino as ov
+
+        self._declared_outputs = [_port_name(p, f"output{i}") for i, p in enumerate(model.outputs)]
+        return ov.Core().compile_model(model, "CPU", config)
+
     def _load(self) -> None:
         self._compiled = self._compile()
         self.input_names = [_port_name(p, f"input{i}") for i, p in enumerate(self._compiled.inputs)]
-        self.output_names = [_port_name(p, f"output{i}") for i, p in enumerate(self._compiled.outputs)]
+        self.output_names = self._declared_outputs or [
+            _port_name(p, f"output{i}") for i, p in enumerate(self._compiled.outputs)]
         self._request = self._compiled.create_infer_request()
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -179,8 +189,7 @@ class Runner(_OpenVINORunnerBase):
         if not weights.is_file():
             raise EnginesmithError(f"engine not found: {weights} (the weights of {xml.name}); rebuild the engine")
         try:
-            core = ov.Core()
-            return core.compile_model(core.read_model(str(xml), str(weights)), "CPU", self.config)
+            return self._compile_model(ov.Core().read_model(str(xml), str(weights)), self.config)
         except Exception as e:
             raise EnginesmithError(
                 f"cannot load OpenVINO engine {xml}: {first_line(e)}; is the file corrupt? rebuild it"
@@ -208,7 +217,7 @@ class PlainRunner(_OpenVINORunnerBase):
 
         validate_onnx(self.onnx_path)
         try:
-            return ov.Core().compile_model(ov.convert_model(str(self.onnx_path)), "CPU", self.config)
+            return self._compile_model(ov.convert_model(str(self.onnx_path)), self.config)
         except Exception as e:
             raise EnginesmithError(f"OpenVINO cannot compile {self.onnx_path}: {first_line(e)}") from None
 

@@ -55,11 +55,16 @@ def engine_artifact(
             got = run_batches(runner, input_name, verify_batches())
         cmp = compare(reference(), got)
         check(cmp, TOLERANCES[precision], f"the {target} {precision} engine")
+        extra = {}
+        if "detections" in got:  # in-engine NMS: must agree with host NMS on the engine's own raw outputs
+            from enginesmith.pipeline.nms import nms_parity
+
+            extra["nms_parity"] = nms_parity(got)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         files.remove(engine.name)
         files.insert(0, engine.name)
         size = sum((tmp / f).stat().st_size for f in files)
         return StageResult(files, {"verify": cmp.to_dict(), "engine_bytes": size, "verify_images": int(
-            sum(len(b) for b in verify_batches()))})
+            sum(len(b) for b in verify_batches())), **extra})
 
     return cache.run("engine", [source], {"target": target, "precision": precision}, produce)

@@ -10,17 +10,21 @@ from enginesmith.pipeline.artifacts import Artifact
 STAGE_CHECKS = {
     "export": "ONNX Runtime vs PyTorch",
     "simplify": "simplified vs exported (ONNX Runtime)",
+    "nms": "engine NMS vs host NMS (ONNX Runtime)",
     "engine": "engine vs FP32 ONNX (ONNX Runtime)",
 }
 
 
 def _verify_text(metrics: dict[str, Any]) -> str:
     v = metrics.get("verify")
+    parity = metrics.get("nms_parity")
     if not v:
-        return "-"
+        return f"identical detections (max abs Δ {parity['max_abs']:.2g})" if parity else "-"
     s = f"max abs Δ {v['max_abs']:.3g}, rel {v['max_rel']:.2g}, cosine {v['cosine']:.5f}"
     if v.get("top1_agreement") is not None:
         s += f", top-1 agree {v['top1_agreement']:.0%}"
+    if parity:
+        s += "; NMS = host NMS"
     return s
 
 
@@ -30,6 +34,8 @@ def _details(a: Artifact) -> str:
         return f"opset {m.get('opset')}, {m.get('nodes')} nodes"
     if a.stage == "simplify":
         return f"nodes {m.get('nodes_before')} -> {m.get('nodes_after')}"
+    if a.stage == "nms":
+        return f"IoU {m.get('iou')}, score > {m.get('score')}, top {m.get('max_detections')}"
     if a.stage == "engine":
         return f"{', '.join(a.manifest['files'])}: {m.get('engine_bytes', 0) / 1e6:.1f} MB"
     return ", ".join(f"{k} {v}" for k, v in m.items() if isinstance(v, (int, float, str)) and k != "verify")

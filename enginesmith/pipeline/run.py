@@ -30,6 +30,7 @@ from enginesmith.pipeline.artifacts import (
 TARGETS = ("openvino", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+NMS_MODES = ("host", "engine")
 VERIFY_IMAGES = 8
 
 
@@ -48,6 +49,7 @@ class BuildConfig:
     dynamic_batch: bool = False
     input_size: tuple[int, int] | None = None
     num_classes: int | None = None
+    nms: str = "host"  # detectors: "engine" appends ONNX NonMaxSuppression; "host" leaves it to runtime/nms.py
     out: Path | None = None
     cache_dir: Path = field(default_factory=lambda: Path(os.environ.get("ENGINESMITH_CACHE", "build/.cache")))
     latency_budget_s: float = 8.0
@@ -90,6 +92,10 @@ def validate(config: BuildConfig):
         raise EnginesmithError(why)
     if config.batch < 1:
         raise EnginesmithError(f"--batch must be at least 1, got {config.batch}")
+    if config.nms not in NMS_MODES:
+        raise EnginesmithError(f"unknown --nms {config.nms!r}; choose host or engine")
+    if config.nms == "engine" and spec.task != "detection":
+        raise EnginesmithError(f"--nms engine is for detectors; {spec.name} is a {spec.task} model")
     if config.dynamic_batch and config.batch != 1:
         raise EnginesmithError("give either --batch N (a static batch) or --dynamic-batch, not both")
     if config.calib_size < 1:
@@ -196,6 +202,31 @@ class _Build:
 
         return self._stage(self.cache.run("simplify", [exported], {"tool": "onnxsim"}, produce))
 
+    def nms(self, simplified: Artifact) -> Artifact:
+        """Append ONNX NonMaxSuppression (detections, num_detections; raw boxes/scores kept as outputs)
+        and check it against host NMS on the same raw outputs."""
+        from enginesmith.backends.onnxruntime import Runner
+        from enginesmith.pipeline.build import run_batches
+        from enginesmith.pipeline.export import INPUT_NAME
+        from enginesmith.pipeline.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD,
+                                              append_nms_model, nms_parity)
+
+        params = {"iou": DEFAULT_IOU_THRESHOLD, "score": DEFAULT_SCORE_THRESHOLD, "max_detections": DEFAULT_MAX_DETECTIONS}
+
+        def produce(tmp: Path) -> StageResult:
+            import onnx
+
+            from enginesmith.calibration.onnx_io import save_onnx_atomic
+
+            model = append_nms_model(onnx.load(str(simplified.file)), params["iou"], params["score"],
+                                     params["max_detections"], keep_raw_outputs=True)
+            save_onnx_atomic(model, tmp / "model.onnx")
+            with Runner(tmp / "model.onnx") as runner:
+                parity = nms_parity(run_batches(runner, INPUT_NAME, self.verify_batches), params["iou"], params["score"])
+            return StageResult(["model.onnx"], {"nms_parity": parity, **params})
+
+        return self._stage(self.cache.run("nms", [simplified], params, produce))
+
     def latency(self, engine: Artifact) -> Artifact:
         """Engine vs PyTorch eager FP32, same batch, same run, same machine."""
         import platform
@@ -246,20 +277,24 @@ def build_engine(
     b.cache.on_start = on_start
     exported = b.export()
     simplified = b.simplify(exported)
+    with_nms = b.nms(simplified) if config.nms == "engine" else None
+    base = with_nms or simplified
     calibration = b.calibration if config.precision == "int8" else None
-    quantized = precision_artifacts(b.cache, config.target, config.precision, simplified, calibration, on_stage)
+    quantized = precision_artifacts(b.cache, config.target, config.precision, base, calibration, on_stage)
 
     def reference() -> dict[str, np.ndarray]:
-        """The FP32 simplified ONNX on ONNX Runtime: what every engine is verified against."""
-        with Runner(simplified.file) as runner:
-            return run_batches(runner, INPUT_NAME, b.verify_batches)
+        """The model's own outputs (raw head for detectors) from the FP32 ONNX on ONNX Runtime: what
+        every engine is verified against."""
+        with Runner(base.file) as runner:
+            outs = run_batches(runner, INPUT_NAME, b.verify_batches)
+        return {k: v for k, v in outs.items() if k in spec.output_names}
 
     engine = engine_artifact(
-        b.cache, config.target, config.precision, quantized or simplified, INPUT_NAME, lambda: b.verify_batches, reference
+        b.cache, config.target, config.precision, quantized or base, INPUT_NAME, lambda: b.verify_batches, reference
     )
     on_stage(engine)
     latency = b.latency(engine)
-    stages = [a for a in (exported, simplified, quantized, engine) if a is not None]
+    stages = [a for a in (exported, simplified, with_nms, quantized, engine) if a is not None]
     out = Path(config.out) if config.out else Path("build") / spec.name / f"{config.target}-{config.precision}"
     report = render_report(config, spec, b.preprocess, stages, latency, out, trained=b.trained,
                            calibration_images=len(b.source), calibration_warning=b.source.warning)
@@ -275,7 +310,8 @@ def build_engine(
             "engine": engine.manifest["files"][0],
             "input": {"name": INPUT_NAME, "shape": ["batch" if config.dynamic_batch else config.batch,
                                                     b.preprocess.channels, *b.size]},
-            "outputs": list(spec.output_names),
+            "outputs": (["detections", "num_detections"] if with_nms else []) + list(spec.output_names),
+            "nms": config.nms if spec.task == "detection" else None,
             "preprocess": b.preprocess.to_dict(),
             "class_names": _class_names(spec, config.num_classes),
             "weights": b.weights_id,

@@ -75,3 +75,41 @@ def test_yolov3_darknet_weights_dynamic_batch_engine_matches_pytorch(cache_dir, 
         y = r.infer({"images": x})
     assert np.allclose(y["scores"], scores, atol=1e-4)
     assert np.allclose(y["boxes"], boxes, rtol=1e-4, atol=1e-2)
+
+
+@pytest.mark.parametrize("target,precision", [("onnxruntime", "fp32"), ("openvino", "int8")])
+def test_nms_in_engine_equals_host_nms(target, precision, cache_dir, tmp_path):
+    """--nms engine: the engine's detections equal runtime/nms.py run on the same engine's raw outputs,
+    and (fp32) on PyTorch's outputs."""
+    torch = pytest.importorskip("torch")
+    from enginesmith.models import registry
+    from enginesmith.runtime.nms import nms_detections
+
+    result = build_engine(BuildConfig("yolov3", target=target, precision=precision, input_size=SIZE, calib_size=4,
+                                      nms="engine", out=tmp_path / "e", cache_dir=cache_dir, latency_budget_s=0.2))
+    manifest = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    assert manifest["nms"] == "engine" and manifest["outputs"][:2] == ["detections", "num_detections"]
+    assert "nms" in {a.stage for a in result.stages}
+    x = np.random.default_rng(2).random((1, 3, *SIZE), dtype=np.float32)
+    with get_backend(target).Runner(result.engine, **runner_options(target, precision)) as r:
+        y = r.infer({"images": x})
+    host, host_n = nms_detections(y["boxes"], y["scores"])
+    assert int(y["num_detections"][0]) == int(host_n[0]) > 0
+    n = int(host_n[0])
+    order = lambda d: d[np.lexsort(d.T[::-1])]  # noqa: E731 - exact ties may be ordered differently
+    assert np.allclose(order(y["detections"][0, :n]), order(host[0, :n]), atol=1e-4)
+    assert not np.any(y["detections"][0, n:])
+    if precision == "fp32":
+        model = registry.get("yolov3").create(input_size=SIZE)
+        with torch.inference_mode():
+            boxes, scores = (t.numpy() for t in model(torch.from_numpy(x)))
+        ref, ref_n = nms_detections(boxes, scores)
+        assert int(ref_n[0]) == n
+        assert np.allclose(order(ref[0, :n]), order(y["detections"][0, :n]), atol=1e-2)
+
+
+def test_nms_engine_is_for_detectors(cache_dir, tmp_path):
+    from enginesmith.errors import EnginesmithError
+
+    with pytest.raises(EnginesmithError, match="detectors"):
+        build_engine(BuildConfig("lenet5", nms="engine", out=tmp_path / "e", cache_dir=cache_dir))
