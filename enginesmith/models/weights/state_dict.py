@@ -1,6 +1,6 @@
 """PyTorch state-dict checkpoints (.pt / .pth / .bin), loaded safely and strictly.
 
-Accepted: a plain state dict, or a dict wrapping one under "state_dict" or "model" (training
+Accepted: a plain state dict, or a dict wrapping one under "state_dict", "model_state_dict" or "model" (training
 checkpoints); "module." prefixes (DataParallel / DDP) are stripped. Loading uses
 `torch.load(weights_only=True)`, so pickled code never runs.
 """
@@ -30,7 +30,7 @@ def _names(keys: list[str]) -> str:
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
+        for key in ("state_dict", "model_state_dict", "model"):
             inner = obj.get(key)
             if isinstance(inner, Mapping):
                 obj = inner
