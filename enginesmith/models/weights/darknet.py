@@ -12,6 +12,15 @@ File layout (little endian):
 The model's convolutional layers are found in module registration order: a Conv2d immediately
 followed (in `named_modules()` order) by a BatchNorm2d of the same width is a conv+BN layer,
 otherwise the Conv2d must carry a bias. The family files register modules in cfg order.
+
+Connected layers (YOLOv1, Fast YOLO) are read only from models that opt in with a class attribute
+`darknet_connected = True` (every other model keeps the conv-only behaviour): an nn.Linear with a
+bias is a Darknet `[connected]` layer without batch norm, stored as bias [out] then weights
+[out, in] row-major (darknet's `load_connected_weights`; the same layout as nn.Linear.weight). The
+input of the first connected layer is the conv map flattened channel, row, column (darknet keeps
+feature maps as C x H x W, like torch.flatten on NCHW). Files whose header has major or minor
+> 1000 store connected weights transposed ([in, out], darknet's `transpose` flag); they are read
+and written that way.
 """
 
 from __future__ import annotations
@@ -32,12 +41,20 @@ class DarknetConv:
     """One Darknet convolutional layer: the conv, its batch norm (or None) and the module name."""
 
     name: str
-    conv: nn.Conv2d
+    conv: nn.Conv2d  # an nn.Linear for a connected layer (models with darknet_connected = True)
     bn: nn.BatchNorm2d | None
 
     @property
+    def is_connected(self) -> bool:
+        return isinstance(self.conv, nn.Linear)
+
+    @property
+    def kind(self) -> str:
+        return "connected layer" if self.is_connected else "conv layer"
+
+    @property
     def num_floats(self) -> int:
-        c = self.conv.out_channels
+        c = self.conv.out_features if self.is_connected else self.conv.out_channels
         return self.conv.weight.numel() + (4 * c if self.bn is not None else c)
 
 
@@ -45,7 +62,13 @@ def darknet_layers(model: nn.Module) -> list[DarknetConv]:
     """The model's convolutional layers in Darknet file order (see the module docstring)."""
     mods = list(model.named_modules())
     layers: list[DarknetConv] = []
+    connected = bool(getattr(model, "darknet_connected", False))
     for i, (name, m) in enumerate(mods):
+        if connected and isinstance(m, nn.Linear):
+            if m.bias is None:
+                raise EnginesmithError(f"connected layer {name} has no bias, so it has no Darknet layout")
+            layers.append(DarknetConv(name, m, None))  # type: ignore[arg-type]
+            continue
         if not isinstance(m, nn.Conv2d):
             continue
         nxt = mods[i + 1][1] if i + 1 < len(mods) else None
@@ -65,6 +88,11 @@ def darknet_layers(model: nn.Module) -> list[DarknetConv]:
 
 def _seen_is_64bit(major: int, minor: int) -> bool:
     return (major * 10 + minor) >= 2 and major < 1000 and minor < 1000
+
+
+def _transposed_connected(major: int, minor: int) -> bool:
+    """darknet's `transpose = (major > 1000) || (minor > 1000)` for connected-layer weights."""
+    return major > 1000 or minor > 1000
 
 
 def header_size(major: int, minor: int) -> int:
@@ -99,7 +127,7 @@ def load_darknet_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
         for k, layer in enumerate(layers):
             used += layer.num_floats
             if used > avail:
-                where = f"conv layer {k} ({layer.name})"
+                where = f"{layer.kind} {k} ({layer.name})"
                 break
         raise EnginesmithError(
             f"truncated darknet weights {p}: expected {expected} bytes, found {len(data)}; ran out at {where}"
@@ -114,11 +142,13 @@ def load_darknet_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
     floats = np.frombuffer(data, dtype="<f4", offset=hsize, count=total_floats)
 
     offset = 0
+    transpose = _transposed_connected(major, minor)
 
-    def take(t: torch.Tensor) -> None:
+    def take(t: torch.Tensor, transposed: bool = False) -> None:
         nonlocal offset
         n = t.numel()
-        t.copy_(torch.from_numpy(floats[offset : offset + n].copy()).view_as(t))
+        chunk = torch.from_numpy(floats[offset : offset + n].copy())
+        t.copy_(chunk.view(t.shape[1], t.shape[0]).t() if transposed else chunk.view_as(t))
         offset += n
 
     with torch.no_grad():
@@ -130,7 +160,7 @@ def load_darknet_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
                 take(layer.bn.running_var)
             else:
                 take(layer.conv.bias)
-            take(layer.conv.weight)
+            take(layer.conv.weight, transposed=layer.is_connected and transpose)
     return {"major": major, "minor": minor, "revision": revision, "seen": int(seen)}
 
 
@@ -149,7 +179,10 @@ def save_darknet_weights(
                 if layer.bn is not None
                 else [layer.conv.bias]
             )
-            tensors.append(layer.conv.weight)
+            weight = layer.conv.weight
+            if layer.is_connected and _transposed_connected(major, minor):
+                weight = weight.t()
+            tensors.append(weight)
             for t in tensors:
                 parts.append(t.detach().cpu().to(torch.float32).contiguous().numpy().astype("<f4").tobytes())
     p.parent.mkdir(parents=True, exist_ok=True)
