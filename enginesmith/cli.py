@@ -83,8 +83,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="machine-readable 
         return
     table = Table("model", "task", "input", "classes", "params", "MACs", "boxes")
     for r in rows:
-        h, w = r["input_size"]
-        table.add_row(r["name"], r["task"], f"{r['channels']}x{h}x{w}", str(r["num_classes"]), _si(r["params"]),
+        table.add_row(r["name"], r["task"], "x".join(str(d) for d in r["input_shape"][1:]), str(r["num_classes"]), _si(r["params"]),
                       _si(r["macs"]), str(r.get("boxes", "")))
     out.print(table)
 

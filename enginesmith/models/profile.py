@@ -50,7 +50,8 @@ def profile_forward(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int
     try:
         model.eval()
         param = next(model.parameters(), None)
-        x = torch.zeros((1, *input_shape), dtype=param.dtype if param is not None else torch.float32)
+        x = torch.zeros((1, *input_shape), dtype=param.dtype if param is not None else torch.float32,
+                        device=param.device if param is not None else None)
         with torch.no_grad():
             outputs = model(x)
     finally:

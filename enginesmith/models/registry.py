@@ -19,7 +19,7 @@ Task = Literal["classification", "detection", "dense"]
 
 # Modules of enginesmith.models that are not model families; every other module is imported (once,
 # the first time the registry is read) and registers its models itself.
-NOT_FAMILIES = {"registry", "ops", "profile", "catalog", "training", "weights"}
+NOT_FAMILIES = {"registry", "ops", "profile", "catalog", "training", "weights", "classes"}
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,10 @@ from torch import Tensor, nn
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.models.ops import decode_boxes, ssd_priors
+from enginesmith.models.classes import VOC_NAMES
 from enginesmith.models.registry import ModelSpec, register
 from enginesmith.runtime.preprocess import PreprocessSpec
 
-VOC_NAMES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
 NUM_CLASSES = 21  # 20 VOC classes + background (index 0) in the conf head
 VARIANCES = (0.1, 0.2)
 

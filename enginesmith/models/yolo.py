@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.models.classes import COCO_NAMES
 from enginesmith.models.ops import make_grid, yolo_decode
 from enginesmith.models.registry import ModelSpec, register
 from enginesmith.models.weights import load_weights
@@ -35,17 +36,6 @@ ANCHORS: tuple[tuple[int, int], ...] = (
 )
 MASKS: tuple[tuple[int, ...], ...] = ((6, 7, 8), (3, 4, 5), (0, 1, 2))
 
-COCO_NAMES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
-)
 
 # ---------------------------------------------------------------------------------------------
 # Config table: one entry per darknet layer, in cfg order.

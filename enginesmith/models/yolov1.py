@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torchvision.models import vgg16
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.models.classes import VOC_NAMES
 from enginesmith.models.registry import ModelSpec, register
 from enginesmith.models.weights import load_weights
 from enginesmith.models.yolo import ConvBNLeaky
@@ -55,10 +56,6 @@ INPUT_SIZE = (448, 448)
 STRIDE = 64
 NUM_BOXES = 2
 
-VOC_NAMES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
 
 # ---------------------------------------------------------------------------------------------
 # Config tables (darknet cfg order):

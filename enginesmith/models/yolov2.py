@@ -41,7 +41,7 @@ from enginesmith.models.ops import make_grid
 from enginesmith.models.registry import ModelSpec, register
 from enginesmith.models.weights import load_weights
 from enginesmith.models.yolo import ConvBNLeaky, Passthrough
-from enginesmith.models.yolov1 import VOC_NAMES
+from enginesmith.models.classes import VOC_NAMES
 from enginesmith.runtime.preprocess import PreprocessSpec
 
 INPUT_SIZE = (416, 416)

@@ -98,6 +98,9 @@ def validate(config: BuildConfig):
         raise EnginesmithError(f"--nms engine is for detectors; {spec.name} is a {spec.task} model")
     if config.dynamic_batch and config.batch != 1:
         raise EnginesmithError("give either --batch N (a static batch) or --dynamic-batch, not both")
+    if spec.extra.get("static_batch") and (config.dynamic_batch or config.batch != 1):
+        raise EnginesmithError(f"{spec.name} is exported with batch 1 only (its proposal stage is per image); "
+                               "drop --batch/--dynamic-batch")
     if config.calib_size < 1:
         raise EnginesmithError(f"--calib-size must be at least 1, got {config.calib_size}")
     if config.calib_size < config.batch:

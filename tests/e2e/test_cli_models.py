@@ -18,6 +18,13 @@ def test_models_json_lists_the_slice_with_published_sizes(run_cli):
     assert rows["yolov3"]["task"] == "detection" and abs(rows["yolov3"]["macs"] / 1e9 - 32.93) < 0.01
     assert rows["yolov3"]["outputs"] == ["boxes", "scores"]
     assert rows["yolov3"]["boxes"] == 10647 and "boxes" not in rows["lenet5"]
+    # default boxes before NMS as the papers give them
+    assert rows["ssd300"]["boxes"] == 8732 and rows["ssd512"]["boxes"] == 24564 and rows["yolov1"]["boxes"] == 98
+    assert rows["yolov2"]["boxes"] == 13 * 13 * 5
+    # every registered model has the fields, detectors have their box count
+    for r in rows.values():
+        assert r["params"] > 0 and r["macs"] > 0 and len(r["input_shape"]) in (4, 5)
+        assert ("boxes" in r) == (r["task"] == "detection")
 
 
 def test_models_table(run_cli):

@@ -6,7 +6,6 @@ multibox, L2Norm, forward, box_utils.decode), published parameter counts / MACs,
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
