@@ -92,6 +92,9 @@ def validate(config: BuildConfig):
         raise EnginesmithError(why)
     if config.batch < 1:
         raise EnginesmithError(f"--batch must be at least 1, got {config.batch}")
+    if spec.extra.get("pipeline", True) is False:
+        raise EnginesmithError(f"{spec.name} takes volumes, not images, and build-engine's calibration and "
+                               "verification are image-based; it is not supported by build-engine yet")
     if config.nms not in NMS_MODES:
         raise EnginesmithError(f"unknown --nms {config.nms!r}; choose host or engine")
     if config.nms == "engine" and spec.task != "detection":

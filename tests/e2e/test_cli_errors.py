@@ -122,6 +122,10 @@ def test_batch_for_a_batch1_only_detector(run_cli):
     _assert_clean_error(run_cli("build", "faster-rcnn-r50-fpn", "--batch", "2"), "batch 1 only")
 
 
+def test_volumetric_model_is_refused_clearly(run_cli):
+    _assert_clean_error(run_cli("build", "unet3d"), "volumes")
+
+
 def test_unknown_target_and_precision(run_cli):
     _assert_clean_error(run_cli("build", "lenet5", "--target", "coreml"), "openvino")
     _assert_clean_error(run_cli("build", "lenet5", "--precision", "int4"), "fp32")
