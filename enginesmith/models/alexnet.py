@@ -28,15 +28,12 @@ it is given alpha = 5 * 1e-4 to compute the paper's formula.
 
 from __future__ import annotations
 
-from functools import partial
 
 import torch
 from torch import nn
 
 from enginesmith.errors import EnginesmithError
-from enginesmith.models.registry import ModelSpec, register
-from enginesmith.models.resnet import imagenet_class_names, imagenet_preprocess
-from enginesmith.models.weights import load_weights
+from enginesmith.models.resnet import register_imagenet_classifier
 
 INPUT_SIZE = (227, 227)
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0  # paper Sec. 3.3
@@ -94,21 +91,12 @@ def check_input_size(size: tuple[int, int]) -> None:
         )
 
 
-SPEC = register(
-    ModelSpec(
-        name="alexnet",
-        task="classification",
-        builder=build_alexnet,
-        input_size=INPUT_SIZE,
-        num_classes=1000,
-        preprocess=imagenet_preprocess(INPUT_SIZE),
-        output_names=("logits",),
-        check_input_size=check_input_size,
-        load_weights=partial(load_weights, darknet_ok=False),
-        class_names=imagenet_class_names(),
-        default_calibration="photos",
-        paper="Krizhevsky et al., ImageNet Classification with Deep Convolutional Neural Networks, NIPS 2012",
-        source_file=__file__,
-        extra={"ci_input_size": INPUT_SIZE},
-    )
+SPEC = register_imagenet_classifier(
+    "alexnet",
+    build_alexnet,
+    check_input_size,
+    "Krizhevsky et al., ImageNet Classification with Deep Convolutional Neural Networks, NIPS 2012",
+    __file__,
+    input_size=INPUT_SIZE,
+    extra={"ci_input_size": INPUT_SIZE},
 )

@@ -19,15 +19,12 @@ the L2 term is at most 4 per image, while CE starts at ln(C) (6.9 for 1000 class
 
 from __future__ import annotations
 
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from enginesmith.models.registry import ModelSpec, register
-from enginesmith.models.resnet import imagenet_class_names, imagenet_preprocess, stride_check
-from enginesmith.models.weights import load_weights
+from enginesmith.models.resnet import register_imagenet_classifier, stride_check
 
 INPUT_SIZE = (224, 224)
 
@@ -70,21 +67,12 @@ def build_classloc(num_classes: int = 1000, input_size: tuple[int, int] = INPUT_
 
 check_input_size = stride_check("classloc")
 
-SPEC = register(
-    ModelSpec(
-        name="classloc",
-        task="classification",
-        builder=build_classloc,
-        input_size=INPUT_SIZE,
-        num_classes=1000,
-        preprocess=imagenet_preprocess(INPUT_SIZE),
-        output_names=("logits", "box"),
-        check_input_size=check_input_size,
-        load_weights=partial(load_weights, darknet_ok=False),
-        class_names=imagenet_class_names(),
-        default_calibration="photos",
-        paper="Sermanet et al., OverFeat, ICLR 2014; Simonyan & Zisserman, VGG, ICLR 2015 (localisation); ResNet-18 trunk",
-        source_file=__file__,
-        extra={"ci_input_size": (64, 64), "outputs": {"box": "(x, y, w, h) centre/size normalised to [0, 1]"}},
-    )
+SPEC = register_imagenet_classifier(
+    "classloc",
+    build_classloc,
+    check_input_size,
+    "Sermanet et al., OverFeat, ICLR 2014; Simonyan & Zisserman, VGG, ICLR 2015 (localisation); ResNet-18 trunk",
+    __file__,
+    output_names=("logits", "box"),
+    extra={"ci_input_size": (64, 64), "outputs": {"box": "(x, y, w, h) centre/size normalised to [0, 1]"}},
 )

@@ -41,14 +41,11 @@ conv has 9,408 weights and 118 M MACs at 112x112). With that row corrected the t
 from __future__ import annotations
 
 from collections import OrderedDict
-from functools import partial
 
 import torch
 from torch import nn
 
-from enginesmith.models.registry import ModelSpec, register
-from enginesmith.models.resnet import imagenet_class_names, imagenet_preprocess, stride_check
-from enginesmith.models.weights import load_weights
+from enginesmith.models.resnet import register_imagenet_classifier, stride_check
 
 INPUT_SIZE = (224, 224)
 
@@ -132,21 +129,11 @@ def build_googlenet(num_classes: int = 1000, input_size: tuple[int, int] = INPUT
 
 check_input_size = stride_check("googlenet")
 
-SPEC = register(
-    ModelSpec(
-        name="googlenet",
-        task="classification",
-        builder=build_googlenet,
-        input_size=INPUT_SIZE,
-        num_classes=1000,
-        preprocess=imagenet_preprocess(INPUT_SIZE),
-        output_names=("logits",),
-        check_input_size=check_input_size,
-        load_weights=partial(load_weights, darknet_ok=False),
-        class_names=imagenet_class_names(),
-        default_calibration="photos",
-        paper="Szegedy et al., Going Deeper with Convolutions, CVPR 2015",
-        source_file=__file__,
-        extra={"ci_input_size": (64, 64)},
-    )
+SPEC = register_imagenet_classifier(
+    "googlenet",
+    build_googlenet,
+    check_input_size,
+    "Szegedy et al., Going Deeper with Convolutions, CVPR 2015",
+    __file__,
+    extra={"ci_input_size": (64, 64)},
 )

@@ -149,28 +149,46 @@ def imagenet_preprocess(input_size: tuple[int, int] = INPUT_SIZE) -> PreprocessS
 
 PREPROCESS = imagenet_preprocess(INPUT_SIZE)
 
+
+def register_imagenet_classifier(name: str, builder: Callable[..., nn.Module], check_input_size: Callable[[tuple[int, int]], None],
+                                 paper: str, source_file: str, *, input_size: tuple[int, int] = INPUT_SIZE,
+                                 output_names: tuple[str, ...] = ("logits",), load: Callable[..., None] | None = None,
+                                 extra: dict | None = None) -> ModelSpec:
+    """Register an ImageNet classifier: RGB centre crop with ImageNet mean/std at `input_size`, 1000
+    classes with ImageNet names, photo calibration, state-dict checkpoints (or `load`)."""
+    size = tuple(input_size)
+    return register(
+        ModelSpec(
+            name=name,
+            task="classification",
+            builder=builder,
+            input_size=size,  # type: ignore[arg-type]
+            num_classes=1000,
+            preprocess=imagenet_preprocess(size),  # type: ignore[arg-type]
+            output_names=output_names,
+            check_input_size=check_input_size,
+            load_weights=load or partial(load_weights, darknet_ok=False),
+            class_names=imagenet_class_names(),
+            default_calibration="photos",
+            paper=paper,
+            source_file=source_file,
+            extra=extra or {},
+        )
+    )
+
 # heavy ones (resnet101/152) only run in the zoo harness under -m slow
 _CI = {"resnet18": (64, 64), "resnet34": (64, 64), "resnet50": (64, 64), "plain34": (64, 64)}
 _PAPERS = {"plain34": PAPER + " (plain-34 baseline, Table 1 / Fig. 3 middle)"}
 
-SPECS: dict[str, ModelSpec] = {}
-for _name in CONFIGS:
-    SPECS[_name] = register(
-        ModelSpec(
-            name=_name,
-            task="classification",
-            builder=build_resnet50 if _name == "resnet50" else partial(build_resnet, _name),
-            input_size=INPUT_SIZE,
-            num_classes=1000,
-            preprocess=PREPROCESS,
-            output_names=("logits",),
-            check_input_size=check_input_size if _name == "resnet50" else stride_check(_name),
-            load_weights=partial(load_weights, darknet_ok=False),
-            class_names=imagenet_class_names(),
-            default_calibration="photos",
-            paper=_PAPERS.get(_name, PAPER),
-            source_file=__file__,
-            extra={"ci_input_size": _CI[_name]} if _name in _CI else {},
-        )
+SPECS: dict[str, ModelSpec] = {
+    _name: register_imagenet_classifier(
+        _name,
+        build_resnet50 if _name == "resnet50" else partial(build_resnet, _name),
+        check_input_size if _name == "resnet50" else stride_check(_name),
+        _PAPERS.get(_name, PAPER),
+        __file__,
+        extra={"ci_input_size": _CI[_name]} if _name in _CI else {},
     )
+    for _name in CONFIGS
+}
 SPEC = SPECS["resnet50"]

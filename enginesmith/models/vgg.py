@@ -40,9 +40,8 @@ from torch import nn
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.models.alexnet import paper_lrn
-from enginesmith.models.registry import ModelSpec, register
-from enginesmith.models.resnet import imagenet_class_names, imagenet_preprocess
-from enginesmith.models.weights import load_weights
+from enginesmith.models.registry import ModelSpec
+from enginesmith.models.resnet import register_imagenet_classifier
 from enginesmith.models.weights.state_dict import read_state_dict
 
 INPUT_SIZE = (224, 224)
@@ -204,41 +203,14 @@ def dense_check(name: str):
 
 SPECS: dict[str, ModelSpec] = {}
 for _name, (_cfg, _tv) in MODELS.items():
-    SPECS[_name] = register(
-        ModelSpec(
-            name=_name,
-            task="classification",
-            builder=partial(build_vgg, _name),
-            input_size=INPUT_SIZE,
-            num_classes=1000,
-            preprocess=imagenet_preprocess(INPUT_SIZE),
-            output_names=("logits",),
-            check_input_size=fc_check(_name),
-            load_weights=partial(load_weights, darknet_ok=False),
-            class_names=imagenet_class_names(),
-            default_calibration="photos",
-            paper=f"{PAPER} (configuration {_cfg})",
-            source_file=__file__,
-            # >130M parameters: only vgg11 runs in the CI zoo harness (at its only size, 224)
-            extra={"config": _cfg, **({"ci_input_size": INPUT_SIZE} if _name == "vgg11" else {})},
-        )
+    # >130M parameters: only vgg11 runs in the CI zoo harness (at its only size, 224)
+    SPECS[_name] = register_imagenet_classifier(
+        _name, partial(build_vgg, _name), fc_check(_name), f"{PAPER} (configuration {_cfg})", __file__,
+        extra={"config": _cfg, **({"ci_input_size": INPUT_SIZE} if _name == "vgg11" else {})},
     )
 for _name, _fc in DENSE.items():
-    SPECS[_name] = register(
-        ModelSpec(
-            name=_name,
-            task="classification",
-            builder=partial(build_vgg_dense, _fc),
-            input_size=INPUT_SIZE,
-            num_classes=1000,
-            preprocess=imagenet_preprocess(INPUT_SIZE),
-            output_names=("logits",),
-            check_input_size=dense_check(_name),
-            load_weights=load_dense_weights,
-            class_names=imagenet_class_names(),
-            default_calibration="photos",
-            paper=f"{PAPER} (configuration {MODELS[_fc][0]}, dense evaluation, Sec. 3.2)",
-            source_file=__file__,
-            extra={"config": MODELS[_fc][0], "dense": True},
-        )
+    SPECS[_name] = register_imagenet_classifier(
+        _name, partial(build_vgg_dense, _fc), dense_check(_name),
+        f"{PAPER} (configuration {MODELS[_fc][0]}, dense evaluation, Sec. 3.2)", __file__,
+        load=load_dense_weights, extra={"config": MODELS[_fc][0], "dense": True},
     )
