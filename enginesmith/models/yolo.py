@@ -16,7 +16,7 @@ blocks 1, 2, 8, 8, 4; three detection heads whose last 1x1 conv has a bias and n
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -143,6 +143,77 @@ class YoloDecode(nn.Module):
         return boxes, scores
 
 
+LayerFactory = Callable[[Layer, int], tuple[nn.Module, int]]
+
+
+def build_darknet_layers(
+    table: tuple[Layer, ...], det_filters: int, extra: dict[str, LayerFactory] | None = None
+) -> tuple[nn.ModuleList, frozenset[int]]:
+    """One module per cfg layer, in cfg order (so a `.weights` file loads conv by conv), and the
+    indices of the layers whose outputs routes and shortcuts read later.
+
+    Kinds: conv (filters None = the biased detection conv), route, upsample, shortcut, yolo / out
+    (markers of the raw maps), plus any kind in `extra`: factory(layer, in_channels) -> (module, out_channels).
+    """
+    extra = extra or {}
+    channels: list[int] = []  # output channels of every layer
+    layers: list[nn.Module] = []
+    cin = 3
+    for i, layer in enumerate(table):
+        kind = layer[0]
+        if kind == "conv":
+            _, filters, k, stride = layer
+            if filters is None:
+                layers.append(nn.Conv2d(cin, det_filters, k, stride, padding=k // 2, bias=True))
+                cout = det_filters
+            else:
+                layers.append(ConvBNLeaky(cin, filters, k, stride))
+                cout = filters
+        elif kind == "route":
+            cout = sum(channels[j if j >= 0 else i + j] for j in layer[1])
+            layers.append(Passthrough(f"route {layer[1]}"))
+        elif kind == "upsample":
+            layers.append(nn.Upsample(scale_factor=layer[1], mode="nearest"))
+            cout = cin
+        elif kind in extra:
+            module, cout = extra[kind](layer, cin)
+            layers.append(module)
+        elif kind in ("shortcut", "yolo", "out"):
+            layers.append(Passthrough(f"{kind} {layer[1]}"))
+            cout = cin
+        else:  # pragma: no cover - tables are fixed
+            raise ValueError(f"unknown darknet layer kind {kind!r}")
+        channels.append(cout)
+        cin = cout
+    keep: set[int] = set()
+    for i, layer in enumerate(table):
+        if layer[0] == "shortcut":
+            keep.add(i + layer[1])
+        elif layer[0] == "route":
+            keep.update(j if j >= 0 else i + j for j in layer[1])
+    return nn.ModuleList(layers), frozenset(keep)
+
+
+def run_darknet_layers(table: tuple[Layer, ...], layers: nn.ModuleList, keep: frozenset[int], x: Tensor) -> list[Tensor]:
+    """Run a table built by `build_darknet_layers`; return the raw maps at its yolo / out markers."""
+    saved: dict[int, Tensor] = {}
+    raws: list[Tensor] = []
+    for i, (layer, m) in enumerate(zip(table, layers)):
+        kind = layer[0]
+        if kind == "shortcut":
+            x = x + saved[i + layer[1]]
+        elif kind == "route":
+            parts = [saved[j if j >= 0 else i + j] for j in layer[1]]
+            x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        elif kind in ("yolo", "out"):
+            raws.append(x)
+        else:
+            x = m(x)
+        if i in keep:
+            saved[i] = x
+    return raws
+
+
 class YOLOv3(nn.Module):
     """YOLOv3: x [N, 3, H, W] -> (boxes [N, A, 4] x1y1x2y2 input pixels, scores [N, A, C])."""
 
@@ -151,59 +222,12 @@ class YOLOv3(nn.Module):
         self.num_classes = num_classes
         self.input_size = (int(input_size[0]), int(input_size[1]))
         det_filters = len(MASKS[0]) * (5 + num_classes)
-        channels: list[int] = []  # output channels of every layer
-        layers: list[nn.Module] = []
-        cin = 3
-        for i, layer in enumerate(YOLOV3_CFG):
-            kind = layer[0]
-            if kind == "conv":
-                _, filters, k, stride = layer
-                if filters is None:
-                    layers.append(nn.Conv2d(cin, det_filters, k, stride, padding=k // 2, bias=True))
-                    cout = det_filters
-                else:
-                    layers.append(ConvBNLeaky(cin, filters, k, stride))
-                    cout = filters
-            elif kind == "route":
-                cout = sum(channels[j if j >= 0 else i + j] for j in layer[1])
-                layers.append(Passthrough(f"route {layer[1]}"))
-            elif kind == "upsample":
-                layers.append(nn.Upsample(scale_factor=layer[1], mode="nearest"))
-                cout = cin
-            else:  # shortcut, yolo
-                layers.append(Passthrough(f"{kind} {layer[1]}"))
-                cout = cin
-            channels.append(cout)
-            cin = cout
-        self.layers = nn.ModuleList(layers)
-        # Layers whose outputs are read later (routes, shortcuts) are kept during forward.
-        keep: set[int] = set()
-        for i, layer in enumerate(YOLOV3_CFG):
-            if layer[0] == "shortcut":
-                keep.add(i + layer[1])
-            elif layer[0] == "route":
-                keep.update(j if j >= 0 else i + j for j in layer[1])
-        self._keep = frozenset(keep)
+        self.layers, self._keep = build_darknet_layers(YOLOV3_CFG, det_filters)
         self.decode = YoloDecode(self.input_size, num_classes)
 
     def forward_raw(self, x: Tensor) -> list[Tensor]:
         """The three raw detection maps [N, 3*(5+C), H/s, W/s] for s = 32, 16, 8 (before decoding)."""
-        saved: dict[int, Tensor] = {}
-        raws: list[Tensor] = []
-        for i, (layer, m) in enumerate(zip(YOLOV3_CFG, self.layers)):
-            kind = layer[0]
-            if kind == "shortcut":
-                x = x + saved[i + layer[1]]
-            elif kind == "route":
-                parts = [saved[j if j >= 0 else i + j] for j in layer[1]]
-                x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-            elif kind == "yolo":
-                raws.append(x)
-            else:
-                x = m(x)
-            if i in self._keep:
-                saved[i] = x
-        return raws
+        return run_darknet_layers(YOLOV3_CFG, self.layers, self._keep, x)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.decode(self.forward_raw(x))

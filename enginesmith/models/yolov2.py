@@ -40,7 +40,7 @@ from enginesmith.errors import EnginesmithError
 from enginesmith.models.ops import make_grid
 from enginesmith.models.registry import ModelSpec, register
 from enginesmith.models.weights import load_weights
-from enginesmith.models.yolo import ConvBNLeaky, Passthrough
+from enginesmith.models.yolo import build_darknet_layers, run_darknet_layers
 from enginesmith.models.classes import VOC_NAMES
 from enginesmith.runtime.preprocess import PreprocessSpec
 
@@ -127,60 +127,13 @@ class DarknetLayers(nn.Module):
     def __init__(self, table: tuple[Layer, ...], det_filters: int) -> None:
         super().__init__()
         self.table = table
-        channels: list[int] = []
-        layers: list[nn.Module] = []
-        cin = 3
-        for i, layer in enumerate(table):
-            kind = layer[0]
-            if kind == "conv":
-                _, filters, k, stride = layer
-                if filters is None:
-                    layers.append(nn.Conv2d(cin, det_filters, k, stride, padding=k // 2, bias=True))
-                    cout = det_filters
-                else:
-                    layers.append(ConvBNLeaky(cin, filters, k, stride))
-                    cout = filters
-            elif kind == "maxpool":
-                layers.append(DarknetMaxPool(layer[1], layer[2]))
-                cout = cin
-            elif kind == "route":
-                cout = sum(channels[j if j >= 0 else i + j] for j in layer[1])
-                layers.append(Passthrough(f"route {layer[1]}"))
-            elif kind == "reorg":
-                layers.append(DarknetReorg(layer[1]))
-                cout = cin * layer[1] ** 2
-            elif kind == "upsample":
-                layers.append(nn.Upsample(scale_factor=layer[1], mode="nearest"))
-                cout = cin
-            elif kind == "out":
-                layers.append(Passthrough(f"out {layer[1]}"))
-                cout = cin
-            else:  # pragma: no cover - tables are fixed
-                raise ValueError(kind)
-            channels.append(cout)
-            cin = cout
-        self.layers = nn.ModuleList(layers)
-        keep: set[int] = set()
-        for i, layer in enumerate(table):
-            if layer[0] == "route":
-                keep.update(j if j >= 0 else i + j for j in layer[1])
-        self._keep = frozenset(keep)
+        self.layers, self._keep = build_darknet_layers(table, det_filters, {
+            "maxpool": lambda layer, cin: (DarknetMaxPool(layer[1], layer[2]), cin),
+            "reorg": lambda layer, cin: (DarknetReorg(layer[1]), cin * layer[1] ** 2),
+        })
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        saved: dict[int, Tensor] = {}
-        raws: list[Tensor] = []
-        for i, (layer, m) in enumerate(zip(self.table, self.layers)):
-            kind = layer[0]
-            if kind == "route":
-                parts = [saved[j if j >= 0 else i + j] for j in layer[1]]
-                x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-            elif kind == "out":
-                raws.append(x)
-            else:
-                x = m(x)
-            if i in self._keep:
-                saved[i] = x
-        return raws
+        return run_darknet_layers(self.table, self.layers, self._keep, x)
 
 
 class RegionDecode(nn.Module):
