@@ -26,7 +26,7 @@ def _fail(e: EnginesmithError) -> None:
 def build(
     model: str = typer.Argument(..., help="registered model name (see `enginesmith models`)"),
     target: str = typer.Option("openvino", help="openvino | onnxruntime | tensorrt"),
-    precision: str = typer.Option("int8", help="fp32 | fp16 | int8"),
+    precision: str = typer.Option("int8", help="fp32 | fp16 | int8 | mixed (int8, sensitive layers in float; needs --val)"),
     weights: Optional[Path] = typer.Option(None, help="Darknet .weights or PyTorch state dict"),
     calib: Optional[Path] = typer.Option(None, help="folder of calibration images (default: built-in photos)"),
     calib_method: str = typer.Option("minmax", help="minmax | entropy | percentile"),
@@ -38,6 +38,12 @@ def build(
     nms: str = typer.Option("host", help="detectors: engine (ONNX NonMaxSuppression in the engine) | host (numpy)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="output folder (default build/MODEL/TARGET-PRECISION)"),
     cache_dir: Optional[Path] = typer.Option(None, help="stage cache (default build/.cache or $ENGINESMITH_CACHE)"),
+    val: Optional[Path] = typer.Option(None, help="held-out data (VOC folder, COCO json, class folders or 'digits'): "
+                                       "the engine's mAP / top-1 is measured against FP32 PyTorch"),
+    val_split: str = typer.Option("val", help="split of --val to measure on"),
+    accuracy_budget: Optional[float] = typer.Option(None, help="largest allowed metric drop in points "
+                                                    "(default 1.0 mAP for detectors, 0.5 top-1 for classifiers)"),
+    fallback: str = typer.Option("none", help="int8 only: auto keeps the most sensitive layers in float until the budget holds"),
 ) -> None:
     """Build a verified engine for MODEL and print its report."""
     from enginesmith.pipeline.run import BuildConfig, build_engine, parse_input_size
@@ -47,7 +53,7 @@ def build(
             model=model, target=target, precision=precision, weights=weights, calib=calib, calib_method=calib_method,
             calib_size=calib_size, batch=batch, dynamic_batch=dynamic_batch,
             input_size=parse_input_size(input_size) if input_size else None, num_classes=num_classes, out=out_dir,
-            nms=nms,
+            nms=nms, val=val, val_split=val_split, accuracy_budget=accuracy_budget, fallback=fallback,
         )
         if cache_dir is not None:
             config.cache_dir = cache_dir
@@ -59,7 +65,12 @@ def build(
             state = "cached" if a.cached else f"built in {a.wall_time_s:.1f} s"
             console.print(f"  [green]✓[/] {a.stage:<14} {state}", highlight=False)
 
-        result = build_engine(config, on_stage=on_stage, on_start=on_start)
+        def on_search_step(i: int, n: int, a) -> None:  # type: ignore[no-untyped-def]
+            what = "int8, all layers quantized" if i == 0 else f"step {i}/{n}: {len(a.keep_float)} layers in float"
+            result = a.error.split(";")[0] if a.error else f"metric {a.metric:.2f}, drop {a.drop:.2f}"
+            console.print(f"  [cyan]mixed[/] {what}: {result}", highlight=False)
+
+        result = build_engine(config, on_stage=on_stage, on_start=on_start, on_search_step=on_search_step)
     except EnginesmithError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -86,6 +97,83 @@ def models(as_json: bool = typer.Option(False, "--json", help="machine-readable 
         table.add_row(r["name"], r["task"], "x".join(str(d) for d in r["input_shape"][1:]), str(r["num_classes"]), _si(r["params"]),
                       _si(r["macs"]), str(r.get("boxes", "")))
     out.print(table)
+
+
+data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Datasets built from what ships in pip packages.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("offline")
+def data_offline(
+    out_dir: Path = typer.Option(..., "--out", help="folder to write (VOC layout with COCO json beside it)"),
+    images: int = typer.Option(2000, help="number of images (split 70/15/15 into train/val/test)"),
+    seed: int = typer.Option(0, help="random seed: the same seed gives the same dataset"),
+) -> None:
+    """Generate the offline detection set: real photos, real handwritten digits and drawn shapes."""
+    from enginesmith.data.offline_detection import generate_offline_dataset
+    from enginesmith.pipeline.progress import progress_bar
+
+    try:
+        with progress_bar("offline dataset", images) as update:
+            path = generate_offline_dataset(out_dir, images=images, seed=seed, progress=update)
+    except EnginesmithError as e:
+        _fail(e)
+    console.print(f"offline dataset written to [bold]{path}[/]", highlight=False)
+
+
+@app.command("train")
+def train(
+    model: str = typer.Argument(..., help="registered model name (e.g. yolov3-tiny-256)"),
+    dataset: Path = typer.Option(..., help="a VOC-style folder (e.g. from `enginesmith data offline`) or COCO json"),
+    epochs: Optional[int] = typer.Option(None, help="epochs (default: the model's recipe)"),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="checkpoint path (default: in the cache)"),
+    seed: int = typer.Option(0, help="random seed"),
+    time_budget: Optional[float] = typer.Option(None, help="stop training after this many minutes"),
+) -> None:
+    """Train MODEL on a dataset with its family's loss; print the checkpoint path and validation mAP."""
+    from enginesmith.training import train as train_model
+
+    try:
+        result = train_model(model, dataset, epochs=epochs, out=out_path, seed=seed,
+                             time_budget_s=None if time_budget is None else 60.0 * time_budget)
+    except EnginesmithError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]: no checkpoint was written")
+        raise typer.Exit(130)
+    out.print_json(json.dumps({"checkpoint": str(result.checkpoint), "reused": result.reused,
+                               "metrics": result.metrics}, default=str))
+
+
+@app.command("eval")
+def evaluate(
+    target: str = typer.Argument(..., help="an engine folder, a checkpoint, or a registered model name"),
+    dataset: str = typer.Option(..., help="VOC folder / COCO json (detectors); class folders, a detection set or "
+                                "'digits' (classifiers)"),
+    split: str = typer.Option("test", help="dataset split"),
+    weights: Optional[Path] = typer.Option(None, help="checkpoint for a registered model name"),
+    num_classes: Optional[int] = typer.Option(None, help="number of classes (default: the checkpoint's or model's)"),
+    limit: Optional[int] = typer.Option(None, help="evaluate the first N images only"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Print mAP (VOC07 11-point, all-point, COCO) or top-1/top-5 for an engine or a PyTorch model."""
+    from enginesmith.benchmarks.evaluate import evaluate as run_eval
+
+    try:
+        metrics = run_eval(target, dataset, split=split, weights=weights, num_classes=num_classes, limit=limit)
+    except EnginesmithError as e:
+        _fail(e)
+    if as_json:
+        out.print_json(json.dumps(metrics, default=str))
+        return
+    table = Table("metric", "value")
+    for key in ("voc07_map", "map", "coco_ap", "coco_ap50", "coco_ap75", "top1", "top5"):
+        if key in metrics and metrics[key] is not None:
+            table.add_row(key, f"{100 * float(metrics[key]):.2f}")
+    timing = metrics.get("timing", {})
+    out.print(table)
+    if timing:
+        out.print(f"{timing.get('images', '')} images, {timing.get('images_per_s', 0):.1f} images/s", highlight=False)
 
 
 def _si(n: float) -> str:

@@ -42,6 +42,7 @@ import numpy as np
 from enginesmith.errors import EnginesmithError
 
 METHODS = ("minmax", "percentile", "entropy")
+PRESETS = ("performance", "mixed")
 _CACHE_VERSION = "nncf-ov-v1"
 
 
@@ -129,6 +130,8 @@ def quantize_openvino(
     statistics_dir: Path | None = None,
     percentile: float = 99.99,
     overflow_fix: str = "enable",
+    preset: str = "performance",
+    keep_float: Sequence[str] = (),
 ) -> tuple[Any, dict[str, Any]]:
     """NNCF INT8 of an ``openvino.Model`` -> (quantized openvino.Model, info).
 
@@ -136,7 +139,12 @@ def quantize_openvino(
     iterator. subset_size counts *samples* (images); NNCF reads whole feeds, so with feeds of N
     it runs ceil(subset_size / N) of them. A model with a static batch dim B is fed B at a time
     (batches are sliced; a remainder smaller than B is dropped). info: fake_quantize (count), estimator, method,
-    overflow_fix, ignored (names), cached (bool).
+    overflow_fix, preset, ignored (names), kept_float, cached (bool).
+
+    keep_float: ONNX node names to leave in float (the mixed-precision search); after
+    convert_model a Conv/Gemm named X becomes ops "X/WithoutBiases" (+ "X" for the bias Add), so
+    both are put in the ignored scope. preset: "performance" (symmetric activations) or "mixed"
+    (asymmetric activations), NNCF's QuantizationPreset.
     """
     import logging
 
@@ -150,10 +158,15 @@ def quantize_openvino(
         raise EnginesmithError(f"calibration subset size must be positive, got {subset_size}")
     estimator, estimator_name = _estimator(method, percentile)
     ignored = decode_op_names(model, ignored_patterns)
+    kept = [name for n in keep_float for name in (n, f"{n}/WithoutBiases")]
+    if preset not in PRESETS:
+        raise EnginesmithError(f"unknown NNCF preset {preset!r}; use one of {', '.join(PRESETS)}")
     info: dict[str, Any] = {
         "method": method,
         "estimator": estimator_name,
         "overflow_fix": overflow_fix,
+        "preset": preset,
+        "kept_float": list(keep_float),
         "ignored_patterns": list(ignored_patterns),
         "ignored": ignored,
         "cached": False,
@@ -172,7 +185,7 @@ def quantize_openvino(
     cache_file = None
     if statistics_dir is not None:
         key = json.dumps(
-            [_CACHE_VERSION, method, percentile, subset_size, batch_n, list(ignored_patterns), overflow_fix,
+            [_CACHE_VERSION, method, percentile, subset_size, batch_n, list(ignored_patterns), overflow_fix, preset, kept,
              nncf.__version__, ov.__version__],
         )
         cache_file = Path(statistics_dir) / f"nncf-{hashlib.sha256(key.encode()).hexdigest()[:16]}.xml"
@@ -205,7 +218,8 @@ def quantize_openvino(
             model,
             dataset,
             subset_size=n_batches,
-            ignored_scope=nncf.IgnoredScope(names=ignored, patterns=list(ignored_patterns), validate=False),
+            preset=nncf.QuantizationPreset(preset),
+            ignored_scope=nncf.IgnoredScope(names=ignored + kept, patterns=list(ignored_patterns), validate=False),
             advanced_parameters=advanced,
         )
     except Exception as e:  # NNCF raises many types; the user needs the stage and the reason

@@ -96,6 +96,7 @@ def quantize_qdq(
     per_channel: bool = True,
     op_types: Sequence[str] = ("Conv", "Gemm", "MatMul"),
     exclude_patterns: Sequence[str] = ("/decode/",),
+    keep_float: Sequence[str] = (),
     _config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a Q/DQ ONNX of `onnx_in` to `onnx_out` (atomically) using `ranges` (tensor -> (lo, hi)).
@@ -103,6 +104,7 @@ def quantize_qdq(
     `ranges` must cover the float inputs and outputs of every node to quantize
     (statistics.quantizable_tensors gives that list). Returns info: quantized_nodes,
     quantize_linear / dequantize_linear node counts, qdq_pairs, excluded_nodes, and the config.
+    `keep_float` names nodes to leave in float (the mixed-precision search).
     `_config` overrides the chosen kernel config (used only to measure alternatives).
     """
     import onnx
@@ -125,7 +127,7 @@ def quantize_qdq(
     if model.opset_import and max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 13:
         model = onnx.version_converter.convert_version(model, 13)
 
-    excluded = sorted(decode_node_names(model.graph, exclude_patterns))
+    excluded = sorted(decode_node_names(model.graph, exclude_patterns) | set(keep_float))
     tensors = TensorsData(
         CalibrationMethod.MinMax,
         {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.items()},
@@ -164,6 +166,7 @@ def quantize_qdq(
         "dequantize_linear": n_dq,
         "qdq_pairs": n_q,
         "excluded_nodes": len(excluded),
+        "kept_float": sorted(keep_float),
         "decode_inputs_kept_float": unquantized_heads,
         "activation_type": str(cfg["activation_type"]),
         "weight_type": str(cfg["weight_type"]),

@@ -18,3 +18,10 @@ COCO_NAMES: tuple[str, ...] = (
     "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
     "hair drier", "toothbrush",
 )
+
+# The offline detection set (enginesmith/data/offline_detection.py): ten handwritten digits
+# (scikit-learn) and six drawn shapes pasted on real photographs (scikit-image).
+OFFLINE_NAMES: tuple[str, ...] = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    "circle", "square", "triangle", "star", "cross", "ring",
+)

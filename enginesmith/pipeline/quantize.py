@@ -63,12 +63,29 @@ class Calibration:
         return len(self.source) // self.batch  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How INT8 is made beyond the calibration data: nodes kept in float (ONNX node names, from the
+    mixed-precision search) and NNCF's preset / overflow fix for OpenVINO."""
+
+    keep_float: tuple[str, ...] = ()
+    nncf_preset: str = "performance"
+    overflow_fix: str = "enable"
+
+    def params(self, target: str) -> dict[str, object]:
+        p: dict[str, object] = {"keep_float": list(self.keep_float)}
+        if target == "openvino":
+            p.update(nncf_preset=self.nncf_preset, overflow_fix=self.overflow_fix)
+        return p
+
+
 def precision_artifacts(
     cache: Cache, target: str, precision: str, simplified: Artifact, calibration: Calibration | None,
-    on_stage: Callable[[Artifact], None],
+    on_stage: Callable[[Artifact], None], options: QuantizeOptions = QuantizeOptions(),
 ) -> Artifact | None:
     """Run the precision stage(s) for (target, precision); return the artifact the engine is built
-    from, or None when the engine is built straight from the simplified ONNX."""
+    from, or None when the engine is built straight from the simplified ONNX. "mixed" is INT8 with
+    `options.keep_float` left in float."""
     if precision == "fp32" or (precision == "fp16" and target == "openvino"):
         return None
     if precision == "fp16":
@@ -78,8 +95,8 @@ def precision_artifacts(
     assert calibration is not None
     if target == "openvino":
         art = cache.run(
-            "quantize-nncf", [simplified], {"calibration": calibration.fingerprint()},
-            lambda tmp: _nncf(simplified.file, calibration, tmp),
+            "quantize-nncf", [simplified], {"calibration": calibration.fingerprint(), **options.params(target)},
+            lambda tmp: _nncf(simplified.file, calibration, options, tmp),
         )
         on_stage(art)
         return art
@@ -90,8 +107,9 @@ def precision_artifacts(
     on_stage(stats)
     symmetric = target == "tensorrt"
     art = cache.run(
-        "quantize-qdq", [simplified, stats], {"symmetric": symmetric, "op_types": list(QUANTIZED_OP_TYPES)},
-        lambda tmp: _qdq(simplified.file, stats.file, symmetric, tmp),
+        "quantize-qdq", [simplified, stats],
+        {"symmetric": symmetric, "op_types": list(QUANTIZED_OP_TYPES), **options.params(target)},
+        lambda tmp: _qdq(simplified.file, stats.file, symmetric, options.keep_float, tmp),
     )
     on_stage(art)
     return art
@@ -104,7 +122,7 @@ def _fp16(src: Path, tmp: Path) -> StageResult:
     return StageResult(["model.onnx"], {"precision": "fp16"})
 
 
-def _nncf(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
+def _nncf(src: Path, calibration: Calibration, options: QuantizeOptions, tmp: Path) -> StageResult:
     import openvino as ov
 
     from enginesmith.calibration.nncf_openvino import quantize_openvino
@@ -116,6 +134,9 @@ def _nncf(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
         method=calibration.method,
         ignored_patterns=(DECODE_OPENVINO_PATTERN,),
         statistics_dir=None,
+        preset=options.nncf_preset,
+        overflow_fix=options.overflow_fix,
+        keep_float=options.keep_float,
     )
     model, info = result
     info = {k: v for k, v in info.items() if k not in ("cached", "ignored")}
@@ -137,9 +158,10 @@ def _statistics(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
     return StageResult(["ranges.json"], {"tensors": len(ranges), "method": calibration.method})
 
 
-def _qdq(src: Path, ranges_file: Path, symmetric: bool, tmp: Path) -> StageResult:
+def _qdq(src: Path, ranges_file: Path, symmetric: bool, keep_float: tuple[str, ...], tmp: Path) -> StageResult:
     from enginesmith.calibration.qdq import quantize_qdq
 
     ranges = {k: (lo, hi) for k, (lo, hi) in json.loads(ranges_file.read_text()).items()}
-    info = quantize_qdq(src, tmp / "model.onnx", ranges, symmetric=symmetric, exclude_patterns=(DECODE_ONNX_PATTERN,))
+    info = quantize_qdq(src, tmp / "model.onnx", ranges, symmetric=symmetric, exclude_patterns=(DECODE_ONNX_PATTERN,),
+                        keep_float=keep_float)
     return StageResult(["model.onnx"], {"quantizer": "onnxruntime-qdq", "symmetric": symmetric, **(info or {})})

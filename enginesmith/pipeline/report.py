@@ -42,7 +42,8 @@ def _details(a: Artifact) -> str:
 
 
 def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact], latency: Artifact | None,
-                  out: Path, trained: bool, calibration_images: int, calibration_warning: str | None = None) -> str:
+                  out: Path, trained: bool, calibration_images: int, calibration_warning: str | None = None,
+                  accuracy: dict[str, Any] | None = None) -> str:
     """Markdown: what was built, each stage's time and verification, the engine, a latency check."""
     size = preprocess.input_size
     batch = "dynamic" if config.dynamic_batch else str(config.batch)
@@ -53,7 +54,7 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
         f"outputs {', '.join(f'`{n}`' for n in spec.output_names)})",
         f"- weights: {config.weights if trained else 'none given: seeded, untrained'}",
     ]
-    if config.precision == "int8":
+    if config.precision in ("int8", "mixed"):
         src = config.calib or f"built-in offline set ({spec.default_calibration})"
         lines.append(f"- calibration: {src}, {calibration_images} images, method {config.calib_method}")
         if calibration_warning:
@@ -66,6 +67,8 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
         check = STAGE_CHECKS.get(a.stage, "-")
         lines.append(f"| {a.stage} | {'cached' if a.cached else 'built'} | {a.wall_time_s:.1f} s | {check} | "
                      f"{_verify_text(a.metrics)} | {_details(a)} |")
+    if accuracy is not None:
+        lines += _accuracy_lines(config, accuracy)
     if latency is not None:
         m = latency.metrics
         e, t = m["engine"], m["pytorch_eager_fp32"]
@@ -83,3 +86,26 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
             f"Engine speed-up over PyTorch eager: **{m['speedup']:.2f}x** (median latency ratio).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _accuracy_lines(config: Any, acc: dict[str, Any]) -> list[str]:
+    """The accuracy check and, for a mixed-precision search, each step and the layers kept in float."""
+    name = {"voc07_map": "VOC07 mAP@0.5", "top1": "top-1"}.get(acc["metric"], acc["metric"])
+    lines = [
+        "", f"## Accuracy ({name}, {acc['images']} held-out images of {acc['val']} split `{acc['split']}`)", "",
+        f"| model | {name} | drop (points) |", "|---|---|---|",
+        f"| PyTorch eager fp32 | {acc['fp32_pytorch']:.2f} | - |",
+        f"| {config.target} {config.precision} engine | {acc['engine']:.2f} | {acc['drop']:.2f} (budget {acc['budget']:g}) |",
+    ]
+    search = acc.get("search")
+    if search:
+        lines += ["", "Mixed-precision search (layers ranked by the quantization noise power each adds):", "",
+                  f"| step | layers kept in float | {name} | drop | note |", "|---|---|---|---|---|"]
+        for i, step in enumerate(search["steps"]):
+            metric = "-" if step["metric"] is None else f"{step['metric']:.2f}"
+            drop = "-" if step["drop"] is None else f"{step['drop']:.2f}"
+            note = step["error"][:80] if step["error"] else ""
+            lines.append(f"| {i} | {step['kept_float']} | {metric} | {drop} | {note} |")
+        if acc["kept_float"]:
+            lines += ["", "Kept in float: " + ", ".join(f"`{n}`" for n in acc["kept_float"])]
+    return lines

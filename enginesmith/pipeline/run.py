@@ -28,7 +28,8 @@ from enginesmith.pipeline.artifacts import (
 )
 
 TARGETS = ("openvino", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "mixed")
+FALLBACKS = ("none", "auto")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 NMS_MODES = ("host", "engine")
 VERIFY_IMAGES = 8
@@ -54,6 +55,15 @@ class BuildConfig:
     cache_dir: Path = field(default_factory=lambda: Path(os.environ.get("ENGINESMITH_CACHE", "build/.cache")))
     latency_budget_s: float = 8.0
     seed: int = 0
+    val: Path | None = None  # held-out data: the task metric is measured and held to accuracy_budget
+    val_split: str = "val"
+    accuracy_budget: float | None = None  # points; None: pipeline/accuracy.py DEFAULT_BUDGET for the task
+    fallback: str = "none"  # "auto": int8 keeps sensitive layers in float until the budget holds (= mixed)
+
+    @property
+    def searches(self) -> bool:
+        """True when INT8 may keep layers in float to meet the budget (mixed, or int8 --fallback auto)."""
+        return self.precision == "mixed" or (self.precision == "int8" and self.fallback == "auto")
 
 
 @dataclass
@@ -64,6 +74,7 @@ class BuildResult:
     stages: list[Artifact]
     latency: Artifact | None
     report: str
+    accuracy: dict[str, Any] | None = None
 
 
 def parse_input_size(text: str) -> tuple[int, int]:
@@ -85,6 +96,15 @@ def validate(config: BuildConfig):
         raise EnginesmithError(f"unknown target {config.target!r}; choose one of {', '.join(TARGETS)}")
     if config.precision not in PRECISIONS:
         raise EnginesmithError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if config.fallback not in FALLBACKS:
+        raise EnginesmithError(f"unknown --fallback {config.fallback!r}; choose none or auto")
+    if config.fallback == "auto" and config.precision not in ("int8", "mixed"):
+        raise EnginesmithError(f"--fallback auto keeps INT8 layers in float; it does nothing for {config.precision}")
+    if config.searches and config.val is None:
+        raise EnginesmithError("--precision mixed and --fallback auto judge each step by the task metric: give held-out "
+                               "data with --val DIR (e.g. the val split of `enginesmith data offline`)")
+    if config.accuracy_budget is not None and config.accuracy_budget < 0:
+        raise EnginesmithError(f"--accuracy-budget is a drop in points and cannot be negative, got {config.accuracy_budget}")
     if config.calib_method not in CALIB_METHODS:
         raise EnginesmithError(f"unknown calibration method {config.calib_method!r}; choose one of {', '.join(CALIB_METHODS)}")
     ok, why = get_backend(config.target).available()
@@ -115,6 +135,9 @@ def validate(config: BuildConfig):
         from enginesmith.data.image_folder import list_images
 
         list_images(Path(config.calib))
+    if config.val is not None and not Path(config.val).exists() and str(config.val) != "digits":
+        raise EnginesmithError(f"--val {config.val}: no such file or folder; give a VOC folder, a COCO json or a "
+                               "folder of class subfolders")
     return spec
 
 
@@ -233,6 +256,57 @@ class _Build:
 
         return self._stage(self.cache.run("nms", [simplified], params, produce))
 
+    # -- accuracy -------------------------------------------------------------------------------
+    @cached_property
+    def val(self) -> Any:
+        from enginesmith.pipeline.accuracy import check_classes, load_validation
+
+        val = load_validation(self.config.val, self.spec.task, self.config.val_split)  # type: ignore[arg-type]
+        check_classes(val, self.config.num_classes or self.spec.num_classes)
+        return val
+
+    @property
+    def budget(self) -> float:
+        from enginesmith.pipeline.accuracy import DEFAULT_BUDGET
+
+        c = self.config
+        return c.accuracy_budget if c.accuracy_budget is not None else DEFAULT_BUDGET[self.spec.task]
+
+    def _accuracy(self, name: str, parents: list[Artifact], params: dict[str, Any], make_infer: Callable[[], Any],
+                  batch: int | None) -> Artifact:
+        from enginesmith.pipeline.accuracy import measure
+        from enginesmith.pipeline.progress import progress_bar
+
+        params = {**params, "val": self.val.fingerprint, "split": self.val.split, "metric": self.val.metric}
+
+        def produce(tmp: Path) -> StageResult:
+            with make_infer() as runner, progress_bar(f"{self.val.metric} on {len(self.val)} held-out images",
+                                                      len(self.val)) as update:
+                result = measure(lambda x: runner.infer({"images": x}), batch, self.val, self.preprocess, update)
+            write_json_atomic(tmp / "accuracy.json", result)
+            return StageResult(["accuracy.json"], result)
+
+        return self._stage(self.cache.run(name, parents, params, produce))
+
+    def reference_accuracy(self, exported: Artifact) -> Artifact:
+        """The metric of the FP32 PyTorch model (what every engine is judged against)."""
+        from enginesmith.backends.torch import TorchRunner
+
+        return self._accuracy("accuracy-fp32", [exported], {"runner": "pytorch-eager-fp32"},
+                              lambda: TorchRunner(self.model, "images", list(self.spec.output_names)), None)
+
+    def engine_accuracy(self, engine: Artifact) -> Artifact:
+        from enginesmith.backends import get_backend
+        from enginesmith.pipeline.build import runner_options
+
+        c = self.config
+        precision = "int8" if c.precision == "mixed" else c.precision
+        return self._accuracy(
+            "accuracy", [engine], {"target": c.target, "precision": precision},
+            lambda: get_backend(c.target).Runner(engine.file, **runner_options(c.target, precision)),
+            None if c.dynamic_batch else c.batch,
+        )
+
     def latency(self, engine: Artifact) -> Artifact:
         """Engine vs PyTorch eager FP32, same batch, same run, same machine."""
         import platform
@@ -270,11 +344,13 @@ def build_engine(
     config: BuildConfig,
     on_stage: Callable[[Artifact], None] = lambda a: None,
     on_start: Callable[[str], None] | None = None,
+    on_search_step: Callable[[int, int, Any], None] | None = None,
 ) -> BuildResult:
     """Run the whole pipeline for `config` and publish the engine, its manifest and report.md."""
     from enginesmith.pipeline.build import engine_artifact, run_batches
     from enginesmith.pipeline.export import INPUT_NAME
-    from enginesmith.pipeline.quantize import precision_artifacts
+    from enginesmith.pipeline.mixed import Attempt, SearchResult, search
+    from enginesmith.pipeline.quantize import QuantizeOptions, precision_artifacts
     from enginesmith.pipeline.report import render_report
     from enginesmith.backends.onnxruntime import Runner
 
@@ -285,8 +361,9 @@ def build_engine(
     simplified = b.simplify(exported)
     with_nms = b.nms(simplified) if config.nms == "engine" else None
     base = with_nms or simplified
-    calibration = b.calibration if config.precision == "int8" else None
-    quantized = precision_artifacts(b.cache, config.target, config.precision, base, calibration, on_stage)
+    quant_precision = "int8" if config.precision == "mixed" else config.precision
+    calibration = b.calibration if quant_precision == "int8" else None
+    reference_acc = b.reference_accuracy(exported) if config.val is not None else None
 
     def reference() -> dict[str, np.ndarray]:
         """The model's own outputs (raw head for detectors) from the FP32 ONNX on ONNX Runtime: what
@@ -295,15 +372,53 @@ def build_engine(
             outs = run_batches(runner, INPUT_NAME, b.verify_batches)
         return {k: v for k, v in outs.items() if k in spec.output_names}
 
-    engine = engine_artifact(
-        b.cache, config.target, config.precision, quantized or base, INPUT_NAME, lambda: b.verify_batches, reference
-    )
-    on_stage(engine)
+    def attempt(keep_float: tuple[str, ...]) -> Attempt:
+        """Build (precision stage + engine) with `keep_float` in float; measure it when --val is given."""
+        quantized = precision_artifacts(b.cache, config.target, quant_precision, base, calibration, on_stage,
+                                        QuantizeOptions(keep_float=keep_float))
+        try:
+            engine = engine_artifact(b.cache, config.target, quant_precision, quantized or base, INPUT_NAME,
+                                     lambda: b.verify_batches, reference)
+        except EnginesmithError as e:
+            if not config.searches:
+                raise
+            return Attempt(keep_float, None, None, error=str(e), quantized=quantized)
+        on_stage(engine)
+        if reference_acc is None:
+            return Attempt(keep_float, None, None, engine=engine, quantized=quantized)
+        acc = b.engine_accuracy(engine).metrics
+        return Attempt(keep_float, acc["value"], reference_acc.metrics["value"] - acc["value"], engine=engine,
+                       quantized=quantized)
+
+    def within_budget(a: Attempt) -> bool:
+        return a.ok and (a.drop is None or a.drop <= b.budget + 1e-9)
+
+    if config.searches:
+        result = search(attempt, lambda first: _rank_layers(config.target, base, first, b.verify_batches),
+                        within_budget, on_step=on_search_step or (lambda i, n, a: None))
+    else:
+        result = SearchResult([attempt(())])
+        if not within_budget(result.final):
+            hint = "" if quant_precision != "int8" else "; try --precision mixed (keeps the most sensitive layers in float)"
+            raise EnginesmithError(
+                f"the {config.target} {config.precision} engine's {b.val.metric} is {result.final.metric:.2f} against "
+                f"{reference_acc.metrics['value']:.2f} for FP32 PyTorch on {len(b.val)} held-out images: a drop of "
+                f"{result.final.drop:.2f} points exceeds --accuracy-budget {b.budget:g}{hint}"
+            )
+    quantized, engine = result.final.quantized, result.final.engine
+    assert engine is not None
+    accuracy = None
+    if reference_acc is not None:
+        accuracy = {"metric": b.val.metric, "fp32_pytorch": reference_acc.metrics["value"], "engine": result.final.metric,
+                    "drop": result.final.drop, "budget": b.budget, "val": str(config.val), "split": b.val.split,
+                    "images": len(b.val), "kept_float": list(result.final.keep_float)}
+        if config.searches:
+            accuracy["search"] = result.to_dict()
     latency = b.latency(engine)
     stages = [a for a in (exported, simplified, with_nms, quantized, engine) if a is not None]
     out = Path(config.out) if config.out else Path("build") / spec.name / f"{config.target}-{config.precision}"
     report = render_report(config, spec, b.preprocess, stages, latency, out, trained=b.trained,
-                           calibration_images=len(b.source), calibration_warning=b.source.warning)
+                           calibration_images=len(b.source), calibration_warning=b.source.warning, accuracy=accuracy)
 
     def fill(tmp: Path) -> None:
         for name in engine.manifest["files"]:
@@ -326,12 +441,25 @@ def build_engine(
             "stages": [{"stage": a.stage, "key": a.manifest["key"], "sha256": a.sha256, "params": a.manifest["params"],
                         "metrics": a.metrics, "wall_time_s": a.wall_time_s, "tools": a.manifest["tools"]} for a in stages],
             "latency": latency.metrics,
+            "accuracy": accuracy,
         }
         write_json_atomic(tmp / "manifest.json", manifest)
         write_text_atomic(tmp / "report.md", report)
 
     publish_folder(fill, out)
-    return BuildResult(config, out, out / engine.manifest["files"][0], stages, latency, report)
+    return BuildResult(config, out, out / engine.manifest["files"][0], stages, latency, report, accuracy)
+
+
+def _rank_layers(target: str, base: Artifact, first: Any, batches: list[np.ndarray]) -> list[Any]:
+    """Layers by added quantization noise, measured on the first attempt's quantized model run by
+    the engine's own backend (ONNX Runtime stands in for TensorRT's Q/DQ)."""
+    from enginesmith.calibration.sensitivity import layer_sensitivity
+    from enginesmith.pipeline.quantize import DECODE_ONNX_PATTERN, QUANTIZED_OP_TYPES
+
+    if first.quantized is None:
+        raise EnginesmithError("the mixed-precision search needs an INT8 model to rank layers; none was built")
+    backend = "openvino" if target == "openvino" else "onnxruntime"
+    return layer_sensitivity(base.file, first.quantized.file, backend, batches, QUANTIZED_OP_TYPES, (DECODE_ONNX_PATTERN,))
 
 
 def _class_names(spec: Any, num_classes: int | None) -> list[str]:

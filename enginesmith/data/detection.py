@@ -1,0 +1,58 @@
+"""The in-memory form of a detection dataset, shared by the VOC and COCO readers, metrics and trainers.
+
+Coordinates are continuous pixel coordinates of the original image: a box (x1, y1, x2, y2) covers
+[x1, x2) x [y1, y2); the pixel (0, 0) is the square [0, 1) x [0, 1). VOC's 1-based inclusive
+(xmin, ymin, xmax, ymax) maps to (xmin - 1, ymin - 1, xmax, ymax); COCO's [x, y, w, h] to
+(x, y, x + w, y + h). Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DetectionSample:
+    """One image and its ground truth.
+
+    boxes [K, 4] float32 x1, y1, x2, y2 (original-image pixels); labels [K] int64 class ids (index into
+    the dataset's class_names); difficult [K] bool (VOC's flag, COCO's iscrowd): ignored by the metrics,
+    neither a hit nor a miss.
+    """
+
+    image_id: str
+    image_path: Path
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+
+    def __post_init__(self) -> None:
+        assert self.boxes.shape == (len(self.labels), 4), self.boxes.shape
+        assert self.difficult.shape == (len(self.labels),), self.difficult.shape
+
+
+@dataclass(frozen=True)
+class DetectionDataset:
+    """A split of a detection dataset: its class names and samples, in a fixed order."""
+
+    root: Path
+    split: str
+    class_names: tuple[str, ...]
+    samples: list[DetectionSample] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> DetectionSample:
+        return self.samples[i]
+
+    def load_image(self, i: int) -> np.ndarray:
+        """Image i as HxWx3 uint8 RGB."""
+        from enginesmith.runtime.preprocess import load_image
+
+        return load_image(self.samples[i].image_path)

@@ -1,0 +1,110 @@
+"""The accuracy check of a build: the task metric of the engine against FP32 PyTorch on held-out data.
+
+`--val DIR` names a dataset: for detectors a VOC folder or COCO json (data/datasets.py, split
+`--val-split`, default "val"); for classifiers a folder of class subfolders, a detection set (object
+crops) or "digits" (data/classification.py). The metric is VOC07 11-point mAP@0.5 for detectors (the
+SSD paper's metric) and top-1 for classifiers, both in percentage points, and the budget is the
+largest allowed drop (default 1.0 mAP point, 0.5 top-1 point).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.preprocess import PreprocessSpec
+
+DEFAULT_BUDGET = {"detection": 1.0, "classification": 0.5}
+METRIC_NAME = {"detection": "voc07_map", "classification": "top1"}
+
+Infer = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """Held-out data for one task: `data` is a DetectionDataset or a ClassificationSet."""
+
+    task: str
+    path: Path
+    split: str
+    data: Any
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.data.samples) if self.task == "detection" else len(self.data.labels)
+
+    @property
+    def metric(self) -> str:
+        return METRIC_NAME[self.task]
+
+
+def load_validation(path: Path | str, task: str, split: str) -> ValidationSet:
+    """Open `path` as held-out data for `task`; a clear error for tasks without a metric here."""
+    if task not in METRIC_NAME:
+        raise EnginesmithError(f"--val measures mAP for detectors and top-1 for classifiers; a {task} model has no "
+                               "metric here yet, drop --val")
+    if task == "detection":
+        from enginesmith.data.datasets import open_dataset
+
+        data = open_dataset(Path(path), split)
+        if not len(data):
+            raise EnginesmithError(f"the {split!r} split of {path} has no images; give a dataset with held-out images")
+        digest = _detection_fingerprint(data)
+    else:
+        from enginesmith.data.classification import classification_samples
+
+        data = classification_samples("digits" if str(path) == "digits" else Path(path), split)
+        digest = _classification_fingerprint(data)
+    return ValidationSet(task, Path(path), split, data, digest)
+
+
+def _detection_fingerprint(data: Any) -> str:
+    h = hashlib.sha256(repr(tuple(data.class_names)).encode())
+    for s in data.samples:
+        h.update(s.image_id.encode())
+        h.update(Path(s.image_path).read_bytes())
+        for a in (s.boxes, s.labels, s.difficult):
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _classification_fingerprint(data: Any) -> str:
+    h = hashlib.sha256(repr(tuple(data.class_names)).encode())
+    h.update(np.ascontiguousarray(data.labels).tobytes())
+    for img in data.images:
+        h.update(Path(img).read_bytes() if isinstance(img, (str, Path)) else np.ascontiguousarray(img).tobytes())
+    return h.hexdigest()
+
+
+def check_classes(val: ValidationSet, num_classes: int) -> None:
+    n = len(val.data.class_names)
+    if n != num_classes:
+        raise EnginesmithError(f"the validation set {val.path} has {n} classes but the model has {num_classes}; "
+                               "give --num-classes to match, or another --val")
+
+
+def measure(infer: Infer, batch: int | None, val: ValidationSet, preprocess: PreprocessSpec,
+            progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    """Run `infer` over the validation set and return {"metric": name, "value": points, ...details}.
+
+    batch: the engine's static batch (the last batch is padded), or None for a dynamic one."""
+    from enginesmith.benchmarks.predict import predict_classes, predict_detections
+
+    if val.task == "detection":
+        from enginesmith.benchmarks.detection_metrics import evaluate_detections
+
+        images = (val.data.load_image(i) for i in range(len(val.data)))
+        preds = predict_detections(infer, images, preprocess, batch, progress=progress)
+        m = evaluate_detections(preds, val.data)
+        return {"metric": val.metric, "value": 100.0 * float(m["voc07_map"]), "map": 100.0 * float(m["map"]),
+                "coco_ap": 100.0 * float(m.get("coco_ap", float("nan"))), "images": len(val)}
+    from enginesmith.benchmarks.classification_metrics import classification_metrics
+
+    logits = predict_classes(infer, val.data.images, preprocess, batch, progress=progress)
+    m = classification_metrics(logits, np.asarray(val.data.labels))
+    return {"metric": val.metric, "value": 100.0 * float(m["top1"]), "top5": 100.0 * float(m["top5"]), "images": len(val)}
