@@ -28,8 +28,9 @@ def build(
     target: str = typer.Option("openvino", help="openvino | onnxruntime | tensorrt"),
     precision: str = typer.Option("int8", help="fp32 | fp16 | int8 | mixed (int8, sensitive layers in float; needs --val)"),
     weights: Optional[Path] = typer.Option(None, help="Darknet .weights or PyTorch state dict"),
-    calib: Optional[Path] = typer.Option(None, help="folder of calibration images (default: built-in photos)"),
-    calib_method: str = typer.Option("minmax", help="minmax | entropy | percentile"),
+    calib: Optional[Path] = typer.Option(None, help="folder of calibration images, or a VOC folder / COCO json (its train split); default: built-in photos"),
+    calib_method: Optional[str] = typer.Option(None, help="minmax | entropy | percentile (default: the target's best, "
+                                               "see benchmarks/quantizers-cpu.md)"),
     calib_size: int = typer.Option(64, help="number of calibration images"),
     batch: int = typer.Option(1, help="static batch size"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="dynamic batch axis instead of --batch"),
@@ -44,6 +45,8 @@ def build(
     accuracy_budget: Optional[float] = typer.Option(None, help="largest allowed metric drop in points "
                                                     "(default 1.0 mAP for detectors, 0.5 top-1 for classifiers)"),
     fallback: str = typer.Option("none", help="int8 only: auto keeps the most sensitive layers in float until the budget holds"),
+    nncf_preset: str = typer.Option("performance", help="OpenVINO int8: NNCF preset performance | mixed"),
+    overflow_fix: str = typer.Option("enable", help="OpenVINO int8: NNCF overflow fix enable | disable | first_layer_only"),
 ) -> None:
     """Build a verified engine for MODEL and print its report."""
     from enginesmith.pipeline.run import BuildConfig, build_engine, parse_input_size
@@ -54,6 +57,7 @@ def build(
             calib_size=calib_size, batch=batch, dynamic_batch=dynamic_batch,
             input_size=parse_input_size(input_size) if input_size else None, num_classes=num_classes, out=out_dir,
             nms=nms, val=val, val_split=val_split, accuracy_budget=accuracy_budget, fallback=fallback,
+            nncf_preset=nncf_preset, overflow_fix=overflow_fix,
         )
         if cache_dir is not None:
             config.cache_dir = cache_dir
@@ -153,27 +157,27 @@ def evaluate(
     split: str = typer.Option("test", help="dataset split"),
     weights: Optional[Path] = typer.Option(None, help="checkpoint for a registered model name"),
     num_classes: Optional[int] = typer.Option(None, help="number of classes (default: the checkpoint's or model's)"),
+    input_size: Optional[str] = typer.Option(None, help="HxW for a model name (default: the checkpoint's or model's)"),
+    batch: int = typer.Option(8, help="batch size for a model (an engine uses its own static batch)"),
     limit: Optional[int] = typer.Option(None, help="evaluate the first N images only"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the metrics as JSON to this file"),
 ) -> None:
     """Print mAP (VOC07 11-point, all-point, COCO) or top-1/top-5 for an engine or a PyTorch model."""
     from enginesmith.benchmarks.evaluate import evaluate as run_eval
+    from enginesmith.benchmarks.evaluate import render_metrics
+    from enginesmith.pipeline.run import parse_input_size
 
     try:
-        metrics = run_eval(target, dataset, split=split, weights=weights, num_classes=num_classes, limit=limit)
+        metrics = run_eval(target, dataset, split=split, weights=weights, num_classes=num_classes,
+                           input_size=parse_input_size(input_size) if input_size else None, batch_size=batch,
+                           limit=limit)
     except EnginesmithError as e:
         _fail(e)
-    if as_json:
-        out.print_json(json.dumps(metrics, default=str))
-        return
-    table = Table("metric", "value")
-    for key in ("voc07_map", "map", "coco_ap", "coco_ap50", "coco_ap75", "top1", "top5"):
-        if key in metrics and metrics[key] is not None:
-            table.add_row(key, f"{100 * float(metrics[key]):.2f}")
-    timing = metrics.get("timing", {})
-    out.print(table)
-    if timing:
-        out.print(f"{timing.get('images', '')} images, {timing.get('images_per_s', 0):.1f} images/s", highlight=False)
+    sys.stdout.write(render_metrics(metrics) + "\n")
+    if json_out is not None:
+        from enginesmith.pipeline.artifacts import write_json_atomic
+
+        write_json_atomic(json_out, metrics)
 
 
 def _si(n: float) -> str:

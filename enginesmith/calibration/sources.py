@@ -12,6 +12,7 @@ statistics cache is keyed by:
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -95,6 +96,32 @@ def _folder_source(folder: Path, size: int) -> CalibrationSource:
     )
 
 
+def is_detection_dataset(path: Path) -> bool:
+    """A VOC-style folder (Annotations/) or a COCO json: calibrate on its train split, not every image."""
+    path = Path(path)
+    return (path.is_dir() and (path / "Annotations").is_dir()) or (path.is_file() and path.suffix.lower() == ".json")
+
+
+def _dataset_source(path: Path, size: int) -> CalibrationSource:
+    from enginesmith.data.datasets import open_dataset
+
+    data = open_dataset(path, "train")
+    paths = tuple(Path(s.image_path) for s in data.samples[:size])
+    if not paths:
+        raise EnginesmithError(f"the train split of {path} has no images to calibrate on")
+    warning = None
+    if len(paths) < size:
+        warning = f"the train split of {path} has {len(paths)} images, fewer than the {size} requested; using all"
+
+    def images() -> Iterator[np.ndarray]:
+        for p in paths:
+            yield load_image(p)
+
+    root = Path(os.path.commonpath([str(p) for p in paths])) if len(paths) > 1 else paths[0].parent
+    return CalibrationSource(name=f"train split of {path}", kind="dataset", count=len(paths), _images=images,
+                             _fingerprint=lambda: _hash_files(root, paths), paths=paths, warning=warning)
+
+
 def _photos_source(size: int, seed: int) -> CalibrationSource:
     from enginesmith.data.offline_photos import offline_photos, photo_fingerprint
 
@@ -148,12 +175,15 @@ def calibration_source(
 ) -> CalibrationSource:
     """The calibration images for one build.
 
-    folder given -> its first `size` images (sorted, recursive; fewer -> all, with `.warning`);
+    folder given -> its first `size` images (sorted, recursive; fewer -> all, with `.warning`); a
+    detection dataset (VOC folder or COCO json) -> the first `size` images of its train split;
     folder None -> the model's default offline set: "photos" or "digits".
     """
     if size <= 0:
         raise EnginesmithError(f"calibration size must be a positive number of images, got {size}")
     if folder is not None:
+        if is_detection_dataset(Path(folder)):
+            return _dataset_source(Path(folder), size)
         return _folder_source(Path(folder), size)
     if default_kind == "photos":
         return _photos_source(size, seed)

@@ -31,6 +31,10 @@ TARGETS = ("openvino", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 FALLBACKS = ("none", "auto")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+# Chosen per backend from the measured comparison in benchmarks/quantizers-cpu.md.
+DEFAULT_CALIB_METHOD = {"openvino": "minmax", "onnxruntime": "minmax", "tensorrt": "minmax"}
+NNCF_PRESETS = ("performance", "mixed")
+OVERFLOW_FIX = ("enable", "disable", "first_layer_only")
 NMS_MODES = ("host", "engine")
 VERIFY_IMAGES = 8
 
@@ -44,7 +48,7 @@ class BuildConfig:
     precision: str = "int8"
     weights: Path | None = None
     calib: Path | None = None
-    calib_method: str = "minmax"
+    calib_method: str | None = None  # None: DEFAULT_CALIB_METHOD[target]
     calib_size: int = 64
     batch: int = 1
     dynamic_batch: bool = False
@@ -59,6 +63,12 @@ class BuildConfig:
     val_split: str = "val"
     accuracy_budget: float | None = None  # points; None: pipeline/accuracy.py DEFAULT_BUDGET for the task
     fallback: str = "none"  # "auto": int8 keeps sensitive layers in float until the budget holds (= mixed)
+    nncf_preset: str = "performance"  # OpenVINO INT8: NNCF QuantizationPreset
+    overflow_fix: str = "enable"  # OpenVINO INT8: NNCF OverflowFix (7-bit weights for AVX2 without VNNI)
+
+    def __post_init__(self) -> None:
+        if self.calib_method is None:
+            self.calib_method = DEFAULT_CALIB_METHOD.get(self.target, "minmax")
 
     @property
     def searches(self) -> bool:
@@ -105,6 +115,10 @@ def validate(config: BuildConfig):
                                "data with --val DIR (e.g. the val split of `enginesmith data offline`)")
     if config.accuracy_budget is not None and config.accuracy_budget < 0:
         raise EnginesmithError(f"--accuracy-budget is a drop in points and cannot be negative, got {config.accuracy_budget}")
+    if config.nncf_preset not in NNCF_PRESETS:
+        raise EnginesmithError(f"unknown --nncf-preset {config.nncf_preset!r}; choose one of {', '.join(NNCF_PRESETS)}")
+    if config.overflow_fix not in OVERFLOW_FIX:
+        raise EnginesmithError(f"unknown --overflow-fix {config.overflow_fix!r}; choose one of {', '.join(OVERFLOW_FIX)}")
     if config.calib_method not in CALIB_METHODS:
         raise EnginesmithError(f"unknown calibration method {config.calib_method!r}; choose one of {', '.join(CALIB_METHODS)}")
     ok, why = get_backend(config.target).available()
@@ -132,9 +146,11 @@ def validate(config: BuildConfig):
     if config.weights is not None and not Path(config.weights).is_file():
         raise EnginesmithError(f"weights file not found: {config.weights}")
     if config.calib is not None:
+        from enginesmith.calibration.sources import is_detection_dataset
         from enginesmith.data.image_folder import list_images
 
-        list_images(Path(config.calib))
+        if not is_detection_dataset(Path(config.calib)):
+            list_images(Path(config.calib))
     if config.val is not None and not Path(config.val).exists() and str(config.val) != "digits":
         raise EnginesmithError(f"--val {config.val}: no such file or folder; give a VOC folder, a COCO json or a "
                                "folder of class subfolders")
@@ -357,6 +373,8 @@ def build_engine(
     spec = validate(config)
     b = _Build(config, spec, on_stage)
     b.cache.on_start = on_start
+    if config.val is not None:
+        b.val  # read (and check) the held-out data before any heavy work
     exported = b.export()
     simplified = b.simplify(exported)
     with_nms = b.nms(simplified) if config.nms == "engine" else None
@@ -375,7 +393,8 @@ def build_engine(
     def attempt(keep_float: tuple[str, ...]) -> Attempt:
         """Build (precision stage + engine) with `keep_float` in float; measure it when --val is given."""
         quantized = precision_artifacts(b.cache, config.target, quant_precision, base, calibration, on_stage,
-                                        QuantizeOptions(keep_float=keep_float))
+                                        QuantizeOptions(keep_float=keep_float, nncf_preset=config.nncf_preset,
+                                                        overflow_fix=config.overflow_fix))
         try:
             engine = engine_artifact(b.cache, config.target, quant_precision, quantized or base, INPUT_NAME,
                                      lambda: b.verify_batches, reference)

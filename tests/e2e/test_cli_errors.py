@@ -129,3 +129,47 @@ def test_volumetric_model_is_refused_clearly(run_cli):
 def test_unknown_target_and_precision(run_cli):
     _assert_clean_error(run_cli("build", "lenet5", "--target", "coreml"), "openvino")
     _assert_clean_error(run_cli("build", "lenet5", "--precision", "int4"), "fp32")
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (("--precision", "mixed"), ("--val", "judge")),
+    (("--precision", "int8", "--fallback", "auto"), ("--val",)),
+    (("--precision", "fp16", "--fallback", "auto"), ("fallback auto", "fp16")),
+    (("--fallback", "sometimes"), ("unknown --fallback",)),
+    (("--val", "digits", "--accuracy-budget", "-1"), ("cannot be negative",)),
+    (("--val", "no/such/dir"), ("no such file", "no/such/dir")),
+    (("--nncf-preset", "fast"), ("unknown --nncf-preset",)),
+])
+def test_accuracy_options_rejected_up_front(run_cli, tmp_path, args, fragments):
+    proc = run_cli("build", "lenet5", *args)
+    _assert_clean_error(proc, *fragments)
+    _nothing_built(tmp_path)
+
+
+def test_val_for_a_dense_model_has_no_metric(run_cli, tmp_path):
+    proc = run_cli("build", "fcn32s", "--input-size", "64x64", "--precision", "fp32", "--val", "digits")
+    _assert_clean_error(proc, "no metric here", "drop --val")
+    _nothing_built(tmp_path)
+
+
+def test_val_with_other_class_count(run_cli, tmp_path):
+    from enginesmith.data.offline_detection import generate_offline_dataset
+
+    data = generate_offline_dataset(tmp_path / "offline", images=6, seed=1)
+    proc = run_cli("build", "yolov3-tiny", "--input-size", "64x64", "--precision", "fp32", "--val", str(data))
+    _assert_clean_error(proc, "16 classes", "80", "--num-classes")
+    _nothing_built(tmp_path)
+
+
+def test_eval_on_a_folder_that_is_not_an_engine(run_cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("eval", str(tmp_path / "empty"), "--dataset", "digits")
+    _assert_clean_error(proc)
+
+
+def test_data_offline_refuses_a_non_empty_folder(run_cli, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    proc = run_cli("data", "offline", "--out", str(tmp_path / "busy"), "--images", "5")
+    _assert_clean_error(proc, "busy")
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"

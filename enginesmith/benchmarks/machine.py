@@ -1,0 +1,47 @@
+"""What every committed benchmark records about where it ran: CPU (with the ISA flags that decide
+INT8/BF16 kernels), cores, OS, date, git commit and library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+
+def cpu_name() -> str:
+    """Model name plus the ISA flags that decide INT8/BF16 kernels (VNNI, AMX, AVX512-FP16)."""
+    name, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == (platform.processor() or platform.machine()):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16")
+                have = set(line.split(":", 1)[1].split())
+                flags = " ".join(f for f in wanted if f in have)
+    except OSError:
+        pass
+    return f"{name}; CPU flags: {flags or 'unknown'}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def run_header() -> dict[str, Any]:
+    """date, machine, versions and commit, for a results file."""
+    from enginesmith.pipeline.artifacts import tool_versions
+
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        "versions": tool_versions(),
+        "commit": git_commit(),
+    }
