@@ -1,0 +1,202 @@
+"""Detection accuracy: PASCAL VOC AP@0.5 (VOC07 11-point and VOC2010+ all-point) plus COCO AP (numpy only).
+
+The matching follows the VOC devkit's voc_eval.py, per class:
+
+- detections of the class over all images, in descending score order (ties keep image order, then the
+  order within the image: a stable sort);
+- a detection takes the ground truth of the same class in its image with the highest IoU (among all of
+  them, matched or not, difficult or not). If that IoU is >= iou_threshold (the Matlab devkit's and
+  pycocotools' `>=`; voc_eval.py writes `>`, which differs only on exact ties): a `difficult` ground
+  truth makes the detection ignored (neither TP nor FP); an unmatched one makes it a TP and marks the
+  ground truth matched; an already matched one makes it a FP (duplicates count as false positives).
+  Below the threshold it is a FP.
+- positives = the class's non-difficult ground truths. recall = TP / positives, precision = TP / (TP + FP).
+
+IoU is on continuous coordinates: area = (x2 - x1) * (y2 - y1), no "+1" (the VOC devkit adds 1 because it
+works on inclusive integer pixel indices; enginesmith's boxes are continuous, see data/detection.py).
+Classes with no (non-difficult) ground truth in the split have no AP: they are reported as None and left
+out of the mean, as pycocotools leaves them out of its mean.
+
+Boxes are x1, y1, x2, y2 in original-image pixels everywhere in this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from enginesmith.errors import EnginesmithError
+
+
+class Predictions(NamedTuple):
+    """One image's detections: boxes [K, 4] float32 x1y1x2y2 original pixels, scores [K] float32, labels [K] int64."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix [M, N] (float64) of boxes a [M, 4] and b [N, 4] (x1y1x2y2, continuous: no +1)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
+    """AP from a recall/precision curve (arrays in detection order, recall non-decreasing).
+
+    use_07_metric: VOC2007's 11-point AP, the mean over t in {0, 0.1, ..., 1} of the highest precision at
+    recall >= t (0 when recall never reaches t); t = k / 10 exactly, so a recall of 3/10 reaches 0.3.
+    Otherwise VOC2010+'s all-point AP: the area under the precision envelope (precision made
+    non-increasing from the right) summed over the recall steps.
+    """
+    rec = np.asarray(recall, dtype=np.float64).ravel()
+    prec = np.asarray(precision, dtype=np.float64).ravel()
+    if use_07_metric:
+        ap = 0.0
+        for t in np.arange(11) / 10.0:
+            reached = rec >= t
+            ap += (float(prec[reached].max()) if reached.any() else 0.0) / 11.0
+        return ap
+    mrec = np.concatenate(([0.0], rec, [1.0]))
+    mpre = np.concatenate(([0.0], prec, [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # the envelope
+    i = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+
+
+def match_class(
+    gt_boxes: Sequence[np.ndarray],
+    gt_difficult: Sequence[np.ndarray],
+    det_boxes: Sequence[np.ndarray],
+    det_scores: Sequence[np.ndarray],
+    iou_threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One class over all images (lists indexed by image) -> (tp [D], fp [D] float64 in descending score
+    order, number of positives). Ignored detections (on a difficult ground truth) are 0 in both."""
+    npos = int(sum(int((~np.asarray(d, bool)).sum()) for d in gt_difficult))
+    image_of = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(det_scores)] or [np.zeros(0, np.int64)])
+    index_in = np.concatenate([np.arange(len(s)) for s in det_scores] or [np.zeros(0, np.int64)]).astype(np.int64)
+    scores = np.concatenate([np.asarray(s, np.float64) for s in det_scores] or [np.zeros(0)])
+    order = np.argsort(-scores, kind="stable")
+    tp = np.zeros(len(order))
+    fp = np.zeros(len(order))
+    taken = [np.zeros(len(g), dtype=bool) for g in gt_boxes]
+    # IoU of every detection with its image's ground truths, one matrix per image.
+    ious = [box_iou(det_boxes[i], gt_boxes[i]) if len(gt_boxes[i]) and len(det_scores[i]) else None
+            for i in range(len(det_scores))]
+    for d, k in enumerate(order):
+        img, j = image_of[k], index_in[k]
+        row = ious[img]
+        if row is None:
+            fp[d] = 1
+            continue
+        best = int(np.argmax(row[j]))
+        if row[j, best] >= iou_threshold:
+            if gt_difficult[img][best]:
+                continue
+            if taken[img][best]:
+                fp[d] = 1
+            else:
+                tp[d] = 1
+                taken[img][best] = True
+        else:
+            fp[d] = 1
+    return tp, fp, npos
+
+
+def class_ap(tp: np.ndarray, fp: np.ndarray, npos: int) -> tuple[float, float]:
+    """(VOC07 11-point AP, all-point AP) from match_class's output; (nan, nan) when npos is 0."""
+    if npos == 0:
+        return float("nan"), float("nan")
+    ctp, cfp = np.cumsum(tp), np.cumsum(fp)
+    recall = ctp / npos
+    precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
+    return voc_ap(recall, precision, True), voc_ap(recall, precision, False)
+
+
+def _check_predictions(predictions: Sequence[Any], dataset: Any) -> list[Predictions]:
+    if len(predictions) != len(dataset):
+        raise EnginesmithError(
+            f"got predictions for {len(predictions)} images but the dataset {dataset.root} ({dataset.split}) has "
+            f"{len(dataset)}; give one (boxes, scores, labels) per image, in the dataset's order"
+        )
+    num_classes = len(dataset.class_names)
+    out = []
+    for i, p in enumerate(predictions):
+        boxes, scores, labels = (np.asarray(a) for a in p)
+        boxes = boxes.reshape(-1, 4) if boxes.size == 0 else boxes
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or scores.shape != (len(boxes),) or labels.shape != (len(boxes),):
+            raise EnginesmithError(
+                f"predictions for image {i} ({dataset.samples[i].image_id}) have boxes {boxes.shape}, scores "
+                f"{scores.shape}, labels {labels.shape}; expected [K, 4], [K], [K]"
+            )
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise EnginesmithError(
+                f"predictions for image {i} ({dataset.samples[i].image_id}) have class ids up to {int(labels.max())} "
+                f"but the dataset has {num_classes} classes (ids 0..{num_classes - 1}); is it the right model?"
+            )
+        if not (np.all(np.isfinite(boxes)) and np.all(np.isfinite(scores))):
+            raise EnginesmithError(
+                f"predictions for image {i} ({dataset.samples[i].image_id}) contain NaN or infinite values"
+            )
+        out.append(Predictions(boxes.astype(np.float64), scores.astype(np.float64), labels.astype(np.int64)))
+    return out
+
+
+def voc_metrics(predictions: Sequence[Any], dataset: Any, iou_threshold: float = 0.5) -> dict[str, Any]:
+    """VOC AP per class and their means over the classes that have ground truth.
+
+    Returns {"voc07_map", "map", "per_class": {name: {"voc07", "ap", "positives", "detections"}},
+    "classes_evaluated"}; a class with no positives has voc07/ap None and is not in the means.
+    """
+    preds = _check_predictions(predictions, dataset)
+    per_class: dict[str, dict[str, Any]] = {}
+    ap07s, aps = [], []
+    for c, name in enumerate(dataset.class_names):
+        gt_boxes, gt_diff, det_boxes, det_scores = [], [], [], []
+        for s, p in zip(dataset.samples, preds):
+            g = s.labels == c
+            gt_boxes.append(np.asarray(s.boxes, np.float64)[g])
+            gt_diff.append(np.asarray(s.difficult, bool)[g])
+            d = p.labels == c
+            det_boxes.append(p.boxes[d])
+            det_scores.append(p.scores[d])
+        tp, fp, npos = match_class(gt_boxes, gt_diff, det_boxes, det_scores, iou_threshold)
+        ap07, ap = class_ap(tp, fp, npos)
+        entry = {"voc07": None, "ap": None, "positives": npos, "detections": int(sum(len(s) for s in det_scores))}
+        if npos:
+            entry["voc07"], entry["ap"] = ap07, ap
+            ap07s.append(ap07)
+            aps.append(ap)
+        per_class[name] = entry
+    return {
+        "voc07_map": float(np.mean(ap07s)) if ap07s else 0.0,
+        "map": float(np.mean(aps)) if aps else 0.0,
+        "per_class": per_class,
+        "classes_evaluated": len(aps),
+    }
+
+
+def evaluate_detections(predictions: Sequence[Any], dataset: Any, iou_threshold: float = 0.5) -> dict[str, Any]:
+    """All detection metrics of `predictions` (one Predictions per dataset sample, same order) on a
+    DetectionDataset: voc07_map, map (all-point AP at iou_threshold), per_class, classes_evaluated, and
+    pycocotools' coco_ap (AP@[.5:.95]), coco_ap50, coco_ap75. Values are fractions in [0, 1]."""
+    from enginesmith.benchmarks.coco_metrics import coco_metrics
+
+    out = voc_metrics(predictions, dataset, iou_threshold)
+    out.update(coco_metrics(predictions, dataset))
+    out["images"] = len(dataset)
+    return out
+
+
+__all__ = ["Predictions", "box_iou", "voc_ap", "match_class", "class_ap", "voc_metrics", "evaluate_detections"]
