@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from enginesmith.models.weights.checkpoint_info import CHECKPOINT_SUFFIXES, read_checkpoint_info
 from enginesmith.benchmarks.detection_metrics import Predictions
 # The post-processing is benchmarks/predict.py's (low score threshold: mAP needs the low-confidence
 # tail), shared with the build's accuracy check so both report the same numbers.
@@ -31,7 +32,6 @@ from enginesmith.runtime.preprocess import PreprocessSpec
 
 DEFAULT_BATCH = 8
 TASKS = ("detection", "classification")
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
 @dataclass
@@ -164,25 +164,6 @@ def torch_predictor(model: Any, task: str, preprocess_spec: PreprocessSpec, clas
     return Predictor(runner=TorchRunner(model, INPUT_NAME, list(output_names)), input_name=INPUT_NAME, task=task,
                      preprocess=preprocess_spec, class_names=tuple(class_names), batch=max(1, batch_size),
                      description=description, **post)
-
-
-def read_checkpoint_info(path: Path) -> dict[str, Any]:
-    """The metadata of a training checkpoint (model, num_classes, input_size, class_names); {} for a plain
-    state dict or a file torch cannot read (spec.load_weights then says what is wrong with it)."""
-    if Path(path).suffix.lower() not in CHECKPOINT_SUFFIXES:
-        return {}
-    try:
-        import torch
-
-        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception:
-        return {}
-    if not isinstance(obj, dict):
-        return {}
-    info = {k: obj[k] for k in ("num_classes", "input_size", "class_names") if k in obj}
-    if isinstance(obj.get("model"), str):
-        info["model"] = obj["model"]
-    return info
 
 
 def model_predictor(name: str, weights: Path | None = None, num_classes: int | None = None,

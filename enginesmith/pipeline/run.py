@@ -164,8 +164,14 @@ class _Build:
         from enginesmith.calibration.sources import calibration_source
         from enginesmith.pipeline.quantize import Calibration
 
+        from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
+
         self.config, self.spec, self.on_stage = config, spec, on_stage
-        self.size = tuple(config.input_size or spec.input_size)
+        # a training checkpoint says what it was trained for; explicit options still win
+        info = read_checkpoint_info(Path(config.weights)) if config.weights else {}
+        self.num_classes: int = int(config.num_classes or info.get("num_classes") or spec.num_classes)
+        self.class_names = _class_names(spec, self.num_classes, info.get("class_names"))
+        self.size = tuple(config.input_size or info.get("input_size") or spec.input_size)
         self.preprocess = spec.preprocess.with_size(*self.size)
         self.cache = Cache(Path(config.cache_dir))
         self.source = calibration_source(
@@ -180,7 +186,7 @@ class _Build:
 
     @cached_property
     def model(self) -> Any:
-        model = self.spec.create(num_classes=self.config.num_classes, input_size=self.size, seed=self.config.seed)
+        model = self.spec.create(num_classes=self.num_classes, input_size=self.size, seed=self.config.seed)
         if self.config.weights:
             self.spec.load_weights(model, Path(self.config.weights))
         return model.eval()
@@ -211,7 +217,7 @@ class _Build:
         shape = (batch_dim, self.preprocess.channels, *self.size)
         params = {
             "model": self.spec.name,
-            "num_classes": c.num_classes or self.spec.num_classes,
+            "num_classes": self.num_classes,
             "input_shape": list(shape),
             "dynamic_batch": c.dynamic_batch,
             "opset": OPSET,
@@ -278,7 +284,7 @@ class _Build:
         from enginesmith.pipeline.accuracy import check_classes, load_validation
 
         val = load_validation(self.config.val, self.spec.task, self.config.val_split)  # type: ignore[arg-type]
-        check_classes(val, self.config.num_classes or self.spec.num_classes)
+        check_classes(val, self.num_classes)
         return val
 
     @property
@@ -453,7 +459,7 @@ def build_engine(
             "outputs": (["detections", "num_detections"] if with_nms else []) + list(spec.output_names),
             "nms": config.nms if spec.task == "detection" else None,
             "preprocess": b.preprocess.to_dict(),
-            "class_names": _class_names(spec, config.num_classes),
+            "class_names": b.class_names,
             "weights": b.weights_id,
             "trained": b.trained,
             "sha256": engine.sha256,
@@ -481,7 +487,8 @@ def _rank_layers(target: str, base: Artifact, first: Any, batches: list[np.ndarr
     return layer_sensitivity(base.file, first.quantized.file, backend, batches, QUANTIZED_OP_TYPES, (DECODE_ONNX_PATTERN,))
 
 
-def _class_names(spec: Any, num_classes: int | None) -> list[str]:
-    """The spec's names when the class count is the default, else "0".."C-1"."""
-    n = num_classes or spec.num_classes
+def _class_names(spec: Any, n: int, from_checkpoint: Any = None) -> list[str]:
+    """The checkpoint's names, else the spec's when the class count matches, else "0".."C-1"."""
+    if from_checkpoint is not None and len(from_checkpoint) == n:
+        return [str(c) for c in from_checkpoint]
     return list(spec.class_names) if len(spec.class_names) == n else [str(i) for i in range(n)]
