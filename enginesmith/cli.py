@@ -86,6 +86,10 @@ def build(
 
 app.command("build")(build)
 
+from enginesmith.benchmarks.bench_cli import bench  # noqa: E402  (light: typer and rich only)
+
+app.command("bench")(bench)
+
 
 @app.command("models")
 def models(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:

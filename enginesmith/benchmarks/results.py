@@ -1,0 +1,328 @@
+"""Write a benchmark's results: results.json, results.csv, results.md and fps_vs_map.png (torch-free).
+
+One row per model x input size x target x precision x batch (a dict with the keys of COLUMNS; None
+where a value was not measured). results.md has the SSD paper's table (Method, mAP, FPS, batch size,
+# Boxes, Input resolution) plus target and precision, then every measured column; a cell that was
+not measured reads "—", never a made-up number. fps_vs_map.png plots FPS against mAP, one marker per
+engine, with the Pareto front; rows without mAP go on a separate strip beside the plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+from enginesmith.pipeline.artifacts import write_json_atomic, write_text_atomic
+
+DASH = "—"
+
+# (key, what it is). The csv's columns, in order; every row dict has exactly these keys.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("method", "the table's Method (suite label or model name)"),
+    ("model", "registered model name"),
+    ("input_size", "network input HxW"),
+    ("target", "torch (PyTorch eager, CPU) | torch-cuda | onnxruntime | openvino | tensorrt"),
+    ("precision", "fp32 | fp16 | int8 | mixed"),
+    ("batch", "images per inference call"),
+    ("status", "ok | error"),
+    ("map_voc07", "VOC07 11-point mAP@0.5, points (the SSD paper's metric)"),
+    ("map_all_point", "all-point AP@0.5, points"),
+    ("coco_ap", "COCO AP@[.5:.95], points"),
+    ("top1", "classifiers: top-1, points"),
+    ("accuracy_images", "held-out images the accuracy was measured on"),
+    ("fps", "inference only: images/s at the mean latency of synchronous calls"),
+    ("fps_e2e", "end to end: decoded image in, detections out (preprocess + inference + decode/NMS), images/s"),
+    ("e2e_over_inference", "fps_e2e / fps"),
+    ("preprocess_ms", "end-to-end loop: preprocessing per image"),
+    ("inference_ms", "end-to-end loop: inference per image"),
+    ("postprocess_ms", "end-to-end loop: decode + NMS (detectors) or top-5 (classifiers) per image"),
+    ("fps_throughput", "OpenVINO throughput mode (several streams, async requests), images/s"),
+    ("throughput_streams", "OpenVINO throughput mode: CPU streams"),
+    ("throughput_requests", "OpenVINO throughput mode: infer requests in flight"),
+    ("latency_p50_ms", "per call"),
+    ("latency_p90_ms", "per call"),
+    ("latency_p99_ms", "per call"),
+    ("latency_mean_ms", "per call"),
+    ("latency_std_ms", "per call, population standard deviation"),
+    ("iterations", "timed calls"),
+    ("boxes", "detectors: boxes before NMS per image (A in boxes [N, A, 4])"),
+    ("candidates", "detectors: (box, class) pairs above the NMS score threshold per image (mean)"),
+    ("speedup_vs_torch", "fps / fps of PyTorch eager FP32 (same model, size, batch, run)"),
+    ("macs", "multiply-accumulates per image (conv + linear)"),
+    ("gmacs_per_s", "macs x fps / 1e9"),
+    ("peak_gmacs", "the machine's peak for this precision (see the header)"),
+    ("fraction_of_peak", "gmacs_per_s / peak_gmacs"),
+    ("peak_rss_mb", "peak resident memory of the measuring process (VmHWM)"),
+    ("base_rss_mb", "its resident memory before the engine was loaded"),
+    ("engine_mb", "engine files on disk (PyTorch: the state dict)"),
+    ("build_s", "sum of the build stages' wall times (as first built, even when cached now)"),
+    ("build_cached", "every stage came from the cache in this run"),
+    ("load_s", "engine load / compile time in the measuring process"),
+    ("weights", "checkpoint, or 'untrained (seed 0)'"),
+    ("dataset", "held-out data for accuracy and the real images"),
+    ("engine_dir", "the engine folder"),
+    ("error", "why the run failed"),
+)
+KEYS = tuple(k for k, _ in COLUMNS)
+PAPER_COLUMNS = ("Method", "mAP", "FPS", "batch size", "# Boxes", "Input resolution", "target", "precision")
+DETAIL_COLUMNS = ("Method", "input", "target", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms",
+                  "FPS", "E2E FPS", "E2E/inf", "pre / inf / post ms per image", "OV throughput FPS",
+                  "vs PyTorch", "GMAC/s", "% of peak", "boxes", "candidates", "peak RSS MB", "engine MB",
+                  "build s", "mAP", "COCO AP", "top-1")
+PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "mixed": "D"}
+TARGET_COLORS = {"torch": "#7f7f7f", "torch-cuda": "#000000", "onnxruntime": "#1f77b4", "openvino": "#9467bd",
+                 "tensorrt": "#2ca02c"}
+
+
+def empty_row() -> dict[str, Any]:
+    return {k: None for k in KEYS}
+
+
+# ---------------------------------------------------------------------------------------------- Pareto
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (x, y) that no other point dominates when both are maximised, by x ascending.
+
+    q dominates p when q.x >= p.x and q.y >= p.y and q != p in one of them; equal points are both kept.
+    O(n log n): sort by y descending; p survives when its x is the largest among points of its y and
+    larger than every x seen at a strictly greater y."""
+    order = sorted(range(len(points)), key=lambda i: (-points[i][1], -points[i][0]))
+    front: list[int] = []
+    best_x_above = float("-inf")
+    i = 0
+    while i < len(order):
+        j = i
+        y = points[order[i]][1]
+        while j < len(order) and points[order[j]][1] == y:
+            j += 1
+        group = order[i:j]
+        top = points[group[0]][0]  # the group's largest x (sorted by -x within a y)
+        if top > best_x_above:
+            front.extend(k for k in group if points[k][0] == top)
+        best_x_above = max(best_x_above, top)
+        i = j
+    return sorted(front, key=lambda k: (points[k][0], -points[k][1], k))
+
+
+# ---------------------------------------------------------------------------------------------- cells
+
+
+def _num(v: Any, digits: int) -> str:
+    return DASH if v is None else f"{float(v):.{digits}f}"
+
+
+def fmt_fps(v: float | None) -> str:
+    """Images/s with three significant figures or so: 1234, 123.4, 12.34."""
+    if v is None:
+        return DASH
+    v = float(v)
+    return f"{v:.0f}" if v >= 1000 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def fmt_ms(v: float | None) -> str:
+    if v is None:
+        return DASH
+    v = float(v)
+    return f"{v:.1f}" if v >= 100 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
+
+
+def fmt_int(v: Any) -> str:
+    return DASH if v is None else str(int(v))
+
+
+def paper_cells(r: dict[str, Any]) -> list[str]:
+    """One row of the paper's table: Method, mAP, FPS, batch size, # Boxes, Input resolution, target, precision."""
+    return [str(r["method"]), _num(r["map_voc07"], 1), fmt_fps(r["fps"]), fmt_int(r["batch"]), fmt_int(r["boxes"]),
+            str(r["input_size"]), str(r["target"]), str(r["precision"])]
+
+
+def detail_cells(r: dict[str, Any]) -> list[str]:
+    """One row of the details table (DETAIL_COLUMNS)."""
+    mean = DASH if r["latency_mean_ms"] is None else f"{fmt_ms(r['latency_mean_ms'])} ± {fmt_ms(r['latency_std_ms'])}"
+    split = DASH if r["inference_ms"] is None else \
+        f"{fmt_ms(r['preprocess_ms'])} / {fmt_ms(r['inference_ms'])} / {fmt_ms(r['postprocess_ms'])}"
+    thr = DASH if r["fps_throughput"] is None else \
+        f"{fmt_fps(r['fps_throughput'])} ({r['throughput_streams']} streams, {r['throughput_requests']} requests)"
+    ratio = DASH if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x"
+    e2e = DASH if r["e2e_over_inference"] is None else f"{100 * r['e2e_over_inference']:.0f}%"
+    peak = DASH if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.1f}%"
+    gmacs = DASH if r["gmacs_per_s"] is None else f"{r['gmacs_per_s']:.1f}"
+    cand = DASH if r["candidates"] is None else f"{r['candidates']:.0f}"
+    return [str(r["method"]), str(r["input_size"]), str(r["target"]), str(r["precision"]), fmt_int(r["batch"]),
+            fmt_ms(r["latency_p50_ms"]), fmt_ms(r["latency_p90_ms"]), fmt_ms(r["latency_p99_ms"]), mean,
+            fmt_fps(r["fps"]), fmt_fps(r["fps_e2e"]), e2e, split, thr, ratio, gmacs, peak, fmt_int(r["boxes"]), cand,
+            _num(r["peak_rss_mb"], 0), _num(r["engine_mb"], 1), _num(r["build_s"], 1), _num(r["map_voc07"], 1),
+            _num(r["coco_ap"], 1), _num(r["top1"], 1)]
+
+
+def _table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
+    esc = lambda c: str(c).replace("|", "\\|")  # noqa: E731
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]]
+
+
+# ---------------------------------------------------------------------------------------------- render
+
+
+def render_markdown(run: dict[str, Any], rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -> str:
+    """results.md: where and how it was measured, the paper's table, the details, failures and skips."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    failed = [r for r in rows if r["status"] != "ok"]
+    v = run.get("versions", {})
+    peak = run.get("peak", {})
+    prof = run.get("timing", {})
+    lines = [f"# Benchmark: {run.get('suite', 'enginesmith bench')}", ""]
+    if run.get("description"):
+        lines += [str(run["description"]), ""]
+    lines += [
+        f"- command: `{run.get('command', '?')}`",
+        f"- date: {run.get('date', '?')}, enginesmith commit {run.get('commit', '?')}",
+        f"- machine: {run.get('machine', '?')}" + (f"; GPU: {run['gpu']}" if run.get("gpu") else ""),
+        f"- versions: {', '.join(f'{k} {val}' for k, val in sorted(v.items()))}",
+        f"- peak estimate: {peak.get('basis', 'not estimated')}",
+        f"- load average at the start (1/5/15 min): {', '.join(map(str, run.get('load_average') or [])) or '?'}"
+        " (anything else running on the machine slows every number here)",
+        "",
+        ("How it was measured: each engine runs in its own process (peak RSS is that process's VmHWM). "
+         if run.get("isolated", True) else
+         "How it was measured: in the benchmark's own process (--in-process: no per-engine peak RSS). ")
+        + ("A --quick run (CI): few iterations and at most 8 calibration images for INT8. " if run.get("quick") else "")
+        + f"Warm-up ({prof.get('warmup_iterations', '?')} calls and {prof.get('warmup_s', '?')} s), then synchronous "
+        f"calls on one preprocessed batch of real images until {prof.get('min_iterations', '?')} calls and "
+        f"{prof.get('min_time_s', '?')} s: latency percentiles per call, FPS = batch / mean latency "
+        "(inference only). End to end: the same engine fed decoded real images (uint8, original sizes), "
+        "timing preprocessing, inference and decode + NMS (host NMS, score > 0.25, IoU 0.45, 100 per image) "
+        "separately, over as many calls. OpenVINO's throughput mode (PERFORMANCE_HINT THROUGHPUT, the "
+        "plugin's streams, its optimal number of async requests) runs for "
+        f"{prof.get('throughput_s', '?')} s. mAP is VOC07 11-point AP@0.5 on the held-out split when "
+        "weights and a dataset are given, else —. The torch target is PyTorch eager FP32 on the CPU, "
+        "the baseline of 'vs PyTorch' (GPU targets: torch-cuda FP32). Untrained weights give real speed "
+        "but no accuracy, and their score distribution sets the NMS work (see candidates).",
+        "",
+        "## The SSD paper's table",
+        "",
+        *_table(PAPER_COLUMNS, [paper_cells(r) for r in ok]),
+        "",
+        "## Details",
+        "",
+        *_table(DETAIL_COLUMNS, [detail_cells(r) for r in ok]),
+    ]
+    if failed:
+        lines += ["", "## Failed runs", "", *_table(("run", "error"), [
+            [f"{r['model']}@{r['input_size']}/{r['target']}/{r['precision']}/b{r['batch']}", str(r["error"])]
+            for r in failed])]
+    if skipped:
+        lines += ["", "## Not run", "", *_table(("combination", "why"), [[s["key"], s["reason"]] for s in skipped])]
+    lines += ["", "![FPS vs mAP](fps_vs_map.png)", ""]
+    return "\n".join(lines)
+
+
+def render_csv(rows: list[dict[str, Any]]) -> str:
+    """results.csv: the COLUMNS in order; empty cells where nothing was measured."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(KEYS)
+    for r in rows:
+        w.writerow(["" if r.get(k) is None else ("true" if r[k] is True else "false" if r[k] is False else r[k])
+                    for k in KEYS])
+    return buf.getvalue()
+
+
+def plot_fps_vs_map(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """fps_vs_map.png (matplotlib Agg): FPS (log) against VOC07 mAP, one marker per engine (colour =
+    target, shape = precision), the Pareto front dashed; rows without mAP on a strip at the left."""
+    try:
+        import matplotlib
+    except ImportError:
+        from enginesmith.errors import EnginesmithError
+
+        raise EnginesmithError(f"writing {path.name} needs matplotlib (results.json/csv/md are written); "
+                               "pip install 'enginesmith[data]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    ok = [r for r in rows if r["status"] == "ok" and r["fps"]]
+    with_map = [r for r in ok if r["map_voc07"] is not None]
+    without = [r for r in ok if r["map_voc07"] is None]
+    fig, (strip, ax) = plt.subplots(1, 2, figsize=(11, 6.5), sharey=True, gridspec_kw={"width_ratios": [1, 5]})
+
+    def label(r: dict[str, Any]) -> str:
+        return f"{r['method']} {r['target']} {r['precision']} b{r['batch']}"
+
+    def mark(axis: Any, x: float, r: dict[str, Any]) -> None:
+        axis.scatter([x], [r["fps"]], marker=PRECISION_MARKERS.get(r["precision"], "o"),
+                     color=TARGET_COLORS.get(r["target"], "#d62728"), s=42, zorder=3, edgecolors="white", linewidths=0.5)
+        axis.annotate(label(r), (x, r["fps"]), fontsize=5.5, xytext=(4, 2), textcoords="offset points", zorder=4)
+
+    for r in with_map:
+        mark(ax, float(r["map_voc07"]), r)
+    if with_map:
+        front = [with_map[i] for i in pareto_front([(float(r["map_voc07"]), float(r["fps"])) for r in with_map])]
+        ax.plot([r["map_voc07"] for r in front], [r["fps"] for r in front], "k--", lw=1, drawstyle="steps-pre",
+                zorder=2, label="Pareto front")
+        ax.scatter([r["map_voc07"] for r in front], [r["fps"] for r in front], s=130, facecolors="none",
+                   edgecolors="k", linewidths=0.8, zorder=2)  # ringed: visible even when the front is one engine
+        ax.margins(x=0.2, y=0.1)
+    else:
+        ax.text(0.5, 0.5, "no mAP measured\n(give --weights and --dataset)", ha="center", va="center",
+                transform=ax.transAxes, color="#555555")
+    for i, r in enumerate(without):
+        mark(strip, 0.2 + 0.6 * ((i * 0.618) % 1.0), r)
+    if not without:
+        strip.text(0.5, 0.5, "(none)", ha="center", va="center", transform=strip.transAxes, color="#555555")
+    strip.set_xlim(0, 1.6)
+    strip.set_xticks([])
+    strip.set_title("mAP not measured", fontsize=9)
+    ax.set_xlabel("mAP (VOC07 11-point AP@0.5, %)")
+    strip.set_ylabel("FPS (inference only, images/s)")
+    if ok:
+        ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    handles = [Line2D([], [], marker="o", ls="", color=c, label=t) for t, c in TARGET_COLORS.items()
+               if any(r["target"] == t for r in ok)]
+    handles += [Line2D([], [], marker=m, ls="", color="#444444", label=p) for p, m in PRECISION_MARKERS.items()
+                if any(r["precision"] == p for r in ok)]
+    if with_map:
+        handles.append(Line2D([], [], ls="--", marker="o", mfc="none", color="k", label="Pareto front"))
+    if handles:
+        ax.legend(handles=handles, fontsize=7, loc="best")
+    fig.suptitle(title or "FPS vs mAP, one marker per engine", fontsize=11)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=150)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def write_results(out: Path, run: dict[str, Any], rows: list[dict[str, Any]], skipped: list[dict[str, str]],
+                  plot: bool = True) -> dict[str, Path]:
+    """Write results.json, results.csv, results.md (and fps_vs_map.png) into `out`, each atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        missing = set(KEYS) ^ set(r)
+        if missing:
+            raise ValueError(f"result row keys differ from COLUMNS: {sorted(missing)}")
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "results.md"}
+    write_json_atomic(paths["json"], {"run": run, "columns": dict(COLUMNS), "rows": rows, "skipped": skipped})
+    write_text_atomic(paths["csv"], render_csv(rows))
+    write_text_atomic(paths["md"], render_markdown(run, rows, skipped))
+    if plot:
+        paths["png"] = out / "fps_vs_map.png"
+        plot_fps_vs_map(rows, paths["png"], f"{run.get('suite', 'enginesmith bench')}: FPS vs mAP")
+    return paths
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """results.json as written by write_results."""
+    return json.loads(Path(path).read_text())
