@@ -137,13 +137,14 @@ def train(
     out_path: Optional[Path] = typer.Option(None, "--out", help="checkpoint path (default: in the cache)"),
     seed: int = typer.Option(0, help="random seed"),
     time_budget: Optional[float] = typer.Option(None, help="stop training after this many minutes"),
+    threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)"),
 ) -> None:
     """Train MODEL on a dataset with its family's loss; print the checkpoint path and validation mAP."""
     from enginesmith.training import train as train_model
 
     try:
         result = train_model(model, dataset, epochs=epochs, out=out_path, seed=seed,
-                             time_budget_s=None if time_budget is None else 60.0 * time_budget)
+                             time_budget_s=None if time_budget is None else 60.0 * time_budget, threads=threads)
     except EnginesmithError as e:
         _fail(e)
     except KeyboardInterrupt:
