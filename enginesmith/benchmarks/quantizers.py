@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from enginesmith.errors import EnginesmithError
+
 OPENVINO_ROWS = (
     # (precision, calib method, nncf preset, overflow fix)
     ("fp32", None, None, None),
@@ -76,15 +78,21 @@ def run_row(row: Row, model: str, weights: Path, dataset: Path, calib_size: int,
     if row.overflow_fix:
         config.overflow_fix = row.overflow_fix
     t0 = time.perf_counter()
-    result = build_engine(config)
+    base = {"target": row.target, "precision": row.precision, "quantizer": row.quantizer, "method": row.method or "-"}
+    try:
+        result = build_engine(config)
+    except EnginesmithError as e:  # one failed configuration is a row, not the end of the comparison
+        return {**base, "map_voc07": None, "fp32_pytorch": None, "drop": None, "calibration_s": 0,
+                "calibration_images": calib_size, "engine_fps_b1": None, "build_wall_s": None, "engine_mb": 0,
+                "error": str(e)}
     wall = time.perf_counter() - t0
     stages = {a.stage: a for a in result.stages}
     calib_s = sum(stages[s].wall_time_s for s in ("statistics", "quantize-nncf", "quantize-qdq") if s in stages)
     acc = result.accuracy or {}
     lat = result.latency.metrics if result.latency else {}
+    verify = stages["engine"].metrics.get("verify", {})
     return {
-        "target": row.target, "precision": row.precision, "quantizer": row.quantizer, "method": row.method or "-",
-        "map_voc07": acc.get("engine"), "fp32_pytorch": acc.get("fp32_pytorch"), "drop": acc.get("drop"),
+        **base, "cosine": verify.get("cosine"), "map_voc07": acc.get("engine"), "fp32_pytorch": acc.get("fp32_pytorch"), "drop": acc.get("drop"),
         "calibration_s": round(calib_s, 1), "calibration_images": calib_size if row.precision == "int8" else 0,
         "engine_fps_b1": lat.get("engine", {}).get("fps"), "build_wall_s": round(wall, 1),
         "engine_mb": round(stages["engine"].metrics.get("engine_bytes", 0) / 1e6, 2),
@@ -101,14 +109,19 @@ def render(header: dict[str, Any], command: str, model: str, results: list[dict[
         f"- versions: {', '.join(f'{k} {val}' for k, val in sorted(v.items()))}",
         "- mAP: VOC07 11-point AP@0.5 on the test split, measured by the build's accuracy stage; drop = FP32 PyTorch "
         "minus engine, in points. Calibration: the train split. FPS: batch 1, the build's latency check.",
-        "", "| target | precision | quantizer | calibration | mAP | drop | calibration s | FPS b1 | engine MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "- cosine: the engine's raw outputs against the FP32 ONNX on the build's verification images (the build's "
+        "numeric check; with --val an INT8 engine is judged by the metric, so a cosine under 0.99 is reported, not fatal).",
+        "", "| target | precision | quantizer | calibration | mAP | drop | cosine | calibration s | FPS b1 | engine MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         m = "-" if r["map_voc07"] is None else f"{r['map_voc07']:.2f}"
         d = "-" if r["drop"] is None else f"{r['drop']:+.2f}"
         fps = "-" if r["engine_fps_b1"] is None else f"{r['engine_fps_b1']:.1f}"
-        lines.append(f"| {r['target']} | {r['precision']} | {r['quantizer']} | {r['method']} | {m} | {d} | "
+        cos = "-" if r.get("cosine") is None else f"{r['cosine']:.4f}"
+        if r.get("error"):
+            m, d = "failed", r["error"][:120]
+        lines.append(f"| {r['target']} | {r['precision']} | {r['quantizer']} | {r['method']} | {m} | {d} | {cos} | "
                      f"{r['calibration_s']} | {fps} | {r['engine_mb']} |")
     return "\n".join(lines) + "\n"
 

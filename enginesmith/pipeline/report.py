@@ -25,6 +25,8 @@ def _verify_text(metrics: dict[str, Any]) -> str:
         s += f", top-1 agree {v['top1_agreement']:.0%}"
     if parity:
         s += "; NMS = host NMS"
+    if metrics.get("tolerance_exceeded"):
+        s += " (below the cosine tolerance: judged by the --val metric instead)"
     return s
 
 

@@ -403,7 +403,8 @@ def build_engine(
                                                         overflow_fix=config.overflow_fix))
         try:
             engine = engine_artifact(b.cache, config.target, quant_precision, quantized or base, INPUT_NAME,
-                                     lambda: b.verify_batches, reference)
+                                     lambda: b.verify_batches, reference,
+                                     judged_by_metric=reference_acc is not None and quant_precision == "int8")
         except EnginesmithError as e:
             if not config.searches:
                 raise
