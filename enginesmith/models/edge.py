@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from enginesmith.errors import EnginesmithError
 from enginesmith.models.classes import OFFLINE_NAMES
 from enginesmith.models.registry import ModelSpec, register
-from enginesmith.models.ssd import VARIANCES, SSDConfig, SSDDecode
+from enginesmith.models.ssd import VARIANCES, SSDConfig, SSDDecode, multibox_heads
 from enginesmith.models.weights import load_weights
 from enginesmith.models.yolo import ScaleDecode
 from enginesmith.models.yolo_tiny import YOLOV3_TINY_CFG
@@ -100,13 +100,19 @@ class TinyYOLOEdge(nn.Module):
         return self.decode(self.forward_raw(x))
 
 
-def check_tiny_size(size: tuple[int, int]) -> None:
-    h, w = (int(s) for s in size)
-    if h < 32 or w < 32 or h % 32 or w % 32:
-        raise EnginesmithError(
-            f"yolov3-tiny-256 needs input sides that are multiples of 32 and >= 32 (stride-32 head; the x2 "
-            f"upsample must line up with the stride-16 map), got {h}x{w}; use 256x256 (its trained size)"
-        )
+def _check_multiple_of_32(name: str, heads: str):
+    def check(size: tuple[int, int]) -> None:
+        h, w = (int(v) for v in size)
+        if h < 32 or w < 32 or h % 32 or w % 32:
+            raise EnginesmithError(
+                f"{name} needs input sides that are multiples of 32 and >= 32 (stride-32 head; {heads}), got {h}x{w}; "
+                "use 256x256 (its trained size)"
+            )
+
+    return check
+
+
+check_tiny_size = _check_multiple_of_32("yolov3-tiny-256", "the x2 upsample must line up with the stride-16 map")
 
 
 def build_tiny256(num_classes: int = NUM_CLASSES, input_size: tuple[int, int] = EDGE_SIZE) -> TinyYOLOEdge:
@@ -152,13 +158,8 @@ TINY3L_MASKS: tuple[tuple[int, ...], ...] = ((6, 7, 8), (3, 4, 5), (0, 1, 2))
 TINY3L_STRIDES: tuple[int, ...] = (32, 16, 8)
 
 
-def check_tiny3l_size(size: tuple[int, int]) -> None:
-    h, w = (int(s) for s in size)
-    if h < 32 or w < 32 or h % 32 or w % 32:
-        raise EnginesmithError(
-            f"yolov3-tiny-3l-256 needs input sides that are multiples of 32 and >= 32 (stride-32 head; two x2 "
-            f"upsamples must line up with the stride-16 and stride-8 maps), got {h}x{w}; use 256x256 (its trained size)"
-        )
+check_tiny3l_size = _check_multiple_of_32(
+    "yolov3-tiny-3l-256", "two x2 upsamples must line up with the stride-16 and stride-8 maps")
 
 
 def build_tiny3l(num_classes: int = NUM_CLASSES, input_size: tuple[int, int] = EDGE_SIZE) -> TinyYOLOEdge:
@@ -267,13 +268,7 @@ class SlimSSD(nn.Module):
             x = layer(x)
             if k % 2 == 1:
                 sources.append(x)
-        locs, confs = [], []
-        for s, lh, ch in zip(sources, self.loc, self.conf):
-            locs.append(lh(s).permute(0, 2, 3, 1).reshape(s.shape[0], -1))
-            confs.append(ch(s).permute(0, 2, 3, 1).reshape(s.shape[0], -1))
-        loc = torch.cat(locs, 1).reshape(x.shape[0], -1, 4)
-        conf = torch.cat(confs, 1).reshape(x.shape[0], -1, self.num_classes)
-        return loc, conf
+        return multibox_heads(sources, self.loc, self.conf, self.num_classes)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.decode(*self.forward_raw(x))

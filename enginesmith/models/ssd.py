@@ -160,16 +160,19 @@ class SSD(nn.Module):
             x = torch.relu(layer(x))
             if k % 2 == 1:
                 sources.append(x)
-        locs, confs = [], []
-        for s, lh, ch in zip(sources, self.loc, self.conf):
-            locs.append(lh(s).permute(0, 2, 3, 1).reshape(s.shape[0], -1))
-            confs.append(ch(s).permute(0, 2, 3, 1).reshape(s.shape[0], -1))
-        loc = torch.cat(locs, 1).reshape(x.shape[0], -1, 4)
-        conf = torch.cat(confs, 1).reshape(x.shape[0], -1, self.num_classes)
-        return loc, conf
+        return multibox_heads(sources, self.loc, self.conf, self.num_classes)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.decode(*self.forward_raw(x))
+
+
+def multibox_heads(sources: list[Tensor], loc: nn.ModuleList, conf: nn.ModuleList, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Run the per-source 3x3 heads and flatten in ssd.pytorch's order (source, row, column, default box):
+    loc [N, P, 4] and conf [N, P, num_classes]."""
+    n = sources[0].shape[0]
+    locs = [lh(s).permute(0, 2, 3, 1).reshape(n, -1) for s, lh in zip(sources, loc)]
+    confs = [ch(s).permute(0, 2, 3, 1).reshape(n, -1) for s, ch in zip(sources, conf)]
+    return torch.cat(locs, 1).reshape(n, -1, 4), torch.cat(confs, 1).reshape(n, -1, num_classes)
 
 
 def init_ssd_weights(model: SSD) -> None:
