@@ -45,7 +45,7 @@ def build(
     accuracy_budget: Optional[float] = typer.Option(None, help="largest allowed metric drop in points "
                                                     "(default 1.0 mAP for detectors, 0.5 top-1 for classifiers)"),
     fallback: str = typer.Option("none", help="int8 only: auto keeps the most sensitive layers in float until the budget holds"),
-    nncf_preset: str = typer.Option("performance", help="OpenVINO int8: NNCF preset performance | mixed"),
+    nncf_preset: str = typer.Option("mixed", help="OpenVINO int8: NNCF preset mixed | performance"),
     overflow_fix: str = typer.Option("enable", help="OpenVINO int8: NNCF overflow fix enable | disable | first_layer_only"),
 ) -> None:
     """Build a verified engine for MODEL and print its report."""

@@ -79,14 +79,15 @@ def run_row(row: Row, model: str, weights: Path, dataset: Path, calib_size: int,
         config.overflow_fix = row.overflow_fix
     t0 = time.perf_counter()
     base = {"target": row.target, "precision": row.precision, "quantizer": row.quantizer, "method": row.method or "-"}
+    seen: dict[str, Any] = {}  # every stage the build ran, the statistics pass included
     try:
-        result = build_engine(config)
+        result = build_engine(config, on_stage=lambda a: seen.__setitem__(a.stage, a))
     except EnginesmithError as e:  # one failed configuration is a row, not the end of the comparison
         return {**base, "map_voc07": None, "fp32_pytorch": None, "drop": None, "calibration_s": 0,
                 "calibration_images": calib_size, "engine_fps_b1": None, "build_wall_s": None, "engine_mb": 0,
                 "error": str(e)}
     wall = time.perf_counter() - t0
-    stages = {a.stage: a for a in result.stages}
+    stages = {**seen, **{a.stage: a for a in result.stages}}
     calib_s = sum(stages[s].wall_time_s for s in ("statistics", "quantize-nncf", "quantize-qdq") if s in stages)
     acc = result.accuracy or {}
     lat = result.latency.metrics if result.latency else {}

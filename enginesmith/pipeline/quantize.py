@@ -69,7 +69,7 @@ class QuantizeOptions:
     mixed-precision search) and NNCF's preset / overflow fix for OpenVINO."""
 
     keep_float: tuple[str, ...] = ()
-    nncf_preset: str = "performance"
+    nncf_preset: str = "mixed"
     overflow_fix: str = "enable"
 
     def params(self, target: str) -> dict[str, object]:

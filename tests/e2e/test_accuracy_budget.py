@@ -52,7 +52,7 @@ def test_int8_build_records_the_metric_measured_independently(trained_lenet, cac
 def test_int8_over_budget_fails_with_a_clear_message(trained_lenet, black_calibration, cache_dir, tmp_path):
     weights = trained_lenet[0]
     config = _config(weights, cache_dir, tmp_path / "engine", target="onnxruntime", precision="int8",
-                     calib=black_calibration, calib_size=1)
+                     calib=black_calibration, calib_size=1, calib_method="minmax")
     with pytest.raises(EnginesmithError, match=r"drop of \d+\.\d\d points exceeds --accuracy-budget 0\.5; try --precision mixed"):
         build_engine(config)
     assert not (tmp_path / "engine").exists()  # nothing published
@@ -63,7 +63,7 @@ def test_mixed_keeps_sensitive_layers_float_until_the_budget_holds(trained_lenet
     out = tmp_path / "engine"
     steps = []
     result = build_engine(_config(weights, cache_dir, out, target="onnxruntime", precision="mixed",
-                                  calib=black_calibration, calib_size=1),
+                                  calib=black_calibration, calib_size=1, calib_method="minmax"),
                           on_search_step=lambda i, n, a: steps.append(a))
     acc = result.accuracy
     assert acc is not None and len(steps) >= 2 and steps[0].keep_float == ()
