@@ -115,30 +115,38 @@ def _check_multiple_of_32(name: str, heads: str):
 check_tiny_size = _check_multiple_of_32("yolov3-tiny-256", "the x2 upsample must line up with the stride-16 map")
 
 
-def build_tiny256(num_classes: int = NUM_CLASSES, input_size: tuple[int, int] = EDGE_SIZE) -> TinyYOLOEdge:
-    check_tiny_size(input_size)
-    model = TinyYOLOEdge(num_classes, input_size)
-    init_darknet_weights(model)
-    return model.eval()
-
-
 TINY256_PREPROCESS = PreprocessSpec(
     input_size=EDGE_SIZE, resize="letterbox", color="RGB", scale=1.0 / 255.0, mean=(0.0, 0.0, 0.0),
     std=(1.0, 1.0, 1.0), pad_value=114,
 )
 
-TINY256_SPEC = register(
-    ModelSpec(
-        name="yolov3-tiny-256", task="detection", builder=build_tiny256, input_size=EDGE_SIZE,
-        num_classes=NUM_CLASSES, preprocess=TINY256_PREPROCESS, output_names=("boxes", "scores"),
-        check_input_size=check_tiny_size, load_weights=partial(load_weights, darknet_ok=True),
-        class_names=OFFLINE_NAMES, default_calibration="photos",
-        paper="Redmon & Farhadi, YOLOv3: An Incremental Improvement, arXiv:1804.02767 (2018); darknet "
-        "cfg/yolov3-tiny.cfg at 256x256 with anchors k-means-fitted to the offline set (YOLOv2's recipe)",
-        source_file=__file__,
-        extra={"anchors": TINY256_ANCHORS, "masks": TINY_MASKS, "strides": TINY_STRIDES, "box_format": "xyxy",
-               "family": "yolo", "trained_on": "offline", "ci_input_size": (64, 64)},
+
+def _register_tiny(name: str, cfg: tuple, anchors: tuple, masks: tuple, strides: tuple, check, paper: str) -> ModelSpec:
+    """Register a yolov3-tiny layout at 256 with its own anchors (letterbox RGB/255, offline classes)."""
+
+    def build(num_classes: int = NUM_CLASSES, input_size: tuple[int, int] = EDGE_SIZE) -> TinyYOLOEdge:
+        check(input_size)
+        model = TinyYOLOEdge(num_classes, input_size, anchors, cfg, masks, strides)
+        init_darknet_weights(model)
+        return model.eval()
+
+    build.__name__ = f"build_{name.replace('-', '_')}"
+    return register(
+        ModelSpec(
+            name=name, task="detection", builder=build, input_size=EDGE_SIZE, num_classes=NUM_CLASSES,
+            preprocess=TINY256_PREPROCESS, output_names=("boxes", "scores"), check_input_size=check,
+            load_weights=partial(load_weights, darknet_ok=True), class_names=OFFLINE_NAMES,
+            default_calibration="photos", paper=paper, source_file=__file__,
+            extra={"anchors": anchors, "masks": masks, "strides": strides, "box_format": "xyxy", "family": "yolo",
+                   "trained_on": "offline", "ci_input_size": (64, 64)},
+        )
     )
+
+
+TINY256_SPEC = _register_tiny(
+    "yolov3-tiny-256", YOLOV3_TINY_CFG, TINY256_ANCHORS, TINY_MASKS, TINY_STRIDES, check_tiny_size,
+    "Redmon & Farhadi, YOLOv3: An Incremental Improvement, arXiv:1804.02767 (2018); darknet "
+    "cfg/yolov3-tiny.cfg at 256x256 with anchors k-means-fitted to the offline set (YOLOv2's recipe)",
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -162,25 +170,10 @@ check_tiny3l_size = _check_multiple_of_32(
     "yolov3-tiny-3l-256", "two x2 upsamples must line up with the stride-16 and stride-8 maps")
 
 
-def build_tiny3l(num_classes: int = NUM_CLASSES, input_size: tuple[int, int] = EDGE_SIZE) -> TinyYOLOEdge:
-    check_tiny3l_size(input_size)
-    model = TinyYOLOEdge(num_classes, input_size, TINY3L_ANCHORS, TINY3L_CFG, TINY3L_MASKS, TINY3L_STRIDES)
-    init_darknet_weights(model)
-    return model.eval()
-
-
-TINY3L_SPEC = register(
-    ModelSpec(
-        name="yolov3-tiny-3l-256", task="detection", builder=build_tiny3l, input_size=EDGE_SIZE,
-        num_classes=NUM_CLASSES, preprocess=TINY256_PREPROCESS, output_names=("boxes", "scores"),
-        check_input_size=check_tiny3l_size, load_weights=partial(load_weights, darknet_ok=True),
-        class_names=OFFLINE_NAMES, default_calibration="photos",
-        paper="Redmon & Farhadi, YOLOv3: An Incremental Improvement, arXiv:1804.02767 (2018); AlexeyAB darknet "
-        "cfg/yolov3-tiny_3l.cfg (a third yolo layer at stride 8) at 256x256, anchors k-means-fitted to the offline set",
-        source_file=__file__,
-        extra={"anchors": TINY3L_ANCHORS, "masks": TINY3L_MASKS, "strides": TINY3L_STRIDES, "box_format": "xyxy",
-               "family": "yolo", "trained_on": "offline", "ci_input_size": (64, 64)},
-    )
+TINY3L_SPEC = _register_tiny(
+    "yolov3-tiny-3l-256", TINY3L_CFG, TINY3L_ANCHORS, TINY3L_MASKS, TINY3L_STRIDES, check_tiny3l_size,
+    "Redmon & Farhadi, YOLOv3: An Incremental Improvement, arXiv:1804.02767 (2018); AlexeyAB darknet "
+    "cfg/yolov3-tiny_3l.cfg (a third yolo layer at stride 8) at 256x256, anchors k-means-fitted to the offline set",
 )
 
 # ---------------------------------------------------------------------------------------------

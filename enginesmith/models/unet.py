@@ -97,7 +97,25 @@ class DoubleConv(nn.Sequential):
         super().__init__(*layers)
 
 
-class UNet(nn.Module):
+class _EncoderDecoder(nn.Module):
+    """The U-Net forward shared by 2D and 3D: `down` blocks with `pool` between them, then `upconv`
+    + concatenation with the centre-cropped skip + `up` blocks, then the 1x1 `out`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            if i:
+                x = self.pool(x)
+            x = block(x)
+            skips.append(x)
+        skips.pop()
+        for upconv, block in zip(self.upconv, self.up):
+            x = upconv(x)
+            x = block(torch.cat([_center_crop(skips.pop(), x), x], dim=1))
+        return self.out(x)
+
+
+class UNet(_EncoderDecoder):
     """U-Net: x [N, 1, H, W] -> logits [N, num_classes, H - 184, W - 184] (H, W valid sizes)."""
 
     def __init__(self, num_classes: int = 2, in_channels: int = 1, widths: tuple[int, ...] = UNET_WIDTHS) -> None:
@@ -117,21 +135,9 @@ class UNet(nn.Module):
         self.out = nn.Conv2d(cin, num_classes, 1)
         _he_init(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for i, block in enumerate(self.down):
-            if i:
-                x = self.pool(x)
-            x = block(x)
-            skips.append(x)
-        skips.pop()
-        for upconv, block in zip(self.upconv, self.up):
-            x = upconv(x)
-            x = block(torch.cat([_center_crop(skips.pop(), x), x], dim=1))
-        return self.out(x)
 
 
-class UNet3D(nn.Module):
+class UNet3D(_EncoderDecoder):
     """3D U-Net: x [N, 3, D, H, W] -> logits [N, num_classes, D - 88, H - 88, W - 88] (valid sides)."""
 
     def __init__(self, num_classes: int = 3, in_channels: int = 3, levels: tuple[tuple[int, int], ...] = UNET3D_LEVELS) -> None:
@@ -153,18 +159,6 @@ class UNet3D(nn.Module):
         self.out = nn.Conv3d(cin, num_classes, 1)
         _he_init(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for i, block in enumerate(self.down):
-            if i:
-                x = self.pool(x)
-            x = block(x)
-            skips.append(x)
-        skips.pop()
-        for upconv, block in zip(self.upconv, self.up):
-            x = upconv(x)
-            x = block(torch.cat([_center_crop(skips.pop(), x), x], dim=1))
-        return self.out(x)
 
 
 def valid_sides(pools: int, min_bottom: int = 8) -> tuple[int, int]:
