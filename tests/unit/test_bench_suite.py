@@ -156,13 +156,13 @@ def test_the_shipped_suites_are_valid(tmp_path):
     assert not any(r.model == "faster-rcnn-vgg16" and r.batch == 8 for r in runs)
 
     edge = load_suite(SUITES / "edge.toml")
-    assert [e.model for e in edge.entries] == ["yolov3-tiny-256", "ssd-slim-256"]
+    assert [e.model for e in edge.entries] == ["yolov3-tiny-256", "yolov3-tiny-3l-256", "ssd-slim-256"]
     with pytest.raises(EnginesmithError, match="ENGINESMITH_WEIGHTS_YOLOV3_TINY_256"):
         plan(edge, env={"ENGINESMITH_OFFLINE_DATA": str(tmp_path)})
     w = tmp_path / "w.pt"
     w.write_bytes(b"x")
     env = {"ENGINESMITH_OFFLINE_DATA": str(tmp_path), "ENGINESMITH_WEIGHTS_YOLOV3_TINY_256": str(w),
-           "ENGINESMITH_WEIGHTS_SSD_SLIM_256": str(w)}
+           "ENGINESMITH_WEIGHTS_YOLOV3_TINY_3L_256": str(w), "ENGINESMITH_WEIGHTS_SSD_SLIM_256": str(w)}
     runs, _ = plan(edge, env=env)
     assert all(r.measures_accuracy and r.dataset == tmp_path and r.split == "test" for r in runs)
     assert {r.precision for r in runs if r.target == "openvino"} == {"fp32", "fp16", "int8"}
