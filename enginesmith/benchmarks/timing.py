@@ -132,18 +132,20 @@ def measure(call: Callable[[], object], batch: int, profile: TimingProfile) -> T
 
 
 def openvino_throughput(engine: Path, feed: np.ndarray, inference_precision: str, seconds: float,
-                        streams: int | None = None) -> dict[str, Any]:
+                        streams: int | None = None, extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """OpenVINO CPU throughput mode on `engine` (model.xml) with input `feed` [B, C, H, W] float32.
 
-    Compiles with PERFORMANCE_HINT THROUGHPUT (and NUM_STREAMS when given), creates an AsyncInferQueue
-    of the plugin's OPTIMAL_NUMBER_OF_INFER_REQUESTS, runs one warm-up round, then keeps every request
-    busy for `seconds`. Returns {"fps", "streams", "requests", "calls", "seconds", "config"}; fps counts
-    images (calls * B) over the wall time until the last request finished."""
+    Compiles with PERFORMANCE_HINT THROUGHPUT (and NUM_STREAMS when given; `extra_config` adds or
+    overrides CPU properties), creates an AsyncInferQueue of the plugin's
+    OPTIMAL_NUMBER_OF_INFER_REQUESTS, runs one warm-up round, then keeps every request busy for
+    `seconds`. Returns {"fps", "streams", "requests", "calls", "seconds", "config"}; fps counts images
+    (calls * B) over the wall time until the last request finished."""
     import openvino as ov
 
     config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": inference_precision}
     if streams:
         config["NUM_STREAMS"] = int(streams)
+    config.update(extra_config or {})
     try:
         core = ov.Core()
         compiled = core.compile_model(core.read_model(str(engine)), "CPU", config)
