@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -69,8 +70,9 @@ class Trial:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def engines_from_results(results: dict[str, Any], model: str, size_text: str | None) -> list[EngineRef]:
-    """The batch-1 engines of `model` (at `size_text`, e.g. "300x300", or its only size) in a results.json."""
+def engines_from_results(results: dict[str, Any], model: str, size_text: str | None) -> tuple[str, list[EngineRef]]:
+    """(size, engines): the batch-1 engines of `model` in a results.json at `size_text` (e.g. "300x300"),
+    or at its only measured size when None."""
     rows = [r for r in results["rows"] if r["model"] == model and r["batch"] == 1 and r["status"] == "ok"
             and r.get("engine_dir")]
     sizes = sorted({r["input_size"] for r in rows})
@@ -90,7 +92,7 @@ def engines_from_results(results: dict[str, Any], model: str, size_text: str | N
                               manifest["input"]["name"]))
     if not refs:
         raise EnginesmithError(f"no batch-1 engine of {model} at {size_text}; measured sizes: {', '.join(sizes)}")
-    return refs
+    return size_text, refs
 
 
 def config_grid(cores: int) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -268,10 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.results.is_file():
             raise EnginesmithError(f"results file not found: {args.results}; run enginesmith bench first")
-        refs = engines_from_results(json.loads(args.results.read_text()), args.model, args.input_size)
-        size_text = args.input_size or next(iter({r.engine.parent.parent.name.rsplit("-", 1)[-1] for r in refs}))
+        size_text, refs = engines_from_results(json.loads(args.results.read_text()), args.model, args.input_size)
         profile = TimingProfile().with_min_time(args.min_time)
-        header = {**run_header(), "command": " ".join(["python -m enginesmith.benchmarks.openvino_tuning", *sys.argv[1:]]),
+        header = {**run_header(), "command": shlex.join(["python", "-m", "enginesmith.benchmarks.openvino_tuning",
+                                                           *(sys.argv[1:] if argv is None else argv)]),
                   "timing": profile.to_dict(), "load_average": [round(v, 2) for v in os.getloadavg()]}
         start = time.perf_counter()
         trials = tune(refs, profile, os.cpu_count() or 1)
@@ -279,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except EnginesmithError as e:
         sys.stderr.write(f"error: {e}\n")
         return e.exit_code
+    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"tuning-{args.model}-{size_text}"
     write_json_atomic(stem.with_suffix(".json"), {"run": header, "summary": summary(trials),
                                                   "trials": [asdict(t) for t in trials]})

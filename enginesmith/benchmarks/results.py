@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
+from enginesmith.benchmarks.paper import paper_order_section
 from enginesmith.pipeline.artifacts import write_json_atomic, write_text_atomic
 
 DASH = "—"
@@ -209,6 +210,7 @@ def render_markdown(run: dict[str, Any], rows: list[dict[str, Any]], skipped: li
         "",
         *_table(PAPER_COLUMNS, [paper_cells(r) for r in ok]),
         "",
+        *paper_order_section(rows),
         "## Details",
         "",
         *_table(DETAIL_COLUMNS, [detail_cells(r) for r in ok]),

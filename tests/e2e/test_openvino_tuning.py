@@ -50,7 +50,8 @@ def test_tuning_lenet5_fp32_and_int8(tmp_path, cache_dir):
     results = json.loads((out / "results.json").read_text())
     with pytest.raises(EnginesmithError, match="no measured batch-1 engine of yolov3"):
         engines_from_results(results, "yolov3", None)
-    assert {(r.target, r.precision) for r in engines_from_results(results, "lenet5", None)} == {
+    size, refs = engines_from_results(results, "lenet5", None)
+    assert size == "32x32" and {(r.target, r.precision) for r in refs} == {
         ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8")}
 
     assert main([str(out / "results.json"), "lenet5", "--out", str(tmp_path / "t"), "--min-time", "0.05"]) == 0
@@ -75,4 +76,5 @@ def test_tuning_lenet5_fp32_and_int8(tmp_path, cache_dir):
         assert s["enginesmith"]["fps"] == best("enginesmith") and s["hand_tuned"]["fps"] == best("hand-tuned")
         assert s["ratio"] == pytest.approx(best("enginesmith") / best("hand-tuned"))
     md = (tmp_path / "t" / "tuning-lenet5-32x32.md").read_text()
-    assert md.count("| hand-tuned |") == len(hand) and "python -m enginesmith.benchmarks.openvino_tuning" in md
+    assert md.count("| hand-tuned |") == len(hand)
+    assert "python -m enginesmith.benchmarks.openvino_tuning " + str(out / "results.json") + " lenet5" in md
