@@ -33,6 +33,21 @@ def test_stretch_mean_std_and_bgr_match_pillow_reference():
     assert np.allclose(x, ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("color,mean,std", [("RGB", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                                            ("BGR", (104.0, 117.0, 123.0), (1.0, 1.0, 1.0)), ("RGB", (0.5,), (0.25,))])
+def test_normalisation_is_bit_identical_to_the_per_pixel_float32_formula(color, mean, std):
+    """The lookup tables give exactly what (pixel * scale - mean) / std in float32 gives, pixel by pixel."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (41, 29, 3), dtype=np.uint8)
+    scale = 1.0 if mean[0] > 1 else 1 / 255
+    spec = PreprocessSpec((41, 29), resize="stretch", color=color, scale=scale, mean=mean, std=std)
+    x, _ = preprocess(img, spec)
+    ref = img.astype(np.float32)[:, :, ::-1] if color == "BGR" else img.astype(np.float32)
+    ref = (ref * np.float32(scale) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    assert x.dtype == np.float32 and x.flags.c_contiguous
+    assert np.array_equal(x, ref.transpose(2, 0, 1))
+
+
 def test_center_crop_and_gray():
     img = np.zeros((300, 400, 3), dtype=np.uint8)
     img[:, 200:] = 255
