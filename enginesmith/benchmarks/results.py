@@ -143,6 +143,27 @@ def paper_cells(r: dict[str, Any]) -> list[str]:
             str(r["input_size"]), str(r["target"]), str(r["precision"])]
 
 
+SUMMARY_COLUMNS = ("Method", "input", "batch", "PyTorch FPS", "best engine", "FPS", "vs PyTorch", "E2E FPS",
+                   "mAP (PyTorch)", "mAP (engine)")
+
+
+def summary_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Per (method, input, batch): PyTorch eager FP32 beside the engine with the highest inference FPS."""
+    ok = [r for r in rows if r["status"] == "ok" and r["fps"]]
+    out = []
+    for key in dict.fromkeys((r["method"], r["input_size"], r["batch"]) for r in ok):
+        group = [r for r in ok if (r["method"], r["input_size"], r["batch"]) == key]
+        torch_row = next((r for r in group if r["target"] in ("torch", "torch-cuda") and r["precision"] == "fp32"), None)
+        engines = [r for r in group if r["target"] not in ("torch", "torch-cuda")]
+        best = max(engines, key=lambda r: r["fps"]) if engines else None
+        ratio = DASH if best is None or best["speedup_vs_torch"] is None else f"{best['speedup_vs_torch']:.2f}x"
+        out.append([str(key[0]), str(key[1]), str(key[2]), fmt_fps(torch_row["fps"]) if torch_row else DASH,
+                    f"{best['target']} {best['precision']}" if best else DASH, fmt_fps(best["fps"]) if best else DASH,
+                    ratio, fmt_fps(best["fps_e2e"]) if best else DASH,
+                    _num(torch_row["map_voc07"], 1) if torch_row else DASH, _num(best["map_voc07"], 1) if best else DASH])
+    return out
+
+
 def detail_cells(r: dict[str, Any]) -> list[str]:
     """One row of the details table (DETAIL_COLUMNS)."""
     mean = DASH if r["latency_mean_ms"] is None else f"{fmt_ms(r['latency_mean_ms'])} ± {fmt_ms(r['latency_std_ms'])}"
@@ -205,6 +226,10 @@ def render_markdown(run: dict[str, Any], rows: list[dict[str, Any]], skipped: li
         "weights and a dataset are given, else —. The torch target is PyTorch eager FP32 on the CPU, "
         "the baseline of 'vs PyTorch' (GPU targets: torch-cuda FP32). Untrained weights give real speed "
         "but no accuracy, and their score distribution sets the NMS work (see candidates).",
+        "",
+        "## Best engine per network",
+        "",
+        *_table(SUMMARY_COLUMNS, summary_rows(rows)),
         "",
         "## The SSD paper's table",
         "",

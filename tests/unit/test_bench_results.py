@@ -240,3 +240,20 @@ def test_results_refuse_rows_with_unknown_keys(tmp_path):
 def test_every_column_is_documented_and_unique():
     assert len(KEYS) == len(set(KEYS))
     assert all(isinstance(k, str) and k for k in itertools.chain(KEYS, PAPER_COLUMNS, DETAIL_COLUMNS))
+
+
+def test_best_engine_summary_picks_the_fastest_engine_beside_pytorch():
+    from enginesmith.benchmarks.results import summary_rows
+
+    def row(target, precision, fps, batch=1, map_=None, e2e=None, speedup=None):
+        r = empty_row()
+        r.update(method="SSD300", input_size="300x300", target=target, precision=precision, batch=batch, fps=fps,
+                 status="ok", map_voc07=map_, fps_e2e=e2e, speedup_vs_torch=speedup)
+        return r
+
+    rows = [row("torch", "fp32", 4.0, map_=70.0), row("onnxruntime", "int8", 12.0, map_=69.0, e2e=11.0, speedup=3.0),
+            row("openvino", "int8", 20.0, map_=69.5, e2e=18.0, speedup=5.0), row("openvino", "fp32", 9.0),
+            row("openvino", "int8", 30.0, batch=8), {**row("openvino", "fp16", 99.0), "status": "error"}]
+    assert summary_rows(rows) == [
+        ["SSD300", "300x300", "1", "4.00", "openvino int8", "20.0", "5.00x", "18.0", "70.0", "69.5"],
+        ["SSD300", "300x300", "8", "—", "openvino int8", "30.0", "—", "—", "—", "—"]]
