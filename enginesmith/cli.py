@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from enginesmith.errors import EnginesmithError
@@ -19,7 +20,7 @@ out = Console()
 
 
 def _fail(e: EnginesmithError) -> None:
-    console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     raise typer.Exit(e.exit_code)
 
 
@@ -89,6 +90,11 @@ app.command("build")(build)
 from enginesmith.benchmarks.bench_cli import bench  # noqa: E402  (light: typer and rich only)
 
 app.command("bench")(bench)
+
+from enginesmith.runtime.detect_cli import classify, detect  # noqa: E402  (light: typer and rich only)
+
+app.command("detect")(detect)
+app.command("classify")(classify)
 
 
 @app.command("models")

@@ -350,7 +350,7 @@ def measure_job(job: dict[str, Any], isolated: bool = True) -> dict[str, Any]:
         runner, state_bytes = _torch_runner(job["torch"])
     else:
         from enginesmith.backends import get_backend
-        from enginesmith.pipeline.build import runner_options
+        from enginesmith.backends import runner_options
 
         runner = get_backend(job["target"]).Runner(Path(job["engine"]), **runner_options(job["target"], job["precision"]))
     input_name = job["input_name"]

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from enginesmith.errors import EnginesmithError
 
@@ -81,7 +82,7 @@ def bench(
             echo=lambda line: _err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True),
         )
     except EnginesmithError as e:
-        _err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        _err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code)
     except KeyboardInterrupt:
         _err.print("[bold red]interrupted[/]: the rows measured so far are in the results files")

@@ -114,7 +114,7 @@ def engine_predictor(folder: Path, batch_size: int = DEFAULT_BATCH, **post: Any)
 
     `post` may set score_threshold, max_detections, nms_iou."""
     from enginesmith.backends import get_backend
-    from enginesmith.pipeline.build import runner_options
+    from enginesmith.backends import runner_options
 
     folder = Path(folder)
     mpath = folder / "manifest.json"

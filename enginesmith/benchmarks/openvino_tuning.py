@@ -122,7 +122,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def measure_shipped(ref: EngineRef, x: np.ndarray, profile: TimingProfile) -> tuple[Trial, np.ndarray]:
     """enginesmith's own Runner for `ref`, sync calls; also its flattened outputs."""
     from enginesmith.backends import get_backend
-    from enginesmith.pipeline.build import runner_options
+    from enginesmith.backends import runner_options
 
     options = runner_options(ref.target, ref.precision)
     with get_backend(ref.target).Runner(ref.engine, **options) as runner:

@@ -7,17 +7,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from enginesmith.backends import get_backend
+from enginesmith.backends import get_backend, runner_options
 from enginesmith.errors import EnginesmithError
 from enginesmith.pipeline.artifacts import Artifact, Cache, StageResult
 from enginesmith.pipeline.verify import TOLERANCES, check, compare
-
-
-def runner_options(target: str, precision: str) -> dict[str, Any]:
-    """Options a Runner of this engine needs (OpenVINO executes an fp16 build in f16 where it can)."""
-    if target == "openvino":
-        return {"inference_precision": "f16" if precision == "fp16" else "f32"}
-    return {}
 
 
 def run_batches(runner: Any, input_name: str, batches: list[np.ndarray]) -> dict[str, np.ndarray]:

@@ -321,7 +321,7 @@ class _Build:
 
     def engine_accuracy(self, engine: Artifact) -> Artifact:
         from enginesmith.backends import get_backend
-        from enginesmith.pipeline.build import runner_options
+        from enginesmith.backends import runner_options
 
         c = self.config
         precision = "int8" if c.precision == "mixed" else c.precision
@@ -337,7 +337,7 @@ class _Build:
 
         from enginesmith.backends import get_backend
         from enginesmith.benchmarks.latency import measure_latency
-        from enginesmith.pipeline.build import runner_options
+        from enginesmith.backends import runner_options
         from enginesmith.pipeline.export import INPUT_NAME
 
         c = self.config

@@ -43,9 +43,43 @@ def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return out
 
 
+# Up to this many candidates (of one class), greedy_nms computes their IoU matrix once (M x M float32,
+# 4 MB at 1024) instead of one row per kept box: the same float32 arithmetic, so the same result.
+MATRIX_NMS_MAX = 1024
+
+
+def iou_matrix(boxes: np.ndarray) -> np.ndarray:
+    """IoU [M, M] (float32) of boxes [M, 4] with each other: element for element the arithmetic of
+    `iou_one_to_many` (row i equals iou_one_to_many(boxes[i], boxes) exactly)."""
+    bs = boxes.astype(np.float32)
+    x1, x2 = np.minimum(bs[:, 0], bs[:, 2]), np.maximum(bs[:, 0], bs[:, 2])
+    y1, y2 = np.minimum(bs[:, 1], bs[:, 3]), np.maximum(bs[:, 1], bs[:, 3])
+    iw = np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :])
+    ih = np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :])
+    inter = (iw * ih).astype(np.float32)
+    area = ((x2 - x1) * (y2 - y1)).astype(np.float32)
+    union = (area[:, None] + area[None, :] - inter).astype(np.float32)
+    valid = (iw > 0) & (ih > 0) & (area[:, None] > 0) & (area[None, :] > 0) & (union > 0)
+    out = np.zeros(inter.shape, dtype=np.float32)
+    np.divide(inter, union, out=out, where=valid)
+    return out
+
+
 def greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int | None = None) -> np.ndarray:
     """Indices kept by greedy NMS, by decreasing score (stable: equal scores keep the lower index first)."""
     order = np.argsort(-scores.astype(np.float64), kind="stable")
+    if 1 < len(order) <= MATRIX_NMS_MAX:
+        iou = iou_matrix(boxes[order])
+        suppressed = np.zeros(len(order), dtype=bool)
+        kept: list[int] = []
+        for pos in range(len(order)):
+            if suppressed[pos]:
+                continue
+            kept.append(int(order[pos]))
+            if limit is not None and len(kept) >= limit:
+                break
+            suppressed[pos + 1 :] |= iou[pos, pos + 1 :] > iou_threshold
+        return np.asarray(kept, dtype=np.int64)
     keep: list[int] = []
     alive = np.ones(len(order), dtype=bool)
     for pos, i in enumerate(order):
@@ -101,5 +135,5 @@ def nms_detections(
     return dets, counts
 
 
-__all__ = ["nms_detections", "greedy_nms", "iou_one_to_many", "DEFAULT_IOU_THRESHOLD", "DEFAULT_SCORE_THRESHOLD",
+__all__ = ["nms_detections", "greedy_nms", "iou_one_to_many", "iou_matrix", "DEFAULT_IOU_THRESHOLD", "DEFAULT_SCORE_THRESHOLD",
            "DEFAULT_MAX_DETECTIONS"]

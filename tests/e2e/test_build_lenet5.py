@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from enginesmith.backends import get_backend
-from enginesmith.pipeline.build import runner_options
+from enginesmith.backends import runner_options
 from enginesmith.pipeline.run import BuildConfig, build_engine
 from enginesmith.runtime.preprocess import PreprocessSpec, preprocess_batch
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from enginesmith.backends import get_backend
-from enginesmith.pipeline.build import runner_options
+from enginesmith.backends import runner_options
 from enginesmith.pipeline.run import BuildConfig, build_engine
 
 SIZE = (64, 64)

@@ -1,0 +1,93 @@
+"""The `enginesmith detect` and `enginesmith classify` commands (parse, call runtime/files.py, print).
+Registered in cli.py:
+
+    app.command("detect")(detect)
+    app.command("classify")(classify)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from enginesmith.errors import EnginesmithError
+
+_err = Console(stderr=True)
+_out = Console(highlight=False, soft_wrap=True)
+
+
+def _load(engine: Path, task: str, **kwargs: Any) -> Any:
+    """Load `engine`, refusing (before loading it) an engine of another task."""
+    from enginesmith.runtime.engine import load
+    from enginesmith.runtime.manifest import engine_info
+
+    info = engine_info(engine)
+    if info.task != task:
+        other = {"detection": "`enginesmith detect`", "classification": "`enginesmith classify`"}.get(
+            info.task, "the Python API (enginesmith.runtime.load)")
+        raise EnginesmithError(f"{engine} is a {info.task} engine ({info.model}), not a {task} engine; use {other}")
+    return load(engine, **kwargs)
+
+
+def _finish(summary: Any, what: str, out_dir: Path) -> None:
+    _out.print(f"{summary.timed_images} images, {what}: {summary.fps:.1f} FPS (preprocess + inference + "
+               f"post-processing; decoding and drawing excluded)")
+    _err.print(f"drawn images and {summary.json_path.name} written to [bold]{out_dir}[/]", highlight=False)
+
+
+def detect(
+    engine: Path = typer.Argument(..., help="engine folder made by `enginesmith build` (holds manifest.json)"),
+    images: List[Path] = typer.Argument(..., help="image files and/or folders of images"),
+    out_dir: Path = typer.Option(Path("detections"), "--out", help="folder for the drawn images and detections.json"),
+    conf: float = typer.Option(0.25, "--conf", help="keep detections with score > CONF"),
+    iou: float = typer.Option(0.45, "--iou", help="NMS: suppress boxes with IoU > IOU with a better box of the same class"),
+    max_det: int = typer.Option(100, "--max-det", help="at most this many detections per image"),
+    agnostic: bool = typer.Option(False, "--agnostic", help="class-agnostic NMS"),
+) -> None:
+    """Detect objects in images with a built engine: drawn copies, detections.json, and the FPS."""
+    from enginesmith.runtime.engine import DetectorConfig
+    from enginesmith.runtime.files import collect_images, detect_files
+
+    def show(path: Path, dets: Any) -> None:
+        names = ", ".join(f"{d.class_name} {d.score:.2f}" for d in dets[:3]) + (", ..." if len(dets) > 3 else "")
+        _out.print(f"{path}: {len(dets)} detections" + (f" ({names})" if dets else ""), markup=False)
+
+    try:
+        if not 0.0 <= conf < 1.0 or not 0.0 <= iou <= 1.0 or max_det < 1:
+            raise EnginesmithError(f"--conf must be in [0, 1), --iou in [0, 1] and --max-det >= 1; got {conf}, {iou}, {max_det}")
+        files = collect_images(images)
+        config = DetectorConfig(score_threshold=conf, iou_threshold=iou, max_detections=max_det, class_agnostic=agnostic)
+        with _load(engine, "detection", config=config) as detector:
+            summary = detect_files(detector, files, out_dir, show)
+    except EnginesmithError as e:
+        _err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code)
+    total = sum(len(r["detections"]) for r in summary.images)
+    _finish(summary, f"{total} detections", out_dir)
+
+
+def classify(
+    engine: Path = typer.Argument(..., help="engine folder made by `enginesmith build` (holds manifest.json)"),
+    images: List[Path] = typer.Argument(..., help="image files and/or folders of images"),
+    out_dir: Path = typer.Option(Path("classifications"), "--out", help="folder for the drawn images and "
+                                 "classifications.json"),
+    top_k: int = typer.Option(5, "--top-k", help="classes reported per image"),
+) -> None:
+    """Classify images with a built engine: top-k classes per image, drawn copies, classifications.json, FPS."""
+    from enginesmith.runtime.files import classify_files, collect_images
+
+    def show(path: Path, classes: Any) -> None:
+        _out.print(f"{path}: " + ", ".join(f"{c.class_name} {c.score:.3f}" for c in classes), markup=False)
+
+    try:
+        files = collect_images(images)
+        with _load(engine, "classification", top_k=top_k) as classifier:
+            summary = classify_files(classifier, files, out_dir, show)
+    except EnginesmithError as e:
+        _err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code)
+    _finish(summary, f"top-{top_k}", out_dir)

@@ -1,0 +1,114 @@
+"""Any image an app holds -> (H, W, 3) uint8 RGB, by one stated rule (numpy + Pillow, torch-free).
+
+Accepted: a path (str or Path) to a file Pillow decodes, a PIL image, or a numpy array.
+
+- Arrays are (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), uint8 or uint16, channels in `channels`
+  order ("RGB", or "BGR" as OpenCV gives them).
+- Gray (2-D or one channel) is repeated into R, G and B.
+- Alpha (the 4th channel, RGBA/BGRA, PIL "RGBA"/"LA"/"PA") is dropped: the colour channels are used
+  as stored, not composited onto a background (Pillow's and OpenCV's RGBA -> RGB rule).
+- 16-bit (uint16 arrays, PIL "I;16*" and "I" modes) maps 0..65535 onto 0..255 as round(v / 257),
+  so 65535 -> 255 and 257 * k -> k exactly; values outside 0..65535 are clipped first.
+- Floating-point or other dtypes are refused: scale them to uint8 yourself (the rule would be a guess).
+- Files are decoded as stored (EXIF orientation is not applied), the same as the pipeline's
+  `load_image`, so boxes are in the pixel grid of the stored image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+
+from enginesmith.errors import EnginesmithError
+
+Channels = Literal["RGB", "BGR"]
+ImageLike = Union[str, Path, np.ndarray, Any]  # Any: a PIL.Image.Image (Pillow is imported lazily)
+
+
+def from_uint16(values: np.ndarray) -> np.ndarray:
+    """16-bit intensities -> uint8 as round(v / 257) (0 -> 0, 65535 -> 255); clipped to 0..65535 first."""
+    v = np.clip(np.asarray(values, dtype=np.float64), 0, 65535)
+    return np.rint(v / 257.0).astype(np.uint8)
+
+
+def _array_to_rgb(arr: np.ndarray, channels: Channels, what: str) -> np.ndarray:
+    if arr.dtype == np.uint16:
+        arr = from_uint16(arr)
+    elif arr.dtype != np.uint8:
+        raise EnginesmithError(
+            f"{what}: dtype {arr.dtype} is not an image dtype this runtime converts; give uint8 or uint16 "
+            "(scale float images to 0..255 and cast with .astype(np.uint8))"
+        )
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise EnginesmithError(
+            f"{what}: shape {arr.shape} is not an image; give (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise EnginesmithError(f"{what}: the image is empty (shape {arr.shape})")
+    rgb = arr[:, :, :3]
+    if channels == "BGR":
+        rgb = rgb[:, :, ::-1]
+    elif channels != "RGB":
+        raise EnginesmithError(f"unknown channel order {channels!r}; use 'RGB' or 'BGR' (OpenCV frames)")
+    return np.ascontiguousarray(rgb)
+
+
+def _pil_to_rgb(im: Any, what: str) -> np.ndarray:
+    """A PIL image in any mode -> (H, W, 3) uint8 RGB by the module's rule."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        return _array_to_rgb(np.asarray(im).astype(np.int64).clip(0, 65535).astype(np.uint16), "RGB", what)
+    if mode == "F":
+        raise EnginesmithError(f"{what}: 32-bit float image (PIL mode F); convert it to 8 or 16 bits first")
+    if mode == "P":  # palette: expand through the palette (with its transparency, then dropped)
+        im = im.convert("RGBA")
+    if mode != "RGB":
+        im = im.convert("RGB")  # L, LA, 1, CMYK, YCbCr, RGBA, ...: Pillow drops alpha, replicates gray
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """Decode an image file -> (H, W, 3) uint8 RGB. Missing or undecodable: a one-line EnginesmithError."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise EnginesmithError(f"image not found: {p}; give the path of an image file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return _pil_to_rgb(im, str(p))
+    except EnginesmithError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # Pillow raises all of these on bad data
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EnginesmithError(
+            f"cannot decode image {p}: {reason}; give a readable JPEG/PNG/BMP/TIFF/WebP file"
+        ) from None
+
+
+def to_rgb(image: ImageLike, channels: Channels = "RGB") -> np.ndarray:
+    """A path, PIL image or array -> (H, W, 3) uint8 RGB (see the module docstring for the rule).
+
+    `channels` says the order of a 3/4-channel array ("BGR" for OpenCV frames); paths and PIL images
+    are always decoded as RGB.
+    """
+    if isinstance(image, (str, Path)):
+        return read_image_file(image)
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image, channels, f"image array {image.shape}")
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a runtime dependency
+        Image = None  # type: ignore[assignment]
+    if Image is not None and isinstance(image, Image.Image):
+        return _pil_to_rgb(image, f"PIL image ({image.mode}, {image.size[0]}x{image.size[1]})")
+    raise EnginesmithError(
+        f"cannot use a {type(image).__name__} as an image; give a file path, a PIL image or an (H, W, 3) uint8 array"
+    )

@@ -1,0 +1,96 @@
+"""OpenVINO throughput path for the runtime: a THROUGHPUT-compiled model fed through an AsyncInferQueue.
+
+Several infer requests run at once (OpenVINO's CPU streams), while the caller's thread preprocesses
+the next images; results come back in submission order. Output names are the model's own (the CPU
+plugin may rename a port when it folds the op behind it), as in backends/openvino.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+import numpy as np
+
+from enginesmith.backends.base import first_line
+from enginesmith.errors import EnginesmithError
+
+T = TypeVar("T")
+
+
+def _name(port: Any, fallback: str) -> str:
+    try:
+        return port.get_any_name()
+    except Exception:
+        return fallback
+
+
+class AsyncEngine:
+    """Compile `xml` for CPU with PERFORMANCE_HINT THROUGHPUT; `run` feeds batches through an async queue."""
+
+    def __init__(self, xml: str | Path, inference_precision: str = "f32", requests: int = 0) -> None:
+        import openvino as ov
+
+        self.requests_asked = int(requests)
+        xml = Path(xml)
+        try:
+            model = ov.Core().read_model(str(xml), str(xml.with_suffix(".bin")))
+            self.output_names = [_name(p, f"output{i}") for i, p in enumerate(model.outputs)]
+            self._compiled = ov.Core().compile_model(
+                model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": inference_precision})
+        except Exception as e:
+            raise EnginesmithError(f"cannot compile {xml} for throughput: {first_line(e)}; rebuild the engine") from None
+        self._queue = ov.AsyncInferQueue(self._compiled, self.requests_asked)
+
+    @property
+    def jobs(self) -> int:
+        """How many infer requests run at once."""
+        return len(self._queue)
+
+    def run(self, input_name: str, batches: Iterable[tuple[np.ndarray, T]]) -> Iterator[tuple[dict[str, np.ndarray], T]]:
+        """(x [N, C, H, W], tag) pairs in -> ({output name: array}, tag) out, in the same order."""
+        done: dict[int, tuple[dict[str, np.ndarray], Any]] = {}
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+        names = self.output_names
+
+        def callback(request: Any, userdata: tuple[int, Any]) -> None:
+            index, tag = userdata
+            try:
+                outs = {n: np.array(request.get_output_tensor(i).data) for i, n in enumerate(names)}
+            except BaseException as e:  # surfaced in the caller's thread
+                errors.append(e)
+                outs = {}
+            with lock:
+                done[index] = (outs, tag)
+
+        self._queue.set_callback(callback)
+        submitted = emitted = 0
+        try:
+            for x, tag in batches:
+                self._queue.start_async({input_name: np.ascontiguousarray(x, dtype=np.float32)}, (submitted, tag))
+                submitted += 1
+                while True:
+                    with lock:
+                        item = done.pop(emitted, None)
+                    if item is None:
+                        break
+                    if errors:
+                        raise errors[0]
+                    yield item
+                    emitted += 1
+            self._queue.wait_all()
+        except EnginesmithError:
+            raise
+        except Exception as e:
+            raise EnginesmithError(f"OpenVINO async inference failed: {first_line(e)}") from None
+        finally:  # also when the caller stops early: no request may outlive this call
+            self._queue.wait_all()
+        if errors:
+            raise EnginesmithError(f"OpenVINO async inference failed: {first_line(errors[0])}")
+        while emitted < submitted:
+            with lock:
+                item = done.pop(emitted)
+            yield item
+            emitted += 1
