@@ -77,10 +77,10 @@ def check_targets(runs: list[Run]) -> None:
     for target in dict.fromkeys(r.target for r in runs):
         if target in ENGINE_TARGETS:
             ok, why = get_backend(target).available()
-        elif target == "torch-cuda":
+        elif target in ("torch-cuda", "torch-compile"):
             import torch
 
-            ok, why = torch.cuda.is_available(), "PyTorch sees no CUDA GPU"
+            ok, why = torch.cuda.is_available(), f"no CUDA GPU: PyTorch {torch.__version__} sees none"
         else:
             ok, why = True, ""
         if not ok:
@@ -214,7 +214,8 @@ def make_job(run: Run, built: Built | None, profile: TimingProfile, throughput: 
         job.update(engine=None, input_name=INPUT_NAME, preprocess=spec.preprocess.with_size(*run.input_size).to_dict(),
                    torch={"model": run.model, "input_size": list(run.input_size), "num_classes": run.num_classes,
                           "weights": str(run.weights) if run.weights else None, "seed": 0,
-                          "device": "cuda" if run.target == "torch-cuda" else "cpu", "half": run.precision == "fp16"})
+                          "device": "cuda" if run.target in GPU_TARGETS else "cpu", "half": run.precision == "fp16",
+                          "compile": run.target == "torch-compile"})
     return job
 
 
@@ -252,7 +253,8 @@ def load_images(spec: dict[str, Any], n: int) -> list[np.ndarray]:
 
 
 def _torch_runner(t: dict[str, Any]) -> tuple[Any, int]:
-    """(TorchRunner, state-dict bytes) for the job's PyTorch model (fp16: a half-precision wrapper)."""
+    """(runner, state-dict bytes) for the job's PyTorch model: eager on the CPU (FP32); on a CUDA GPU eager
+    ("torch-cuda") or torch.compile ("torch-compile"), channels_last, FP16 by autocast."""
     import torch
 
     from enginesmith.backends.torch import TorchRunner
@@ -263,6 +265,13 @@ def _torch_runner(t: dict[str, Any]) -> tuple[Any, int]:
     if t["weights"]:
         spec.load_weights(model, Path(t["weights"]))
     size = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    precision = "fp16" if t["half"] else "fp32"
+    if t.get("compile"):
+        from enginesmith.backends.torch_compile import TorchCompileRunner
+
+        return TorchCompileRunner(model, INPUT_NAME, list(spec.output_names), device=t["device"], precision=precision), size
+    if str(t["device"]).startswith("cuda"):
+        return TorchRunner(model, INPUT_NAME, list(spec.output_names), device=t["device"], precision=precision), size
     if t["half"]:
         inner = model.half()
 

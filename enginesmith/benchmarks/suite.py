@@ -27,7 +27,8 @@ A variable that is unset (and has no default) is an error that says how to set i
 line gives that model's weights (`--weights MODEL=PATH`) or the dataset (`--dataset DIR`).
 
 The "torch" target is PyTorch eager FP32 on the CPU (the baseline of every ratio): it runs once per
-model x size x batch whatever the precisions; "torch-cuda" runs fp32 and fp16 on the GPU.
+model x size x batch whatever the precisions; "torch-cuda" runs fp32 and fp16 on the GPU (channels_last,
+FP16 by autocast) and "torch-compile" the same model compiled by torch.compile (Inductor) on the GPU.
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ from typing import Any, Mapping
 
 from enginesmith.errors import EnginesmithError
 
-BENCH_TARGETS = ("torch", "torch-cuda", "onnxruntime", "openvino", "tensorrt")
+BENCH_TARGETS = ("torch", "torch-cuda", "torch-compile", "onnxruntime", "openvino", "tensorrt")
 ENGINE_TARGETS = ("onnxruntime", "openvino", "tensorrt")
-GPU_TARGETS = ("torch-cuda", "tensorrt")
+GPU_TARGETS = ("torch-cuda", "torch-compile", "tensorrt")
 BENCH_PRECISIONS = ("fp32", "fp16", "int8", "mixed")
-TORCH_PRECISIONS = {"torch": ("fp32",), "torch-cuda": ("fp32", "fp16")}
+TORCH_PRECISIONS = {"torch": ("fp32",), "torch-cuda": ("fp32", "fp16"), "torch-compile": ("fp32", "fp16")}
 NMS_MODES = ("host", "engine")
 DEFAULT_TARGETS = ("torch", "onnxruntime", "openvino")
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -377,7 +378,7 @@ def _path(text: str | None, env: Mapping[str, str], what: str) -> str | None:
 
 def _precisions(target: str, wanted: tuple[str, ...]) -> tuple[str, ...]:
     """What `target` runs of `wanted`: PyTorch targets always run fp32 (the ratios' baseline) and
-    torch-cuda fp16 when asked; engines run exactly `wanted`."""
+    torch-cuda / torch-compile fp16 when asked; engines run exactly `wanted`."""
     if target in TORCH_PRECISIONS:
         return tuple(p for p in TORCH_PRECISIONS[target] if p == "fp32" or p in wanted)
     return wanted
@@ -433,7 +434,7 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
                 left = [p for p in e.precisions if p not in TORCH_PRECISIONS[target]]
                 if left:
                     skipped.append(Skipped(f"{e.model}/{target}/{','.join(left)}",
-                                           f"{target} runs {' and '.join(TORCH_PRECISIONS[target])} only (PyTorch eager)"))
+                                           f"{target} runs {' and '.join(TORCH_PRECISIONS[target])} only (PyTorch)"))
     if not runs:
         raise EnginesmithError(f"suite {suite.name} has nothing to run"
                                + (f": {skipped[0].key} skipped ({skipped[0].reason})" if skipped else ""))

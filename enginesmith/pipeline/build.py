@@ -46,9 +46,10 @@ def engine_artifact(
     judged_by_metric: an INT8 build measured on held-out data (--val) is judged by the task metric, so
     a cosine below tolerance is recorded (metrics["tolerance_exceeded"]) instead of failing the build."""
     backend = get_backend(target)
+    build_kwargs, build_params = _build_options(target, backend, cache)
 
     def produce(tmp: Path) -> StageResult:
-        engine = Path(backend.build(_engine_source(source.file), tmp, precision))
+        engine = Path(backend.build(_engine_source(source.file), tmp, precision, **build_kwargs))
         with backend.Runner(engine, **runner_options(target, precision)) as runner:
             got = run_batches(runner, input_name, verify_batches())
         cmp = compare(reference(), got)
@@ -63,6 +64,8 @@ def engine_artifact(
             from enginesmith.pipeline.nms import nms_parity
 
             extra["nms_parity"] = nms_parity(got)
+        if "device" in build_params:  # TensorRT: what the plan is tied to, for manifest["device"]
+            extra["device"] = build_params["device"]
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         files.remove(engine.name)
         files.insert(0, engine.name)
@@ -70,5 +73,14 @@ def engine_artifact(
         return StageResult(files, {"verify": cmp.to_dict(), "engine_bytes": size, "verify_images": int(
             sum(len(b) for b in verify_batches())), **extra})
 
-    return cache.run("engine", [source], {"target": target, "precision": precision, "judged_by_metric": judged_by_metric},
-                     produce)
+    return cache.run("engine", [source], {"target": target, "precision": precision, "judged_by_metric": judged_by_metric,
+                                          **build_params}, produce)
+
+
+def _build_options(target: str, backend: Any, cache: Cache) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(extra keyword arguments for backend.build, extra cache-key parameters): TensorRT's device, optimization
+    profile, workspace and timing cache (backends.tensorrt.stage_options); nothing for the CPU backends, whose
+    keys stay as they were."""
+    if target != "tensorrt":
+        return {}, {}
+    return backend.stage_options(cache.root)

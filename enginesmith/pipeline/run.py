@@ -471,6 +471,8 @@ def build_engine(
             "latency": latency.metrics,
             "accuracy": accuracy,
         }
+        if engine.metrics.get("device"):  # TensorRT: {"tensorrt", "gpu", "compute_capability"} the plan is tied to
+            manifest["device"] = engine.metrics["device"]
         write_json_atomic(tmp / "manifest.json", manifest)
         write_text_atomic(tmp / "report.md", report)
 

@@ -262,7 +262,11 @@ def test_tensorrt_build_and_run(onnx_path, inputs, tmp_path):
         assert runner.input_names == ["images"] and runner.output_names == ["logits"]
         for x in inputs.values():
             np.testing.assert_allclose(runner.infer({"images": x})["logits"], reference(x), atol=1e-3)
-    engine16 = trt_backend.build(onnx_path, tmp_path / "fp16", "fp16")
+    # fp16 from an FP16-typed ONNX (what the precision stage makes; TensorRT 11 has no FP16 builder flag)
+    from enginesmith.calibration.fp16 import onnx_to_fp16
+
+    onnx_to_fp16(onnx_path, tmp_path / "fp16.onnx", keep_io_types=True)
+    engine16 = trt_backend.build(tmp_path / "fp16.onnx", tmp_path / "fp16", "fp16")
     with trt_backend.Runner(engine16) as runner:
         np.testing.assert_allclose(runner.infer({"images": inputs[3]})["logits"], reference(inputs[3]), atol=2e-2)
     bad = tmp_path / "bad.plan"

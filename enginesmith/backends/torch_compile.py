@@ -1,0 +1,172 @@
+"""A compiled PyTorch engine behind the Runner interface: torch.compile (Inductor) or an AOTInductor package.
+
+The "torch-compile" benchmark target runs this on GPU 0 (channels_last, FP32 with TF32 off or FP16
+autocast, as "torch-cuda" does), an alternative GPU engine to TensorRT that needs nothing beyond
+PyTorch. The code path is the same on the CPU (device="cpu", FP32), which is how it is tested without a GPU.
+
+- how="jit": `torch.compile(model, mode=...)`; the first `infer` of each new input shape compiles.
+- how="aoti": `torch.export` + `torch._inductor.aoti_compile_and_package` at the first `infer` (the
+  package is specialised to that input shape and written to `package`, then reused when it exists),
+  loaded with `torch._inductor.aoti_load_package`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from enginesmith.backends.base import Runner
+from enginesmith.backends.torch import TORCH_PRECISIONS, require_cuda, split_outputs, strict_fp32, to_numpy
+from enginesmith.errors import EnginesmithError
+
+HOW = ("jit", "aoti")
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class _Autocast:
+    """Wraps a module so its forward runs under CUDA FP16 autocast and returns float32 tensors."""
+
+    @staticmethod
+    def wrap(model: Any) -> Any:
+        import torch
+
+        class Autocast(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = model
+
+            def forward(self, x: Any) -> Any:
+                with torch.autocast(device_type="cuda", dtype=torch.float16):
+                    out = self.inner(x)
+                if isinstance(out, (tuple, list)):
+                    return tuple(o.float() for o in out)
+                if isinstance(out, dict):
+                    return {k: v.float() for k, v in out.items()}
+                return out.float()
+
+        return Autocast().eval()
+
+
+class TorchCompileRunner(Runner):
+    """PyTorch compiled with Inductor (jit) or as an AOTInductor package (aoti); numpy in, numpy out."""
+
+    name = "torch-compile"
+
+    def __init__(self, model: Any, input_name: str, output_names: list[str], *, device: str = "cuda",
+                 precision: str = "fp32", how: str = "jit", mode: str = "default", package: str | Path | None = None,
+                 channels_last: bool | None = None) -> None:
+        super().__init__()
+        if precision not in TORCH_PRECISIONS:
+            raise EnginesmithError(f"compiled PyTorch runs {' or '.join(TORCH_PRECISIONS)}, not {precision!r}")
+        if precision == "fp16" and not str(device).startswith("cuda"):
+            raise EnginesmithError("compiled PyTorch FP16 (autocast) runs on a CUDA GPU only; use fp32 on the CPU")
+        if how not in HOW:
+            raise EnginesmithError(f"unknown compile method {how!r}; choose one of {', '.join(HOW)}")
+        if mode not in MODES:
+            raise EnginesmithError(f"unknown torch.compile mode {mode!r}; choose one of {', '.join(MODES)}")
+        if how == "aoti" and package is None:
+            raise EnginesmithError("the AOTInductor engine needs a package path (a .pt2 file to write or reuse)")
+        self.model, self.device, self.precision, self.how, self.mode = model, device, precision, how, mode
+        self.package = Path(package) if package is not None else None
+        self.channels_last = str(device).startswith("cuda") if channels_last is None else channels_last
+        self.input_names = [input_name]
+        self.output_names = list(output_names)
+        self.last_gpu_ms: float | None = None
+        self.compile_s: float | None = None
+        self._fn: Any = None
+        self._events: tuple[Any, Any] | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    def _load(self) -> None:
+        import torch
+
+        if self.is_cuda:
+            require_cuda("the torch-compile target")
+            if self.precision == "fp32":
+                strict_fp32()
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        model = self.model.eval()
+        if self.channels_last:
+            model = model.to(self.device, memory_format=torch.channels_last)
+        else:
+            model = model.to(self.device)
+        self._module = _Autocast.wrap(model) if self.precision == "fp16" else model
+        if self.how == "jit":
+            try:
+                self._fn = torch.compile(self._module, mode=self.mode, dynamic=False)
+            except Exception as e:  # a backend that cannot compile here (no C++ compiler, no Triton)
+                raise EnginesmithError(f"torch.compile failed: {str(e).strip().splitlines()[0][:300]}; "
+                                       "use the torch or torch-cuda target instead") from None
+        elif self.package is not None and self.package.is_file():
+            self._fn = self._load_package()
+
+    def _load_package(self) -> Any:
+        import torch
+
+        try:
+            return torch._inductor.aoti_load_package(str(self.package))
+        except Exception as e:
+            raise EnginesmithError(f"cannot load AOTInductor package {self.package}: {str(e).strip().splitlines()[0][:300]}; "
+                                   "delete it to rebuild it for this PyTorch and device") from None
+
+    def _compile_package(self, x: Any) -> Any:
+        """torch.export the module at x's shape, compile it with AOTInductor into self.package, load it."""
+        import time
+
+        import torch
+
+        assert self.package is not None
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad():
+                exported = torch.export.export(self._module, (x,))
+                self.package.parent.mkdir(parents=True, exist_ok=True)
+                torch._inductor.aoti_compile_and_package(exported, package_path=str(self.package))
+        except Exception as e:
+            raise EnginesmithError(f"AOTInductor could not compile the model: {str(e).strip().splitlines()[0][:300]}; "
+                                   "use how='jit' or the torch-cuda target") from None
+        self.compile_s = time.perf_counter() - t0
+        return self._load_package()
+
+    def _input(self, feed: dict[str, np.ndarray]) -> Any:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(feed[self.input_names[0]])).to(self.device)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import time
+
+        import torch
+
+        x = self._input(feed)
+        if self._fn is None:  # AOTInductor: compile at the first shape seen
+            self._fn = self._compile_package(x)
+        first = self.compile_s is None and self.how == "jit"
+        t0 = time.perf_counter()
+        if self._events is not None:
+            self._events[0].record()
+        with torch.inference_mode():
+            out = self._fn(x)
+        if self._events is not None:
+            self._events[1].record()
+        if first:
+            self.compile_s = time.perf_counter() - t0
+        if self.how == "aoti" and isinstance(out, list) and len(self.output_names) == 1 and len(out) == 1:
+            out = out[0]
+        result = to_numpy(split_outputs(out, self.output_names), self.output_names)
+        if self._events is not None:
+            self._events[1].synchronize()
+            self.last_gpu_ms = float(self._events[0].elapsed_time(self._events[1]))
+        return result
+
+    def _release(self) -> None:
+        self._fn = None
+        self._events = None
