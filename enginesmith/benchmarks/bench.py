@@ -51,6 +51,7 @@ class Built:
     build_s: float | None = None
     cached: bool | None = None
     engine_bytes: int | None = None
+    verify_cosine: float | None = None  # engine outputs vs the FP32 ONNX on the verification images
     accuracy: dict[str, Any] | None = None
     error: str | None = None
 
@@ -135,7 +136,7 @@ def build_run(run: Run, engines: Path, cache_dir: Path, quick: bool, calib_size:
         input_size=run.input_size, num_classes=run.num_classes, nms=run.nms, out=engine_dir_for(engines, run),
         cache_dir=Path(cache_dir), latency_budget_s=0.1 if quick else 1.0,
         val=Path(str(run.dataset)) if accuracy else None, val_split=run.split,
-        accuracy_budget=ACCURACY_NOT_ENFORCED if accuracy else None,
+        accuracy_budget=ACCURACY_NOT_ENFORCED if accuracy else None, record_int8_tolerance=True,
     )
     result = build_engine(config, on_stage=stages.append)
     manifest = json.loads((result.out / "manifest.json").read_text())
@@ -145,6 +146,7 @@ def build_run(run: Run, engines: Path, cache_dir: Path, quick: bool, calib_size:
     engine_stage = next((s for s in manifest["stages"] if s["stage"] == "engine"), None)
     if engine_stage is not None:
         built.engine_bytes = engine_stage["metrics"].get("engine_bytes")
+        built.verify_cosine = (engine_stage["metrics"].get("verify") or {}).get("cosine")
     for a in stages:
         if a.stage == "accuracy":
             built.accuracy = _points(a.metrics, run.task, fractions=False)
@@ -429,7 +431,7 @@ def make_row(run: Run, built: Built | None, measured: dict[str, Any] | None, acc
         r.update(accuracy)
     if built is not None:
         r.update(engine_dir=str(built.engine_dir) if built.engine_dir else None, build_s=built.build_s,
-                 build_cached=built.cached,
+                 build_cached=built.cached, verify_cosine=built.verify_cosine,
                  engine_mb=None if built.engine_bytes is None else built.engine_bytes / 1e6)
     if measured:
         lat, e2e, thr = measured["latency"], measured["e2e"], measured.get("throughput")

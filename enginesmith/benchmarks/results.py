@@ -63,6 +63,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("engine_mb", "engine files on disk (PyTorch: the state dict)"),
     ("build_s", "sum of the build stages' wall times (as first built, even when cached now)"),
     ("build_cached", "every stage came from the cache in this run"),
+    ("verify_cosine", "cosine similarity of the engine's raw outputs to the FP32 ONNX's on the build's verification "
+                      "images (INT8 under 0.99 is reported, not fatal, in a bench)"),
     ("load_s", "engine load / compile time in the measuring process"),
     ("weights", "checkpoint, or 'untrained (seed 0)'"),
     ("dataset", "held-out data for accuracy and the real images"),
@@ -74,7 +76,7 @@ PAPER_COLUMNS = ("Method", "mAP", "FPS", "batch size", "# Boxes", "Input resolut
 DETAIL_COLUMNS = ("Method", "input", "target", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms",
                   "FPS", "E2E FPS", "E2E/inf", "pre / inf / post ms per image", "OV throughput FPS",
                   "vs PyTorch", "GMAC/s", "% of peak", "boxes", "candidates", "peak RSS MB", "engine MB",
-                  "build s", "mAP", "COCO AP", "top-1")
+                  "build s", "cosine to FP32", "mAP", "COCO AP", "top-1")
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "mixed": "D"}
 TARGET_COLORS = {"torch": "#7f7f7f", "torch-cuda": "#000000", "onnxruntime": "#1f77b4", "openvino": "#9467bd",
                  "tensorrt": "#2ca02c"}
@@ -179,7 +181,8 @@ def detail_cells(r: dict[str, Any]) -> list[str]:
     return [str(r["method"]), str(r["input_size"]), str(r["target"]), str(r["precision"]), fmt_int(r["batch"]),
             fmt_ms(r["latency_p50_ms"]), fmt_ms(r["latency_p90_ms"]), fmt_ms(r["latency_p99_ms"]), mean,
             fmt_fps(r["fps"]), fmt_fps(r["fps_e2e"]), e2e, split, thr, ratio, gmacs, peak, fmt_int(r["boxes"]), cand,
-            _num(r["peak_rss_mb"], 0), _num(r["engine_mb"], 1), _num(r["build_s"], 1), _num(r["map_voc07"], 1),
+            _num(r["peak_rss_mb"], 0), _num(r["engine_mb"], 1), _num(r["build_s"], 1),
+            _num(r.get("verify_cosine"), 4), _num(r["map_voc07"], 1),
             _num(r["coco_ap"], 1), _num(r["top1"], 1)]
 
 

@@ -53,6 +53,7 @@ def test_quick_bench_lenet5_and_yolov3_tiny_on_onnxruntime_and_openvino(tmp_path
         assert 0 < r["fraction_of_peak"] < 1 and r["speedup_vs_torch"] is None  # torch not among the targets
         assert (r["fps_throughput"] is not None) == (r["target"] == "openvino")
         assert Path(r["engine_dir"], "manifest.json").is_file()
+        assert r["verify_cosine"] > 0.999  # an FP32 engine reproduces the FP32 ONNX
     # MACs by hand: LeNet-5 C1 + C3 + C5 + F6 + output; yolov3-tiny.cfg at 64x64, layer by layer (out pixels x
     # out channels x in channels x taps)
     assert rows[0]["macs"] == 28 * 28 * 6 * 25 + 10 * 10 * 16 * 6 * 25 + 120 * 16 * 25 + 84 * 120 + 10 * 84
