@@ -12,8 +12,9 @@ says):
    - sync: PERFORMANCE_HINT LATENCY, INFERENCE_NUM_THREADS 1..cores, ENABLE_CPU_PINNING on/off;
    - async: PERFORMANCE_HINT THROUGHPUT, NUM_STREAMS 1..cores, an AsyncInferQueue of the plugin's
      OPTIMAL_NUMBER_OF_INFER_REQUESTS.
-Every trial also records the cosine similarity of its outputs (all outputs flattened and concatenated) to
-the FP32 IR run at f32, so a faster configuration that changes the numbers (bf16) shows it.
+Every trial also records the cosine similarity of its outputs to the FP32 IR's run at f32 (the lowest over
+the outputs, each flattened: boxes and scores apart, so large box coordinates cannot hide changed scores),
+so a faster configuration that changes the numbers (bf16, INT8) shows it.
 Writes tuning-MODEL-SIZE.json and .md: every trial, the best of each mode, and the ratio best enginesmith
 FPS / best hand-tuned FPS, over all precision hints and over f32-exact hints only.
 """
@@ -106,9 +107,17 @@ def config_grid(cores: int) -> Iterator[tuple[str, dict[str, Any]]]:
             yield "async", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": hint, "NUM_STREAMS": streams}
 
 
-def _flat(outputs: dict[str, np.ndarray] | list[np.ndarray]) -> np.ndarray:
+def _flat(outputs: dict[str, np.ndarray] | list[np.ndarray]) -> list[np.ndarray]:
+    """Each output as a flat float64 vector, in the model's output order."""
     values = outputs.values() if isinstance(outputs, dict) else outputs
-    return np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in values])
+    return [np.asarray(v, dtype=np.float64).ravel() for v in values]
+
+
+def min_cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """The lowest cosine similarity over corresponding outputs."""
+    if len(outputs) != len(reference):
+        raise EnginesmithError(f"{len(outputs)} outputs against {len(reference)} in the reference engine")
+    return min(cosine(a, b) for a, b in zip(outputs, reference))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -119,7 +128,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
-def measure_shipped(ref: EngineRef, x: np.ndarray, profile: TimingProfile) -> tuple[Trial, np.ndarray]:
+def measure_shipped(ref: EngineRef, x: np.ndarray, profile: TimingProfile) -> tuple[Trial, list[np.ndarray]]:
     """enginesmith's own Runner for `ref`, sync calls; also its flattened outputs."""
     from enginesmith.backends import get_backend
     from enginesmith.backends import runner_options
@@ -132,7 +141,7 @@ def measure_shipped(ref: EngineRef, x: np.ndarray, profile: TimingProfile) -> tu
                  p50_ms=stats.p50_ms), _flat(out)
 
 
-def measure_sync(xml: Path, x: np.ndarray, config: dict[str, Any], profile: TimingProfile) -> tuple[float, float, np.ndarray]:
+def measure_sync(xml: Path, x: np.ndarray, config: dict[str, Any], profile: TimingProfile) -> tuple[float, float, list[np.ndarray]]:
     """(fps, p50 ms, flattened outputs) of sync infer calls on `xml` compiled with `config`."""
     import openvino as ov
 
@@ -144,7 +153,7 @@ def measure_sync(xml: Path, x: np.ndarray, config: dict[str, Any], profile: Timi
     return stats.fps, stats.p50_ms, _flat(out)
 
 
-def _outputs(xml: Path, x: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+def _outputs(xml: Path, x: np.ndarray, config: dict[str, Any]) -> list[np.ndarray]:
     import openvino as ov
 
     core = ov.Core()
@@ -172,13 +181,13 @@ def tune(refs: list[EngineRef], profile: TimingProfile, cores: int, echo: Any = 
             trial.error = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         trials.append(trial)
         echo(f"{trial.who:11s} {trial.engine:16s} {trial.mode:5s} {trial.config} -> "
-             + (f"{trial.fps:.1f} FPS, cosine {trial.cosine:.5f}" if trial.fps else f"error: {trial.error}"))
+             + (f"{trial.fps:.1f} FPS, cosine {trial.cosine:.6f}" if trial.fps else f"error: {trial.error}"))
 
     for ref in refs:
         def shipped(t: Trial, ref: EngineRef = ref) -> None:
             measured, out = measure_shipped(ref, x, profile)
             t.config, t.fps, t.p50_ms = measured.config, measured.fps, measured.p50_ms
-            t.cosine = cosine(out, reference)
+            t.cosine = min_cosine(out, reference)
         run(Trial("enginesmith", ref.label, "sync", {}), shipped)
         if ref.target == "openvino":
             hint = "f16" if ref.precision == "fp16" else "f32"
@@ -186,7 +195,7 @@ def tune(refs: list[EngineRef], profile: TimingProfile, cores: int, echo: Any = 
             def shipped_async(t: Trial, ref: EngineRef = ref, hint: str = hint) -> None:
                 thr = openvino_throughput(ref.engine, x, hint, profile.throughput_s)
                 t.fps, t.streams, t.requests, t.config = thr["fps"], thr["streams"], thr["requests"], thr["config"]
-                t.cosine = cosine(_outputs(ref.engine, x, {"INFERENCE_PRECISION_HINT": hint}), reference)
+                t.cosine = min_cosine(_outputs(ref.engine, x, {"INFERENCE_PRECISION_HINT": hint}), reference)
             run(Trial("enginesmith", ref.label, "async", {}), shipped_async)
     for ref in (r for r in refs if r.target == "openvino"):
         for mode, config in config_grid(cores):
@@ -199,7 +208,7 @@ def tune(refs: list[EngineRef], profile: TimingProfile, cores: int, echo: Any = 
                                               extra_config=rest)
                     t.fps, t.streams, t.requests = thr["fps"], thr["streams"], thr["requests"]
                     out = _outputs(ref.engine, x, {"INFERENCE_PRECISION_HINT": config["INFERENCE_PRECISION_HINT"]})
-                t.cosine = cosine(out, reference)
+                t.cosine = min_cosine(out, reference)
             run(Trial("hand-tuned", ref.label, mode, dict(config)), hand)
     return trials
 
@@ -252,7 +261,7 @@ def render_markdown(model: str, size_text: str, header: dict[str, Any], trials: 
                      f"{t.p50_ms:.2f} | " if t.p50_ms else f"| {t.who} | {t.engine} | {t.mode} | "
                      f"{_config_text(t.config)} | {fps} | — | ")
         lines[-1] += (f"{t.streams}/{t.requests} | " if t.streams else "— | ")
-        lines[-1] += f"{t.cosine:.5f} |" if t.cosine is not None else "— |"
+        lines[-1] += f"{t.cosine:.6f} |" if t.cosine is not None else "— |"
     return "\n".join(lines) + "\n"
 
 

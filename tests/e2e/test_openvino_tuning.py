@@ -13,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from enginesmith.benchmarks.bench_cli import bench
-from enginesmith.benchmarks.openvino_tuning import config_grid, cosine, engines_from_results, main
+from enginesmith.benchmarks.openvino_tuning import config_grid, cosine, engines_from_results, main, min_cosine
 from enginesmith.errors import EnginesmithError
 
 app = typer.Typer(add_completion=False)
@@ -38,6 +38,19 @@ def test_cosine_matches_the_definition():
     assert cosine(a, b) == pytest.approx(sum(a * b) / (sum(a * a) ** 0.5 * sum(b * b) ** 0.5))
     assert cosine(a, 3 * a) == pytest.approx(1.0) and cosine(a, -a) == pytest.approx(-1.0)
     assert cosine(np.zeros(3), np.zeros(3)) == 1.0 and cosine(np.zeros(3), np.ones(3)) == 0.0
+
+
+def test_min_cosine_sees_changed_scores_beside_large_boxes():
+    """Boxes in pixels dwarf scores in [0, 1]: over the concatenation a changed score vector barely moves
+    the cosine, output by output it shows."""
+    rng = np.random.default_rng(2)
+    boxes, scores = rng.uniform(0, 300, 4000), rng.uniform(0, 1, 2000)
+    changed = rng.permutation(scores)
+    assert cosine(np.concatenate([boxes, scores]), np.concatenate([boxes, changed])) > 0.99
+    assert min_cosine([boxes, changed], [boxes, scores]) == pytest.approx(cosine(changed, scores))
+    assert cosine(changed, scores) < 0.8
+    with pytest.raises(EnginesmithError, match="1 outputs against 2"):
+        min_cosine([boxes], [boxes, scores])
 
 
 def test_tuning_lenet5_fp32_and_int8(tmp_path, cache_dir):
