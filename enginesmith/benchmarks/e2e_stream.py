@@ -1,0 +1,128 @@
+"""End-to-end FPS of a built detector as an app sees it, against its inference-only FPS, in one process.
+
+    python -m enginesmith.benchmarks.e2e_stream ENGINE_DIR [--images 32] [--min-time 3] [--out DIR]
+
+On the same decoded real images (the offline photos: uint8 RGB at their own sizes), one after another:
+- inference only: the engine's Runner on one preprocessed batch, synchronous calls (as `enginesmith bench`);
+  for OpenVINO also its throughput mode (THROUGHPUT hint, the plugin's streams, async requests);
+- end to end, sequential: `load(engine).batch(images)` (preprocess, infer, decode + NMS, boxes back in
+  the image's pixels, one batch at a time);
+- end to end, streamed: `load(engine).stream(images)` (for OpenVINO an async request queue, so the host
+  preprocesses and post-processes while the engine runs; other backends: as sequential), the path the
+  example app (examples/edge_app.py) uses.
+Each loop runs over all images, repeated until `min_time` seconds, after one warm-up pass. Writes
+e2e-MODEL-TARGET-PRECISION.json/.md with the FPS and the ratios end-to-end / inference-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from enginesmith.errors import EnginesmithError
+
+
+def _repeat(call: Callable[[], int], min_time: float) -> float:
+    """Images per second over repeated calls of `call` (which returns how many images it did)."""
+    call()  # warm-up pass
+    n, start = 0, time.perf_counter()
+    while True:
+        n += call()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return n / elapsed
+
+
+def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> dict[str, Any]:
+    """The FPS of the module docstring for the detector in `engine_dir` on `images` (H, W, 3) uint8 RGB."""
+    from enginesmith.backends import get_backend, runner_options
+    from enginesmith.benchmarks.timing import openvino_throughput
+    from enginesmith.runtime import load
+    from enginesmith.runtime.preprocess import preprocess
+
+    detector = load(engine_dir)
+    info = detector.info
+    if info.task != "detection":
+        raise EnginesmithError(f"{engine_dir} is a {info.task} engine; this benchmark measures detectors")
+    batch = detector.batch_size
+    x = np.stack([preprocess(images[i % len(images)], info.preprocess)[0] for i in range(batch)]).astype(np.float32)
+    result: dict[str, Any] = {"engine": str(engine_dir), "model": info.model, "target": info.target,
+                              "precision": info.precision, "batch": batch, "images": len(images), "min_time_s": min_time}
+    with get_backend(info.target).Runner(info.engine_file, **runner_options(info.target, info.precision)) as runner:
+        result["inference_fps"] = _repeat(lambda: (runner.infer({info.input_name: x}), batch)[1], min_time)
+    if info.target == "openvino":
+        hint = "f16" if info.precision == "fp16" else "f32"
+        result["inference_fps_throughput"] = openvino_throughput(Path(info.engine_file), x, hint, min_time)["fps"]
+    with detector:
+        sequential = detector.batch(images)
+        result["e2e_fps_sequential"] = _repeat(lambda: len(detector.batch(images)), min_time)
+        streamed = list(detector.stream(images))
+        result["e2e_fps_streamed"] = _repeat(lambda: len(list(detector.stream(images))), min_time)
+    same = all(len(a) == len(b) and all(d.class_id == e.class_id and np.allclose(d.box, e.box, atol=1e-3)
+                                        for d, e in zip(a, b)) for a, b in zip(sequential, streamed))
+    result["streamed_equals_sequential"] = bool(same)
+    result["detections"] = int(sum(len(d) for d in sequential))
+    for key in ("e2e_fps_sequential", "e2e_fps_streamed"):
+        result[key.replace("e2e_fps", "ratio") + "_over_inference"] = result[key] / result["inference_fps"]
+    return result
+
+
+def render_markdown(header: dict[str, Any], r: dict[str, Any]) -> str:
+    rows = [("inference only, synchronous calls (as `enginesmith bench`)", r["inference_fps"], None),
+            ("inference only, OpenVINO throughput mode", r.get("inference_fps_throughput"), None),
+            ("end to end, sequential (`detector.batch`)", r["e2e_fps_sequential"], r["ratio_sequential_over_inference"]),
+            ("end to end, streamed (`detector.stream`)", r["e2e_fps_streamed"], r["ratio_streamed_over_inference"])]
+    lines = [f"# End to end vs inference only: {r['model']} {r['target']} {r['precision']}, batch {r['batch']}", "",
+             f"- command: `{header['command']}`", f"- date: {header['date']}",
+             f"- machine: {header['machine']}; commit {header['commit']}; load average at start {header['load_average']}",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in header["versions"].items()),
+             f"- {r['images']} decoded real photos (uint8 RGB, their own sizes) cycled, {r['min_time_s']} s per loop after "
+             f"a warm-up pass; {r['detections']} detections per pass; streamed results equal sequential: "
+             f"{r['streamed_equals_sequential']}", "",
+             "| loop | FPS | / inference-only sync FPS |", "|---|---|---|"]
+    for name, fps, ratio in rows:
+        if fps is not None:
+            lines.append(f"| {name} | {fps:.1f} | " + ("—" if ratio is None else f"{100 * ratio:.0f}%") + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from enginesmith.benchmarks.bench import load_images
+    from enginesmith.benchmarks.machine import run_header
+    from enginesmith.pipeline.artifacts import write_json_atomic, write_text_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("engine", type=Path, help="a detector engine folder (manifest.json + engine)")
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--min-time", type=float, default=3.0)
+    parser.add_argument("--out", type=Path, default=Path("build/bench"))
+    args = parser.parse_args(argv)
+    try:
+        if args.images < 1 or args.min_time < 0:
+            raise EnginesmithError("--images must be >= 1 and --min-time >= 0")
+        header = {**run_header(), "command": shlex.join(["python", "-m", "enginesmith.benchmarks.e2e_stream",
+                                                          *(sys.argv[1:] if argv is None else argv)]),
+                  "load_average": [round(v, 2) for v in os.getloadavg()]}
+        result = measure_e2e(args.engine, load_images({"kind": "photos", "seed": 0}, args.images), args.min_time)
+    except EnginesmithError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return e.exit_code
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"e2e-{result['model']}-{result['target']}-{result['precision']}-b{result['batch']}"
+    write_json_atomic(stem.with_suffix(".json"), {"run": header, "result": result})
+    text = render_markdown(header, result)
+    write_text_atomic(stem.with_suffix(".md"), text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""benchmarks/e2e_stream.py on real tiny detector engines: its three loops run, streamed detections equal
+sequential ones, and the end-to-end FPS cannot exceed the inference-only FPS by more than timing noise
+when the engine runs one request at a time (sequential loop: inference is a part of it)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from enginesmith.benchmarks.e2e_stream import main
+from enginesmith.pipeline.run import BuildConfig, build_engine
+
+
+@pytest.mark.parametrize("target", ["openvino", "onnxruntime"])
+def test_e2e_stream_on_yolov3_tiny(tmp_path, cache_dir, target):
+    engine = tmp_path / f"tiny-{target}"
+    build_engine(BuildConfig(model="yolov3-tiny", target=target, precision="fp32", input_size=(64, 64),
+                             cache_dir=cache_dir, out=engine, latency_budget_s=0.2, calib_size=4))
+    assert main([str(engine), "--images", "6", "--min-time", "0.2", "--out", str(tmp_path / "o")]) == 0
+    files = list((tmp_path / "o").glob("e2e-yolov3-tiny-*.json"))
+    assert len(files) == 1 and files[0].with_suffix(".md").is_file()
+    r = json.loads(files[0].read_text())["result"]
+    assert r["streamed_equals_sequential"] is True and r["images"] == 6
+    assert 0 < r["e2e_fps_sequential"] < 1.5 * r["inference_fps"]
+    assert r["ratio_sequential_over_inference"] == pytest.approx(r["e2e_fps_sequential"] / r["inference_fps"])
+    assert (r.get("inference_fps_throughput") is not None) == (target == "openvino")
+    assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 2
