@@ -25,7 +25,7 @@ def bench(
     suite_file: Optional[Path] = typer.Option(None, "--suite", help="a suite file (TOML), e.g. "
                                               "benchmarks/suites/seed-table.toml"),
     targets: Optional[str] = typer.Option(None, help="comma-separated: torch (PyTorch eager FP32, the baseline), "
-                                          "onnxruntime, openvino, tensorrt, torch-cuda [default: "
+                                          "onnxruntime, openvino, tensorrt, torch-cuda, torch-compile [default: "
                                           "torch,onnxruntime,openvino]"),
     precisions: Optional[str] = typer.Option(None, help="comma-separated: fp32, fp16, int8, mixed [default: "
                                              "fp32,fp16,int8]"),

@@ -78,8 +78,8 @@ DETAIL_COLUMNS = ("Method", "input", "target", "precision", "batch", "p50 ms", "
                   "vs PyTorch", "GMAC/s", "% of peak", "boxes", "candidates", "peak RSS MB", "engine MB",
                   "build s", "cosine to FP32", "mAP", "COCO AP", "top-1")
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "mixed": "D"}
-TARGET_COLORS = {"torch": "#7f7f7f", "torch-cuda": "#000000", "onnxruntime": "#1f77b4", "openvino": "#9467bd",
-                 "tensorrt": "#2ca02c"}
+TARGET_COLORS = {"torch": "#7f7f7f", "torch-cuda": "#000000", "torch-compile": "#8c564b", "onnxruntime": "#1f77b4",
+                 "openvino": "#9467bd", "tensorrt": "#2ca02c"}
 
 
 def empty_row() -> dict[str, Any]:
