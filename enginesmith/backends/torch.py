@@ -73,6 +73,7 @@ class TorchRunner(Runner):
     """
 
     name = "torch"
+    target = "the torch-cuda target"  # what require_cuda names when no GPU is there
 
     def __init__(self, model: Any, input_name: str, output_names: list[str], *, device: str = "cpu",
                  precision: str = "fp32", channels_last: bool | None = None) -> None:
@@ -99,7 +100,7 @@ class TorchRunner(Runner):
         import torch
 
         if self.is_cuda:
-            require_cuda("the torch-cuda target")
+            require_cuda(self.target)
             if self.precision == "fp32":
                 strict_fp32()
             self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))

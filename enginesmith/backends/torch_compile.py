@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from enginesmith.backends.base import Runner
-from enginesmith.backends.torch import TORCH_PRECISIONS, require_cuda, split_outputs, strict_fp32, to_numpy
+from enginesmith.backends.torch import TORCH_PRECISIONS, TorchRunner
 from enginesmith.errors import EnginesmithError
 
 HOW = ("jit", "aoti")
@@ -49,15 +48,18 @@ class _Autocast:
         return Autocast().eval()
 
 
-class TorchCompileRunner(Runner):
-    """PyTorch compiled with Inductor (jit) or as an AOTInductor package (aoti); numpy in, numpy out."""
+class TorchCompileRunner(TorchRunner):
+    """PyTorch compiled with Inductor (jit) or as an AOTInductor package (aoti); numpy in, numpy out.
+
+    TorchRunner does the device, channels_last, FP32 strictness, CUDA-event timing and output conversion;
+    this class only replaces the forward call by the compiled one."""
 
     name = "torch-compile"
+    target = "the torch-compile target"
 
     def __init__(self, model: Any, input_name: str, output_names: list[str], *, device: str = "cuda",
                  precision: str = "fp32", how: str = "jit", mode: str = "default", package: str | Path | None = None,
                  channels_last: bool | None = None) -> None:
-        super().__init__()
         if precision not in TORCH_PRECISIONS:
             raise EnginesmithError(f"compiled PyTorch runs {' or '.join(TORCH_PRECISIONS)}, not {precision!r}")
         if precision == "fp16" and not str(device).startswith("cuda"):
@@ -68,34 +70,18 @@ class TorchCompileRunner(Runner):
             raise EnginesmithError(f"unknown torch.compile mode {mode!r}; choose one of {', '.join(MODES)}")
         if how == "aoti" and package is None:
             raise EnginesmithError("the AOTInductor engine needs a package path (a .pt2 file to write or reuse)")
-        self.model, self.device, self.precision, self.how, self.mode = model, device, precision, how, mode
+        super().__init__(model, input_name, output_names, device=device, precision=precision,
+                         channels_last=channels_last)
+        self.how, self.mode = how, mode
         self.package = Path(package) if package is not None else None
-        self.channels_last = str(device).startswith("cuda") if channels_last is None else channels_last
-        self.input_names = [input_name]
-        self.output_names = list(output_names)
-        self.last_gpu_ms: float | None = None
         self.compile_s: float | None = None
         self._fn: Any = None
-        self._events: tuple[Any, Any] | None = None
-
-    @property
-    def is_cuda(self) -> bool:
-        return str(self.device).startswith("cuda")
 
     def _load(self) -> None:
         import torch
 
-        if self.is_cuda:
-            require_cuda("the torch-compile target")
-            if self.precision == "fp32":
-                strict_fp32()
-            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-        model = self.model.eval()
-        if self.channels_last:
-            model = model.to(self.device, memory_format=torch.channels_last)
-        else:
-            model = model.to(self.device)
-        self._module = _Autocast.wrap(model) if self.precision == "fp16" else model
+        super()._load()
+        self._module = _Autocast.wrap(self.model) if self.precision == "fp16" else self.model
         if self.how == "jit":
             try:
                 self._fn = torch.compile(self._module, mode=self.mode, dynamic=False)
@@ -133,40 +119,26 @@ class TorchCompileRunner(Runner):
         self.compile_s = time.perf_counter() - t0
         return self._load_package()
 
-    def _input(self, feed: dict[str, np.ndarray]) -> Any:
-        import torch
-
-        x = torch.from_numpy(np.ascontiguousarray(feed[self.input_names[0]])).to(self.device)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._fn is None:  # AOTInductor: compile at the first shape seen (before any GPU timing)
+            self._fn = self._compile_package(self._input(feed))
+        return super()._infer(feed)
+
+    def _forward(self, x: Any) -> Any:
         import time
 
         import torch
 
-        x = self._input(feed)
-        if self._fn is None:  # AOTInductor: compile at the first shape seen
-            self._fn = self._compile_package(x)
         first = self.compile_s is None and self.how == "jit"
         t0 = time.perf_counter()
-        if self._events is not None:
-            self._events[0].record()
         with torch.inference_mode():
             out = self._fn(x)
-        if self._events is not None:
-            self._events[1].record()
         if first:
             self.compile_s = time.perf_counter() - t0
         if self.how == "aoti" and isinstance(out, list) and len(self.output_names) == 1 and len(out) == 1:
             out = out[0]
-        result = to_numpy(split_outputs(out, self.output_names), self.output_names)
-        if self._events is not None:
-            self._events[1].synchronize()
-            self.last_gpu_ms = float(self._events[0].elapsed_time(self._events[1]))
-        return result
+        return out
 
     def _release(self) -> None:
         self._fn = None
-        self._events = None
+        super()._release()

@@ -17,11 +17,9 @@ e2e-MODEL-TARGET-PRECISION.json/.md with the FPS and the ratios end-to-end / inf
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,14 +29,14 @@ from enginesmith.errors import EnginesmithError
 
 
 def _repeat(call: Callable[[], int], min_time: float) -> float:
-    """Images per second over repeated calls of `call` (which returns how many images it did)."""
-    call()  # warm-up pass
-    n, start = 0, time.perf_counter()
-    while True:
-        n += call()
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return n / elapsed
+    """Images per second over repeated calls of `call` (which returns how many images it did): one
+    warm-up call, then timing.time_calls until `min_time` seconds."""
+    from enginesmith.benchmarks.timing import TimingProfile, time_calls
+
+    counts: list[int] = []
+    ms = time_calls(lambda: counts.append(call()), TimingProfile(warmup_iterations=1, warmup_s=0.0,
+                                                                 min_iterations=1, min_time_s=min_time))
+    return sum(counts[-len(ms):]) * 1000.0 / float(ms.sum())
 
 
 def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> dict[str, Any]:

@@ -10,8 +10,8 @@ Accepted: a path (str or Path) to a file Pillow decodes, a PIL image, or a numpy
 - 16-bit (uint16 arrays, PIL "I;16*" and "I" modes) maps 0..65535 onto 0..255 as round(v / 257),
   so 65535 -> 255 and 257 * k -> k exactly; values outside 0..65535 are clipped first.
 - Floating-point or other dtypes are refused: scale them to uint8 yourself (the rule would be a guess).
-- Files are decoded as stored (EXIF orientation is not applied), the same as the pipeline's
-  `load_image`, so boxes are in the pixel grid of the stored image.
+- Files are decoded as stored (EXIF orientation is not applied); the pipeline's `load_image`
+  (runtime/preprocess.py) is this function, so boxes are in the pixel grid of the stored image.
 """
 
 from __future__ import annotations

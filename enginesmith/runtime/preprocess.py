@@ -175,14 +175,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".p
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file -> (H, W, 3) uint8 RGB. A missing or unreadable file is an EnginesmithError."""
-    from PIL import Image, UnidentifiedImageError
+    """Read an image file -> (H, W, 3) uint8 RGB by runtime/images.py's rule (16-bit as round(v / 257),
+    alpha dropped, gray repeated), so the pipeline and the edge runtime decode files alike. A missing or
+    undecodable file is a one-line EnginesmithError."""
+    from enginesmith.runtime.images import read_image_file
 
-    p = Path(path)
-    if not p.is_file():
-        raise EnginesmithError(f"image not found: {p}")
-    try:
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise EnginesmithError(f"cannot read image {p}: {e}; give a JPEG/PNG/BMP/TIFF file") from None
+    return read_image_file(path)
