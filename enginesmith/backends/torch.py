@@ -75,7 +75,7 @@ class TorchRunner(Runner):
     name = "torch"
     target = "the torch-cuda target"  # what require_cuda names when no GPU is there
 
-    def __init__(self, model: Any, input_name: str, output_names: list[str], *, device: str = "cpu",
+    def __init__(self, model: Any, input_name: str | list[str], output_names: list[str], *, device: str = "cpu",
                  precision: str = "fp32", channels_last: bool | None = None) -> None:
         super().__init__()
         if precision not in TORCH_PRECISIONS:
@@ -86,7 +86,7 @@ class TorchRunner(Runner):
         self.device = device
         self.precision = precision
         self.channels_last = str(device).startswith("cuda") if channels_last is None else channels_last
-        self.input_names = [input_name]
+        self.input_names = [input_name] if isinstance(input_name, str) else list(input_name)
         self.output_names = list(output_names)
         self.last_gpu_ms: float | None = None
         self._was_training = False
@@ -112,12 +112,16 @@ class TorchRunner(Runner):
             self.model.to(self.device)
 
     def _input(self, feed: dict[str, np.ndarray]) -> Any:
+        """The image tensor; a tuple of tensors (in input_names order) for a model with several inputs."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(feed[self.input_names[0]])).to(self.device, non_blocking=False)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        xs = []
+        for name in self.input_names:
+            x = torch.from_numpy(np.ascontiguousarray(feed[name])).to(self.device, non_blocking=False)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            xs.append(x)
+        return xs[0] if len(xs) == 1 else tuple(xs)
 
     def _forward(self, x: Any) -> Any:
         import torch
@@ -125,8 +129,8 @@ class TorchRunner(Runner):
         with torch.inference_mode():
             if self.precision == "fp16":
                 with torch.autocast(device_type="cuda", dtype=torch.float16):
-                    return self.model(x)
-            return self.model(x)
+                    return self.model(*x) if isinstance(x, tuple) else self.model(x)
+            return self.model(*x) if isinstance(x, tuple) else self.model(x)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = self._input(feed)

@@ -177,8 +177,10 @@ def quantize_openvino(
     if first is None:
         raise EnginesmithError("calibration data is empty; give at least one image")
     dim0 = model.inputs[0].get_partial_shape()[0]
-    # A model exported with a static batch (usually 1) is fed in slices of that size.
-    feed_n = int(dim0.get_length()) if dim0.is_static else int(first.shape[0])
+    # A model exported with a static batch (usually 1) is fed in slices of that size; a feed dict
+    # (calibration/feeds.py: several inputs) counts as one sample and is fed whole.
+    feeds = isinstance(first, dict)
+    feed_n = 1 if feeds else int(dim0.get_length()) if dim0.is_static else int(first.shape[0])
     batch_n = feed_n
     n_batches = max(1, -(-subset_size // batch_n))
 
@@ -196,13 +198,15 @@ def quantize_openvino(
 
     input_name = model.inputs[0].get_any_name()
 
-    def transform(batch: np.ndarray):
-        return {input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+    def transform(batch: Any):
+        from enginesmith.calibration.feeds import as_feed
+
+        return as_feed(batch, [input_name])
 
     class _Reiterable:
         def __iter__(self):
             for batch in factory():
-                if batch.shape[0] == feed_n:
+                if feeds or batch.shape[0] == feed_n:
                     yield batch
                     continue
                 for i in range(0, batch.shape[0] - feed_n + 1, feed_n):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -140,8 +140,10 @@ def onnx_tap(onnx_path: str | Path, tensors: Sequence[str]) -> Callable[[np.ndar
     input_name = session.get_inputs()[0].name
     names = [o.name for o in session.get_outputs()]
 
-    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, {input_name: batch})))
+    def run(batch: Any) -> dict[str, np.ndarray]:
+        from enginesmith.calibration.feeds import as_feed
+
+        return dict(zip(names, session.run(names, as_feed(batch, [input_name]))))
 
     return run
 
@@ -161,8 +163,8 @@ def openvino_tap(model_or_path: object, tensors: Sequence[str]) -> Callable[[np.
     request = compiled.create_infer_request()
     outputs = list(compiled.outputs)
 
-    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-        result = request.infer({0: batch})
+    def run(batch: Any) -> dict[str, np.ndarray]:
+        result = request.infer(batch if isinstance(batch, dict) else {0: batch})
         out: dict[str, np.ndarray] = {}
         for port in outputs:
             value = np.asarray(result[port])

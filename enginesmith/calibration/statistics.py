@@ -30,7 +30,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -152,14 +152,13 @@ class _Session:
             for p in (tmp, tmp + ".data"):
                 if os.path.exists(p):
                     os.remove(p)
-        if len(self.input_names) != 1:
-            raise EnginesmithError(
-                f"calibration supports models with one image input, {onnx_path} has {len(self.input_names)}: "
-                f"{self.input_names}"
-            )
+    def run(self, batch: Any) -> Iterator[tuple[str, np.ndarray]]:
+        """batch: an array for the first input, or a feed dict (calibration/feeds.py) for every input."""
+        from enginesmith.calibration.feeds import as_feed
 
-    def run(self, batch: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
-        feed = {self.input_names[0]: np.ascontiguousarray(batch, dtype=np.float32)}
+        feed = as_feed(batch, self.input_names)
+        if set(feed) != set(self.input_names):
+            raise EnginesmithError(f"calibration fed {sorted(feed)} but the model takes {self.input_names}")
         outs = self.session.run(self.fetched, feed) if self.fetched else []
         for n in self.fed:
             yield n, feed[n]
@@ -249,7 +248,7 @@ def activation_ranges(
             if v.size:
                 lo[n] = min(lo[n], float(v.min()))
                 hi[n] = max(hi[n], float(v.max()))
-        seen += len(batch)
+        seen += 1 if isinstance(batch, dict) else len(batch)  # a feed dict is one image
         if progress:
             progress(seen)
     if seen == 0:
@@ -268,7 +267,7 @@ def activation_ranges(
             if amax[n] > 0:
                 h, _ = np.histogram(np.abs(v), bins=num_bins, range=(0.0, amax[n]))
                 hists[n] += h
-        seen += len(batch)
+        seen += 1 if isinstance(batch, dict) else len(batch)  # a feed dict is one image
         if progress:
             progress(seen)
 

@@ -13,13 +13,21 @@ from enginesmith.pipeline.artifacts import Artifact, Cache, StageResult
 from enginesmith.pipeline.verify import TOLERANCES, check, compare
 
 
-def run_batches(runner: Any, input_name: str, batches: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Run every (N, C, H, W) batch through `runner`; concatenate each output along the batch axis."""
+def run_batches(runner: Any, input_name: str, batches: list[Any]) -> dict[str, np.ndarray]:
+    """Run every batch ((N, C, H, W) array fed to `input_name`, or a feed dict: calibration/feeds.py) through
+    `runner`; concatenate each output along the batch axis, or flattened when the batches' outputs differ in
+    their other dimensions (Fast R-CNN: one row per proposal)."""
+    from enginesmith.calibration.feeds import as_feed
+
     outs: dict[str, list[np.ndarray]] = {}
     for b in batches:
-        for name, value in runner.infer({input_name: b}).items():
+        for name, value in runner.infer(as_feed(b, [input_name])).items():
             outs.setdefault(name, []).append(np.asarray(value))
-    return {name: np.concatenate(v, axis=0) for name, v in outs.items()}
+    result = {}
+    for name, v in outs.items():
+        same = all(a.shape[1:] == v[0].shape[1:] for a in v)
+        result[name] = np.concatenate(v if same else [a.ravel() for a in v], axis=0)
+    return result
 
 
 def _engine_source(source: Path) -> Any:

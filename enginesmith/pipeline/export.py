@@ -25,25 +25,35 @@ def export_onnx(
     output_names: tuple[str, ...],
     dynamic_batch: bool,
     opset: int = OPSET,
+    extra_inputs: dict[str, Any] | None = None,
+    extra_axes: dict[str, dict[int, str]] | None = None,
 ) -> None:
-    """Trace `model` on a zero input of `input_shape` (N, C, H, W) and write ONNX to `path`."""
+    """Trace `model` on a zero input of `input_shape` (N, C, H, W) and write ONNX to `path`.
+
+    extra_inputs: further named inputs after the image (name -> example array, e.g. Fast R-CNN's rois [R, 4]);
+    extra_axes: their dynamic axes and the outputs' (name -> {axis: label}), e.g. {"rois": {0: "rois"}}."""
+    import numpy as np
     import torch
 
     dummy = torch.zeros(input_shape, dtype=torch.float32)
-    axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in output_names}} if dynamic_batch else None
+    extra_inputs = extra_inputs or {}
+    args = (dummy, *(torch.from_numpy(np.ascontiguousarray(v)) for v in extra_inputs.values()))
+    axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in output_names}} if dynamic_batch else {}
+    for name, ax in (extra_axes or {}).items():
+        axes[name] = {**axes.get(name, {}), **ax}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             with torch.inference_mode():
                 torch.onnx.export(
                     model,
-                    (dummy,),
+                    args,
                     str(path),
                     dynamo=False,
                     opset_version=opset,
-                    input_names=[INPUT_NAME],
+                    input_names=[INPUT_NAME, *extra_inputs],
                     output_names=list(output_names),
-                    dynamic_axes=axes,
+                    dynamic_axes=axes or None,
                     do_constant_folding=True,
                 )
         except Exception as e:  # torch raises many types here; the user needs one line

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -38,6 +38,8 @@ class Calibration:
     spec: PreprocessSpec
     method: str
     batch: int  # images per batch (the engine's static batch, or 1 for a dynamic one)
+    feeds: Any = None  # calibration/feeds.py FeedMaker (proposal-driven detectors): image -> list of feeds
+
 
     def fingerprint(self) -> dict[str, object]:
         return {
@@ -46,11 +48,17 @@ class Calibration:
             "preprocess": self.spec.to_dict(),
             "method": self.method,
             "batch": self.batch,
+            **(self.feeds.fingerprint() if self.feeds is not None else {}),  # type: ignore[attr-defined]
         }
 
-    def batches(self) -> Iterator[np.ndarray]:
+    def batches(self) -> Iterator[np.ndarray | dict[str, np.ndarray]]:
+        """(batch, C, H, W) arrays; for a model with feeds, one feed dict per calibration image."""
         from enginesmith.calibration.sources import calibration_batches
 
+        if self.feeds is not None:
+            for image in self.source.images():  # type: ignore[attr-defined]
+                yield from self.feeds(image)
+            return
         for b in calibration_batches(self.source, self.spec, self.batch):
             if len(b) == self.batch:
                 yield b
@@ -60,6 +68,8 @@ class Calibration:
         return self.batches()
 
     def __len__(self) -> int:
+        if self.feeds is not None:
+            return len(self.source) * self.feeds.feeds_per_image  # type: ignore[arg-type]
         return len(self.source) // self.batch  # type: ignore[arg-type]
 
 

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.pipeline.export import INPUT_NAME
+from enginesmith.runtime.proposals import DEFAULT_MAX_PROPOSALS
 from enginesmith.pipeline.artifacts import (
     Artifact,
     Cache,
@@ -138,6 +140,13 @@ def validate(config: BuildConfig):
         raise EnginesmithError(f"unknown --nms {config.nms!r}; choose host or engine")
     if config.nms == "engine" and spec.task != "detection":
         raise EnginesmithError(f"--nms engine is for detectors; {spec.name} is a {spec.task} model")
+    two_stage = spec.extra.get("two_stage")
+    if two_stage and config.nms == "engine":
+        raise EnginesmithError(f"{spec.name} runs NMS on the host after its proposal stage (runtime/two_stage.py); "
+                               "drop --nms engine")
+    if two_stage and config.val is not None:
+        raise EnginesmithError(f"--val measures single-pass detectors; measure {spec.name}'s engine with "
+                               "`enginesmith eval ENGINE --dataset DIR` (proposals, engine and NMS together)")
     if config.dynamic_batch and config.batch != 1:
         raise EnginesmithError("give either --batch N (a static batch) or --dynamic-batch, not both")
     if spec.extra.get("static_batch") and (config.dynamic_batch or config.batch != 1):
@@ -182,7 +191,14 @@ class _Build:
         self.source = calibration_source(
             Path(config.calib) if config.calib else None, spec.default_calibration, config.calib_size, seed=config.seed
         )
-        self.calibration = Calibration(self.source, self.preprocess, config.calib_method, 1 if config.dynamic_batch else config.batch)
+        from enginesmith.calibration.feeds import extra_inputs, feed_maker
+
+        static = None if config.dynamic_batch else config.batch
+        # proposal-driven detectors (calibration/feeds.py): each calibration image becomes engine feeds
+        self.feeds = feed_maker(spec, self.preprocess, static)
+        self.extra_inputs, self.extra_axes = extra_inputs(spec)
+        self.input_names = [INPUT_NAME, *self.extra_inputs]
+        self.calibration = Calibration(self.source, self.preprocess, config.calib_method, static or 1, self.feeds)
         self.weights_id = sha256_file(Path(config.weights)) if config.weights else f"seeded:{config.seed}"
 
     @property
@@ -197,9 +213,14 @@ class _Build:
         return model.eval()
 
     @cached_property
-    def verify_batches(self) -> list[np.ndarray]:
-        """Up to VERIFY_IMAGES calibration images, as batches the engine takes."""
+    def verify_batches(self) -> list[Any]:
+        """Up to VERIFY_IMAGES calibration images, as batches the engine takes (feed dicts for models with feeds)."""
         from enginesmith.calibration.sources import calibration_batches
+
+        if self.feeds is not None:
+            from itertools import islice
+
+            return [f for image in islice(self.source.images(), VERIFY_IMAGES) for f in self.feeds(image)]
 
         per = 2 if self.config.dynamic_batch else self.config.batch
         images = np.concatenate(list(calibration_batches(self.source, self.preprocess, per)), axis=0)
@@ -225,6 +246,7 @@ class _Build:
             "num_classes": self.num_classes,
             "input_shape": list(shape),
             "dynamic_batch": c.dynamic_batch,
+            **({"extra_inputs": {k: ax for k, ax in self.extra_axes.items()}} if self.extra_inputs else {}),
             "opset": OPSET,
             "weights": self.weights_id,
             "model_source": sha256_file(Path(self.spec.source_file)) if self.spec.source_file else "",
@@ -232,8 +254,9 @@ class _Build:
 
         def produce(tmp: Path) -> StageResult:
             path = tmp / "model.onnx"
-            export_onnx(self.model, path, shape, self.spec.output_names, c.dynamic_batch)
-            with TorchRunner(self.model, INPUT_NAME, list(self.spec.output_names)) as torch_runner:
+            export_onnx(self.model, path, shape, self.spec.output_names, c.dynamic_batch, extra_inputs=self.extra_inputs,
+                        extra_axes=self.extra_axes)
+            with TorchRunner(self.model, self.input_names, list(self.spec.output_names)) as torch_runner:
                 ref = run_batches(torch_runner, INPUT_NAME, self.verify_batches)
             with Runner(path) as onnx_runner:
                 cmp = compare(ref, run_batches(onnx_runner, INPUT_NAME, self.verify_batches))
@@ -343,22 +366,25 @@ class _Build:
         from enginesmith.backends import runner_options
         from enginesmith.pipeline.export import INPUT_NAME
 
+        from enginesmith.calibration.feeds import as_feed, batch_len
+
         c = self.config
-        batch = self.verify_batches[0]
+        feed = as_feed(self.verify_batches[0], [INPUT_NAME])
+        n = batch_len(feed)
 
         def produce(tmp: Path) -> StageResult:
             from enginesmith.backends.torch import TorchRunner
 
             backend = get_backend(c.target)
             with backend.Runner(engine.file, **runner_options(c.target, c.precision)) as runner:
-                eng = measure_latency(lambda: runner.infer({INPUT_NAME: batch}), len(batch), budget_s=c.latency_budget_s)
-            with TorchRunner(self.model, INPUT_NAME, list(self.spec.output_names)) as runner:
-                ref = measure_latency(lambda: runner.infer({INPUT_NAME: batch}), len(batch), budget_s=c.latency_budget_s)
+                eng = measure_latency(lambda: runner.infer(feed), n, budget_s=c.latency_budget_s)
+            with TorchRunner(self.model, self.input_names, list(self.spec.output_names)) as runner:
+                ref = measure_latency(lambda: runner.infer(feed), n, budget_s=c.latency_budget_s)
             stats = {"engine": eng.to_dict(), "pytorch_eager_fp32": ref.to_dict(), "speedup": ref.p50_ms / eng.p50_ms}
             write_json_atomic(tmp / "latency.json", stats)
             return StageResult(["latency.json"], stats)
 
-        params = {"batch": len(batch), "budget_s": c.latency_budget_s, "machine": platform.processor() or platform.machine(),
+        params = {"batch": n, "budget_s": c.latency_budget_s, "machine": platform.processor() or platform.machine(),
                   "cpus": os.cpu_count(), "weights": self.weights_id}
         return self._stage(self.cache.run("latency", [engine], params, produce))
 
@@ -475,6 +501,12 @@ def build_engine(
             "latency": latency.metrics,
             "accuracy": accuracy,
         }
+        two_stage = spec.extra.get("two_stage")
+        if two_stage:  # host stages around the engine (runtime/two_stage.py)
+            manifest["inputs"] = [manifest["input"], *({"name": k, "shape": [ax[0], 4]} for k, ax in b.extra_axes.items()
+                                                       if k in b.extra_inputs)]
+            manifest["two_stage"] = {"kind": two_stage, "proposals": {"method": "selective-search", "mode": "fast",
+                                                                      "max_proposals": DEFAULT_MAX_PROPOSALS}}
         if engine.metrics.get("device"):  # TensorRT: {"tensorrt", "gpu", "compute_capability"} the plan is tied to
             manifest["device"] = engine.metrics["device"]
         write_json_atomic(tmp / "manifest.json", manifest)
