@@ -364,7 +364,16 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
     `dataset` (detectors: a VOC folder or COCO json, see data/datasets.py open_dataset; classifiers:
     anything data/classification.py classification_samples takes, e.g. a folder of class folders or
     "digits"). `limit` keeps the first N images. Returns the metrics dict (fractions in [0, 1]) with
-    "timing" (images/s), "dataset", "split" and "warnings"."""
+    "timing" (images/s), "dataset", "split" and "warnings". R-CNN / Fast R-CNN run with their host stages
+    (benchmarks/proposal_arc.py) on the split's selective-search proposals (data/proposals.py, cached)."""
+    from enginesmith.benchmarks.proposal_arc import two_stage_target
+
+    host = two_stage_target(target, weights)
+    if host is not None:
+        try:
+            return _evaluate_two_stage(host, dataset, split, limit, progress)
+        finally:
+            host.close()
     predictor = predictor_for(target, weights, num_classes, input_size, batch_size, score_threshold,
                               max_detections, seed=seed)
     with predictor:
@@ -391,6 +400,28 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
     return metrics
 
 
+def _evaluate_two_stage(host: Any, dataset: str | Path, split: str, limit: int | None, progress: bool) -> dict[str, Any]:
+    from enginesmith.benchmarks.detection_metrics import evaluate_detections
+    from enginesmith.benchmarks.proposal_arc import predict_split
+    from enginesmith.data.datasets import open_dataset
+    from enginesmith.data.proposals import split_proposals
+
+    ds = open_dataset(Path(dataset), split)
+    if limit is not None:
+        ds = type(ds)(ds.root, ds.split, ds.class_names, list(ds.samples[: max(0, limit)]))
+    if not len(ds):
+        raise EnginesmithError(f"dataset {dataset} ({split}) has no images to evaluate")
+    proposals = split_proposals(ds)
+    t0 = time.perf_counter()
+    preds = predict_split(host, ds, proposals, progress)
+    seconds = time.perf_counter() - t0
+    metrics = evaluate_detections(preds, ds)
+    metrics.update(task="detection", model=host.description, dataset=str(dataset), split=split, warnings=[],
+                   timing={"images": len(ds), "seconds": seconds, "images_per_s": len(ds) / seconds if seconds else 0.0,
+                           "batch": 1, "proposals": "selective search, precomputed (data/proposals.py)"})
+    return metrics
+
+
 def render_metrics(metrics: dict[str, Any], per_class: bool = True) -> str:
     """evaluate()'s result as plain text for the terminal (metrics in percent, as the SSD paper's table)."""
     t = metrics["timing"]
@@ -412,6 +443,7 @@ def render_metrics(metrics: dict[str, Any], per_class: bool = True) -> str:
     else:
         lines += [f"top-1  {100 * metrics['top1']:6.2f}", f"top-5  {100 * metrics['top5']:6.2f}"]
     lines.append(f"speed  {t['images_per_s']:.1f} images/s (batch {t['batch']}; preprocessing + inference"
+                 + (" on precomputed selective-search proposals" if "proposals" in t else "")
                  + (" + NMS" if metrics["task"] == "detection" else "") + ", image decoding excluded)")
     lines += [f"warning: {w}" for w in metrics.get("warnings", [])]
     return "\n".join(lines)

@@ -141,6 +141,10 @@ def validate(config: BuildConfig):
     if config.nms == "engine" and spec.task != "detection":
         raise EnginesmithError(f"--nms engine is for detectors; {spec.name} is a {spec.task} model")
     two_stage = spec.extra.get("two_stage")
+    if two_stage == "rcnn" and config.batch == 1 and not config.dynamic_batch:
+        # R-CNN runs its CNN once per proposal (~2,000 per image): a batch-1 engine would make that many calls,
+        # so its default is a dynamic batch (an explicit --batch N > 1 still gives a static one)
+        config.dynamic_batch = True
     if two_stage and config.nms == "engine":
         raise EnginesmithError(f"{spec.name} runs NMS on the host after its proposal stage (runtime/two_stage.py); "
                                "drop --nms engine")

@@ -8,7 +8,7 @@ Registered in cli.py:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
@@ -47,6 +47,8 @@ def detect(
     iou: float = typer.Option(0.45, "--iou", help="NMS: suppress boxes with IoU > IOU with a better box of the same class"),
     max_det: int = typer.Option(100, "--max-det", help="at most this many detections per image"),
     agnostic: bool = typer.Option(False, "--agnostic", help="class-agnostic NMS"),
+    proposals: Optional[Path] = typer.Option(None, "--proposals", help="R-CNN / Fast R-CNN, one image: its proposals "
+                                             "(.npy or text rows x1 y1 x2 y2, image pixels) instead of selective search"),
 ) -> None:
     """Detect objects in images with a built engine: drawn copies, detections.json, and the FPS."""
     from enginesmith.runtime.engine import DetectorConfig
@@ -62,6 +64,10 @@ def detect(
         files = collect_images(images)
         config = DetectorConfig(score_threshold=conf, iou_threshold=iou, max_detections=max_det, class_agnostic=agnostic)
         with _load(engine, "detection", config=config) as detector:
+            if proposals is not None:  # issue 8: runtime/two_stage.py
+                from enginesmith.runtime.two_stage import with_proposals
+
+                detector = with_proposals(detector, proposals, files)
             summary = detect_files(detector, files, out_dir, show)
     except EnginesmithError as e:
         _err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Generic, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from enginesmith.runtime.manifest import EngineInfo, check_runnable, engine_info
 from enginesmith.runtime.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD,
                                      nms_detections)
 from enginesmith.runtime.preprocess import Transform, preprocess
+
+if TYPE_CHECKING:  # pragma: no cover
+    from enginesmith.runtime.two_stage import TwoStageDetector
 
 DYNAMIC_BATCH = 8  # images per inference call for an engine with a dynamic batch axis
 
@@ -349,8 +352,9 @@ class Segmenter(_Engine[Segmentation]):
 
 
 def load(engine_dir: str | Path, *, config: DetectorConfig | None = None, top_k: int = 5,
-         runner_options: dict[str, Any] | None = None) -> Detector | Classifier | Segmenter:
-    """Open a built engine folder (manifest.json + engine) as a Detector, Classifier or Segmenter.
+         runner_options: dict[str, Any] | None = None) -> Detector | Classifier | Segmenter | TwoStageDetector:
+    """Open a built engine folder (manifest.json + engine) as a Detector, Classifier or Segmenter (a
+    TwoStageDetector for R-CNN / Fast R-CNN engines: their manifest has "two_stage").
 
     config: a Detector's thresholds/top-k (default: runtime/nms.py's, or the engine's own in-graph NMS
     settings); top_k: a Classifier's number of classes returned; runner_options: passed to the backend's
@@ -360,6 +364,10 @@ def load(engine_dir: str | Path, *, config: DetectorConfig | None = None, top_k:
     """
     info = engine_info(engine_dir)
     check_runnable(info)
+    if "two_stage" in info.raw:  # R-CNN / Fast R-CNN (issue 8): proposals + host stages, runtime/two_stage.py
+        from enginesmith.runtime.two_stage import TwoStageDetector
+
+        return TwoStageDetector(info, config, runner_options)
     if info.task == "detection":
         return Detector(info, config, runner_options)
     if info.task == "classification":

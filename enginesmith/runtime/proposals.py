@@ -6,7 +6,8 @@ data/detection.py. Torch-free; OpenCV (the `opencv-contrib-python-headless` pack
 imported only when selective search runs.
 
 Selective search's output order is OpenCV's: hierarchical groupings ranked as in the paper (a
-pseudo-random mix of levels), so the first P boxes are the paper's "top P" - R-CNN kept about 2,000 per
+pseudo-random mix of levels, drawn from the C library's rand(), which is seeded with 0 before every call
+so the same image always gives the same boxes in the same order), so the first P boxes are the paper's "top P" - R-CNN kept about 2,000 per
 image in fast mode. Exact duplicates are dropped keeping the first; boxes under `min_side` pixels are
 dropped; nothing else is reordered or cut except at `max_proposals`.
 """
@@ -36,6 +37,19 @@ def _ximgproc():
     return cv2, seg
 
 
+def _seed_c_rand(seed: int = 0) -> None:
+    """OpenCV ranks selective search's boxes with the C library's rand() (cv2.setRNGSeed does not reach it), so
+    the order, and the boxes kept under max_proposals, change between runs unless srand is seeded first."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.srand(ctypes.c_uint(seed))
+    except (OSError, AttributeError):  # no C library to seed (then the order is not reproducible)
+        pass
+
+
 def selective_search(image: np.ndarray, mode: str = "fast", max_proposals: int = DEFAULT_MAX_PROPOSALS,
                      min_side: float = DEFAULT_MIN_SIDE) -> np.ndarray:
     """HxWx3 uint8 RGB image -> proposals float32 [P, 4] (x1, y1, x2, y2, image pixels), P <= max_proposals.
@@ -53,6 +67,7 @@ def selective_search(image: np.ndarray, mode: str = "fast", max_proposals: int =
     ss = seg.createSelectiveSearchSegmentation()
     ss.setBaseImage(np.ascontiguousarray(image[:, :, ::-1]))  # OpenCV wants BGR
     (ss.switchToSelectiveSearchFast if mode == "fast" else ss.switchToSelectiveSearchQuality)()
+    _seed_c_rand()
     rects = np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4)  # x, y, w, h
     return clean_proposals(np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1),
                            image.shape[1], image.shape[0], max_proposals, min_side)
@@ -98,7 +113,11 @@ def load_proposals(path: str | Path) -> np.ndarray:
         if path.suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
         else:
-            arr = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # an empty file: numpy warns, we return [0, 4]
+                arr = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
     except (ValueError, OSError) as e:
         raise EnginesmithError(f"cannot read proposal file {path}: {str(e).splitlines()[0]}; write an .npy array or "
                                "text rows of x1 y1 x2 y2") from None
