@@ -183,7 +183,7 @@ def measure(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray] | No
     per_image: list[dict[str, float]] = []
     with progress_bar(f"timing: {host.description}", n) as update:
         for i in range(n):
-            image = dataset.load_image(i)
+            image = dataset.load_image(i) if hasattr(dataset, "load_image") else dataset[i]
             times: dict[str, float] = {}
             t0 = time.perf_counter()
             boxes, scores = host.raw(image, None, times)
@@ -223,12 +223,13 @@ def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir
         spec = registry.get(run.model)
         kind = spec.extra.get("two_stage")
         accuracy = run.dataset is not None
-        dataset = open_dataset(Path(run.dataset), run.split) if accuracy else None
-        if dataset is None:
-            raise EnginesmithError(f"{key}: the arc needs a detection dataset (--dataset DIR)")
-        if limit:
-            dataset = replace(dataset, samples=dataset.samples[:limit])
-        proposals = split_proposals(dataset) if kind else None
+        if accuracy:
+            dataset = open_dataset(Path(run.dataset), run.split)
+            if limit:
+                dataset = replace(dataset, samples=dataset.samples[:limit])
+            proposals = split_proposals(dataset) if kind else None
+        else:  # untrained paper-size networks: speed only, on the packaged photographs (scikit-image)
+            dataset, proposals = photos(timing_images + 1), None
         row: dict[str, Any] = {"model": run.model, "method": run.method, "stage_kind": KIND_LABEL[kind],
                                "target": run.target, "precision": run.precision,
                                "input_size": f"{run.input_size[0]}x{run.input_size[1]}"}
@@ -238,14 +239,14 @@ def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir
             else:
                 built = build_engine(BuildConfig(
                     run.model, target=run.target, precision=run.precision, weights=run.weights,
-                    calib=Path(run.dataset), calib_size=suite.calib_size, dynamic_batch=kind == "rcnn",
+                    calib=Path(run.dataset) if run.dataset else None, calib_size=suite.calib_size, dynamic_batch=kind == "rcnn",
                     input_size=run.input_size, out=out / "engines" / f"{run.model}-{run.target}-{run.precision}",
                     cache_dir=cache_dir, record_int8_tolerance=True, latency_budget_s=1.0))
                 eng = next(a for a in built.stages if a.stage == "engine")
                 row["verify_cosine"] = eng.metrics.get("verify", {}).get("cosine")
                 host = engine_host_model(built.out)
             try:
-                row.update(measure(host, dataset, proposals, timing_images))
+                row.update(measure(host, dataset, proposals, timing_images, accuracy))
             finally:
                 host.close()
         except EnginesmithError as e:
@@ -258,11 +259,19 @@ def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir
     return rows
 
 
+def photos(n: int) -> list[np.ndarray]:
+    """The first n of scikit-image's photographs as they ship (no augmentation; astronaut 512x512, chelsea
+    300x451, coffee 400x600, rocket 427x640, ...), HxWx3 uint8 RGB."""
+    from enginesmith.data.offline_photos import base_photos
+
+    return [np.ascontiguousarray(p) for p in base_photos()[:n]]
+
+
 def render_markdown(rows: list[dict[str, Any]], header: dict[str, Any], suite_path: Path, timing_images: int) -> str:
     """The arc table: Method, mAP, FPS, # proposals, input resolution, and each stage's share of the time."""
     lines = [f"# The detection arc on this CPU ({suite_path.name})", "",
              f"{header['date']} · {header['machine']} · commit {header.get('commit')}", "",
-             "| Method | target | precision | mAP (VOC07) | FPS | s/image | # proposals | input | proposals | warp/prep | "
+             "| Method | target | precision | mAP (VOC07) | FPS | s/image | # boxes | input | proposals | warp/prep | "
              "CNN | decode | NMS | cosine |", "|" + "---|" * 14]
     for r in rows:
         if "error" in r:
@@ -271,14 +280,18 @@ def render_markdown(rows: list[dict[str, Any]], header: dict[str, Any], suite_pa
         share = r["stage_share"]
         prep = share.get("warp", 0.0) + share.get("preprocess", 0.0)
         cos = r.get("verify_cosine")
+        m = "-" if r.get("map") is None else f"{r['map']:.1f}"
         lines.append(
-            f"| {r['method']} | {r['target']} | {r['precision']} | {r['map']:.1f} | {r['fps']:.2f} | "
+            f"| {r['method']} | {r['target']} | {r['precision']} | {m} | {r['fps']:.2f} | "
             f"{r['seconds_per_image']:.3f} | {r['timing_proposals_mean']:.0f} | {r['input_size']} | "
             f"{100 * share['proposals']:.0f}% | {100 * prep:.0f}% | {100 * share['cnn']:.0f}% | "
             f"{100 * share['decode']:.0f}% | {100 * share['nms']:.0f}% | {'' if cos is None else f'{cos:.4f}'} |")
     lines += ["", f"mAP: every image of the split with the cached selective-search proposals; FPS and stage shares: "
-              f"{timing_images} images end to end (selective search live) after one warm-up image. # proposals: mean "
-              "per timed image (R-CNN runs its CNN once per proposal)."]
+              f"{timing_images} images end to end (selective search live) after one warm-up image. # boxes (the SSD "
+              "paper's column): per timed image, the mean number of selective-search proposals for R-CNN and Fast "
+              "R-CNN (R-CNN runs its CNN once per proposal), the head's candidate boxes for single-pass detectors "
+              "(Faster R-CNN: its kept RPN proposals). Stage shares are of the whole time per image; the rest is "
+              "Python glue."]
     versions = ", ".join(f"{k} {v}" for k, v in header["versions"].items() if v)
     lines += ["", f"Versions: {versions}", ""]
     return "\n".join(lines)

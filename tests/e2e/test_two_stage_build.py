@@ -155,3 +155,26 @@ def test_selective_search_is_reproducible_and_split_proposals_are_cached(tiny_se
         np.testing.assert_array_equal(first[s.image_id], direct)  # same boxes, same order, in another process
         np.testing.assert_array_equal(again[s.image_id], direct)
     assert first["__seconds__"][0] > 0
+
+
+def test_arc_measure_matches_eval_and_times_every_stage(tiny_set, tmp_path, monkeypatch) -> None:
+    from enginesmith.benchmarks.evaluate import evaluate
+    from enginesmith.benchmarks.proposal_arc import measure, render_markdown, torch_host_model
+    from enginesmith.data.datasets import open_dataset
+    from enginesmith.data.proposals import split_proposals
+
+    monkeypatch.setenv("ENGINESMITH_CACHE", str(tmp_path))
+    ds = open_dataset(tiny_set, "test")
+    host = torch_host_model("fast-rcnn-vgg16-slim", None, None)
+    try:
+        row = measure(host, ds, split_proposals(ds), timing_images=1)
+    finally:
+        host.close()
+    reference = evaluate("fast-rcnn-vgg16-slim", tiny_set, "test", progress=False)
+    assert row["map"] == pytest.approx(100 * reference["voc07_map"], abs=1e-9)
+    assert row["timing_images"] == 1 and row["stage_seconds"]["proposals"] > 0 and row["stage_seconds"]["cnn"] > 0
+    assert 0.5 < sum(row["stage_share"].values()) <= 1.0 + 1e-9
+    header = {"date": "d", "machine": "m", "commit": "c", "versions": {"torch": "x"}}
+    md = render_markdown([{**row, "model": "fast-rcnn-vgg16-slim", "method": "Fast", "target": "torch",
+                           "precision": "fp32", "input_size": "320x320"}], header, Path("s.toml"), 1)
+    assert "| Fast | torch | fp32 |" in md
