@@ -8,18 +8,38 @@ from enginesmith.models import registry
 from enginesmith.models.profile import count_parameters, profile_forward
 
 
+# R-CNN / Fast R-CNN are profiled per image at this many selective-search proposals (the papers' ~2,000)
+PROFILE_PROPOSALS = 2000
+
+
+def proposal_grid(n: int, height: int, width: int) -> Any:
+    """n boxes [n, 4] (x1, y1, x2, y2) spread over the image: the rois a Fast R-CNN is profiled with."""
+    import numpy as np
+
+    i = np.arange(n, dtype=np.float32)
+    x1, y1 = (i * 7.0) % (width / 2), (i * 13.0) % (height / 2)
+    return np.stack([x1, y1, x1 + width / 4 + i % 17, y1 + height / 4 + i % 11], axis=1).astype(np.float32)
+
+
 def _measure(spec: registry.ModelSpec, shape: tuple[int, ...]) -> tuple[int, int, Any]:
     """(parameters, MACs, outputs). Shapes only: the model is built and run on torch's meta device
-    (no memory, no arithmetic); a model whose ops the meta device lacks is run on the CPU instead."""
+    (no memory, no arithmetic); a model whose ops the meta device lacks is run on the CPU instead.
+    Fast R-CNN runs with PROFILE_PROPOSALS rois; R-CNN's MACs are one region's times PROFILE_PROPOSALS."""
     import torch
 
+    kind = spec.extra.get("two_stage")
+    extra = (proposal_grid(PROFILE_PROPOSALS, *spec.input_size),) if kind == "fast-rcnn" else ()
+    per_image = PROFILE_PROPOSALS if kind == "rcnn" else 1
     try:
+        if extra:
+            raise NotImplementedError  # roi_pool has no meta kernel
         with torch.device("meta"):
             model = spec.create()
-        return (count_parameters(model), *profile_forward(model, shape))
+        params, macs, outputs = (count_parameters(model), *profile_forward(model, shape))
     except (NotImplementedError, RuntimeError, TypeError, ValueError):
         model = spec.create()
-        return (count_parameters(model), *profile_forward(model, shape))
+        params, macs, outputs = (count_parameters(model), *profile_forward(model, shape, extra))
+    return params, macs * per_image, outputs
 
 
 def model_rows() -> list[dict[str, Any]]:
@@ -41,7 +61,9 @@ def model_rows() -> list[dict[str, Any]]:
             "macs": macs,
             "paper": spec.paper,
         }
-        if spec.task == "detection":
+        if spec.extra.get("two_stage"):
+            row["boxes"] = PROFILE_PROPOSALS  # proposals per image (selective search, up to 2,000)
+        elif spec.task == "detection":
             row["boxes"] = int(outputs[0].shape[1])
         rows.append(row)
     return rows

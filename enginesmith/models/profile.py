@@ -22,8 +22,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return profile_forward(model, input_shape)[0]
 
 
-def profile_forward(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, object]:
-    """(MACs, the model's outputs) of one forward pass on a zero input of shape `input_shape` (batch 1)."""
+def profile_forward(model: nn.Module, input_shape: tuple[int, ...], extra_args: tuple = ()) -> tuple[int, object]:
+    """(MACs, the model's outputs) of one forward pass on a zero input of shape `input_shape` (batch 1), with
+    `extra_args` (numpy arrays or tensors) as the further inputs (Fast R-CNN's rois)."""
     total = 0
 
     def conv_hook(m: nn.modules.conv._ConvNd, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
@@ -52,8 +53,9 @@ def profile_forward(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int
         param = next(model.parameters(), None)
         x = torch.zeros((1, *input_shape), dtype=param.dtype if param is not None else torch.float32,
                         device=param.device if param is not None else None)
+        extra = [torch.as_tensor(a, device=x.device) for a in extra_args]
         with torch.no_grad():
-            outputs = model(x)
+            outputs = model(x, *extra)
     finally:
         for h in handles:
             h.remove()
