@@ -212,7 +212,7 @@ def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir
     from enginesmith.pipeline.run import BuildConfig, build_engine
 
     suite = load_suite(suite_path)
-    runs, skipped = plan(suite, weights, dataset_dir)
+    runs, skipped = plan(suite, weights, dataset_dir, allow_two_stage=True)
     rows: list[dict[str, Any]] = []
     out.mkdir(parents=True, exist_ok=True)
     header = run_header()

@@ -385,7 +385,7 @@ def _precisions(target: str, wanted: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path | str | None = None,
-         env: Mapping[str, str] | None = None) -> tuple[list[Run], list[Skipped]]:
+         env: Mapping[str, str] | None = None, allow_two_stage: bool = False) -> tuple[list[Run], list[Skipped]]:
     """Expand `suite` into runs (order: model entry, size, batch, target, precision) and the skipped
     combinations with their reasons. `weights`/`dataset` (the command line) override the suite's."""
     from enginesmith.models import registry
@@ -397,6 +397,10 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
     seen: set[str] = set()
     for e in suite.entries:
         spec = registry.get(e.model)
+        if spec.extra.get("two_stage") and not allow_two_stage:
+            raise EnginesmithError(f"{e.where}: {spec.name} has host stages around its engine (selective search, "
+                                   "region warps, NMS); measure it with `python -m enginesmith.benchmarks.proposal_arc "
+                                   "--suite FILE` (benchmarks/suites/rcnn-arc.toml)")
         w_text = str(weights[e.model]) if e.model in weights else _path(e.weights, env, f"{e.where}: weights")
         d_text = str(dataset) if dataset is not None else _path(e.dataset, env, f"{e.where}: dataset")
         c_text = _path(e.calib, env, f"{e.where}: calib")

@@ -76,3 +76,10 @@ def test_catalog_macs_are_per_image_at_2000_proposals() -> None:
             cin = int(v)
     assert macs == conv + PROFILE_PROPOSALS * heads
     assert outputs[0].shape == (1, PROFILE_PROPOSALS, 4)
+
+
+def test_enginesmith_bench_points_two_stage_models_to_the_arc_benchmark() -> None:
+    from enginesmith.benchmarks.suite import plan, suite_from_args
+
+    with pytest.raises(EnginesmithError, match="proposal_arc"):
+        plan(suite_from_args(["fast-rcnn-vgg16-slim"]))
