@@ -128,6 +128,9 @@ def validate(config: BuildConfig):
         raise EnginesmithError(f"unknown --overflow-fix {config.overflow_fix!r}; choose one of {', '.join(OVERFLOW_FIX)}")
     if config.calib_method not in CALIB_METHODS:
         raise EnginesmithError(f"unknown calibration method {config.calib_method!r}; choose one of {', '.join(CALIB_METHODS)}")
+    if spec.extra.get("two_stage") == "fast-rcnn" and config.target == "tensorrt":
+        raise EnginesmithError(f"{spec.name} pools its rois with ONNX MaxRoiPool, which TensorRT's ONNX parser does not "
+                               "support (onnx-tensorrt docs/operators.md); build it for openvino or onnxruntime")
     ok, why = get_backend(config.target).available()
     if not ok:
         raise EnginesmithError(why)

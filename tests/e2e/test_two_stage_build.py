@@ -94,6 +94,10 @@ def test_eval_of_a_fast_rcnn_engine_equals_pytorch_through_the_same_host_code(ti
 def test_build_refuses_engine_nms_and_val_for_two_stage_models(tmp_path, cache_dir, tiny_set) -> None:
     with pytest.raises(EnginesmithError, match="host"):
         _build("fast-rcnn-vgg16-slim", "onnxruntime", "fp32", tmp_path / "a", cache_dir, nms="engine")
+    from enginesmith.pipeline.run import BuildConfig, validate
+
+    with pytest.raises(EnginesmithError, match="MaxRoiPool"):  # before the (absent here) TensorRT check
+        validate(BuildConfig("fast-rcnn-vgg16-slim", target="tensorrt"))
     with pytest.raises(EnginesmithError, match="enginesmith eval"):
         _build("rcnn-vgg16-slim", "onnxruntime", "fp32", tmp_path / "b", cache_dir, val=tiny_set)
 
