@@ -240,6 +240,16 @@ def two_stage_params(raw: dict[str, Any]) -> dict[str, Any]:
             "max_proposals": int(prop.get("max_proposals", DEFAULT_MAX_PROPOSALS))}
 
 
+def engine_profile_max(raw: dict[str, Any]) -> int | None:
+    """The largest batch a dynamic engine accepts, where its engine stage recorded an optimization profile
+    (TensorRT: params["profile"] = [min, opt, max]); None when unbounded (OpenVINO, ONNX Runtime)."""
+    for stage in raw.get("stages") or []:
+        profile = (stage.get("params") or {}).get("profile") if stage.get("stage") == "engine" else None
+        if profile:
+            return int(profile[-1])
+    return None
+
+
 def _rois_input_name(raw: dict[str, Any], image_input: str) -> str:
     """The second input's name from manifest["inputs"] (a list of {"name", ...}, a dict or a list of names)."""
     inputs = raw.get("inputs")
@@ -283,6 +293,9 @@ class TwoStageDetector:
         self.max_rois: int | None = int(max_rois) if max_rois is not None else (int(raw_max) if raw_max else None)
         self.static_batch = info.batch is not None
         self.chunk = int(info.batch) if info.batch is not None else int(chunk or DEFAULT_RCNN_CHUNK)
+        profile_max = engine_profile_max(info.raw)
+        if info.batch is None and profile_max is not None:  # a TensorRT plan takes at most its profile's max batch
+            self.chunk = min(self.chunk, profile_max)
         if self.kind == "fast-rcnn" and info.batch not in (None, 1):
             raise EnginesmithError(f"{info.folder}: a Fast R-CNN engine takes one image per call, this one has batch "
                                    f"{info.batch}; rebuild it with --batch 1")

@@ -83,3 +83,11 @@ def test_enginesmith_bench_points_two_stage_models_to_the_arc_benchmark() -> Non
 
     with pytest.raises(EnginesmithError, match="proposal_arc"):
         plan(suite_from_args(["fast-rcnn-vgg16-slim"]))
+
+
+def test_a_tensorrt_profile_bounds_the_rcnn_chunk() -> None:
+    from enginesmith.runtime.two_stage import engine_profile_max
+
+    raw = {"stages": [{"stage": "export", "params": {}}, {"stage": "engine", "params": {"profile": [1, 4, 8]}}]}
+    assert engine_profile_max(raw) == 8
+    assert engine_profile_max({"stages": [{"stage": "engine", "params": {}}]}) is None
