@@ -166,7 +166,7 @@ def predict_split(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray
 
 
 def measure(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray] | None, timing_images: int,
-            accuracy: bool = True) -> dict[str, Any]:
+            accuracy: bool = True, timing: bool = True) -> dict[str, Any]:
     """The accuracy pass (all images, cached proposals) and the timing pass (selective search live)."""
     from enginesmith.benchmarks.detection_metrics import voc_metrics
     from enginesmith.pipeline.progress import progress_bar
@@ -179,6 +179,8 @@ def measure(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray] | No
         metrics = voc_metrics(preds, dataset)
         result.update(map=100.0 * metrics["voc07_map"], images=len(dataset),
                       proposals_mean=float(np.mean(counts)) if host.kind else None)
+    if not timing:
+        return result
     n = min(timing_images + 1, len(dataset))
     per_image: list[dict[str, float]] = []
     with progress_bar(f"timing: {host.description}", n) as update:
@@ -203,7 +205,12 @@ def measure(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray] | No
 
 
 def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir: Path | None, timing_images: int,
-              cache_dir: Path, only: set[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+              cache_dir: Path, only: set[str] | None = None, limit: int | None = None,
+              passes: str = "both") -> list[dict[str, Any]]:
+    """Measure every batch-1 run of the suite; write results.json/md into `out` (engines go to the cache).
+
+    passes: "both", "accuracy" (mAP only: may share the machine) or "timing" (times only, on a quiet machine;
+    the mAP of an earlier accuracy pass in `out`/results.json is kept)."""
     from enginesmith.benchmarks.machine import run_header
     from enginesmith.benchmarks.suite import load_suite, plan
     from enginesmith.data.datasets import open_dataset
@@ -216,6 +223,10 @@ def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir
     rows: list[dict[str, Any]] = []
     out.mkdir(parents=True, exist_ok=True)
     header = run_header()
+    earlier: dict[tuple[str, str, str], dict[str, Any]] = {}
+    if passes == "timing" and (out / "results.json").is_file():
+        for r in json.loads((out / "results.json").read_text()).get("rows", []):
+            earlier[(r["model"], r["target"], r["precision"])] = r
     for run in runs:
         key = f"{run.model}/{run.target}/{run.precision}"
         if run.batch != 1 or (only and run.model not in only):
@@ -240,13 +251,16 @@ def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir
                 built = build_engine(BuildConfig(
                     run.model, target=run.target, precision=run.precision, weights=run.weights,
                     calib=Path(run.dataset) if run.dataset else None, calib_size=suite.calib_size, dynamic_batch=kind == "rcnn",
-                    input_size=run.input_size, out=out / "engines" / f"{run.model}-{run.target}-{run.precision}",
+                    input_size=run.input_size, out=cache_dir / "arc-engines" / f"{run.model}-{run.target}-{run.precision}",
                     cache_dir=cache_dir, record_int8_tolerance=True, latency_budget_s=1.0))
                 eng = next(a for a in built.stages if a.stage == "engine")
                 row["verify_cosine"] = eng.metrics.get("verify", {}).get("cosine")
                 host = engine_host_model(built.out)
             try:
-                row.update(measure(host, dataset, proposals, timing_images, accuracy))
+                row.update(measure(host, dataset, proposals, timing_images, accuracy and passes != "timing",
+                                   passes != "accuracy"))
+                before = earlier.get((run.model, run.target, run.precision), {})
+                row.update({k: before[k] for k in ("map", "images", "proposals_mean") if k in before})
             finally:
                 host.close()
         except EnginesmithError as e:
@@ -277,16 +291,22 @@ def render_markdown(rows: list[dict[str, Any]], header: dict[str, Any], suite_pa
         if "error" in r:
             lines.append(f"| {r['method']} | {r['target']} | {r['precision']} | error: {r['error'][:80]} |" + " |" * 10)
             continue
-        share = r["stage_share"]
-        prep = share.get("warp", 0.0) + share.get("preprocess", 0.0)
         cos = r.get("verify_cosine")
         m = "-" if r.get("map") is None else f"{r['map']:.1f}"
+        if "stage_share" not in r:  # an accuracy pass only
+            lines.append(f"| {r['method']} | {r['target']} | {r['precision']} | {m} |" + " - |" * 9
+                         + f" {'' if cos is None else f'{cos:.4f}'} |")
+            continue
+        share = r["stage_share"]
+        prep = share.get("warp", 0.0) + share.get("preprocess", 0.0)
         lines.append(
             f"| {r['method']} | {r['target']} | {r['precision']} | {m} | {r['fps']:.2f} | "
             f"{r['seconds_per_image']:.3f} | {r['timing_proposals_mean']:.0f} | {r['input_size']} | "
             f"{100 * share['proposals']:.0f}% | {100 * prep:.0f}% | {100 * share['cnn']:.0f}% | "
             f"{100 * share['decode']:.0f}% | {100 * share['nms']:.0f}% | {'' if cos is None else f'{cos:.4f}'} |")
-    lines += ["", f"mAP: every image of the split with the cached selective-search proposals; FPS and stage shares: "
+    counted = sorted({int(r["images"]) for r in rows if r.get("images")})
+    lines += ["", f"mAP (VOC07 11-point, in points): {'/'.join(map(str, counted)) or 'no'} images of the split, with the "
+              "cached selective-search proposals; FPS and stage shares: "
               f"{timing_images} images end to end (selective search live) after one warm-up image. # boxes (the SSD "
               "paper's column): per timed image, the mean number of selective-search proposals for R-CNN and Fast "
               "R-CNN (R-CNN runs its CNN once per proposal), the head's candidate boxes for single-pass detectors "
@@ -308,11 +328,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timing-images", type=int, default=20)
     p.add_argument("--models", default=None, help="comma-separated subset of the suite's models")
     p.add_argument("--cache-dir", type=Path, default=Path("build/.cache"))
-    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split (a quick check)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split for mAP")
+    p.add_argument("--passes", choices=("both", "accuracy", "timing"), default="both",
+                   help="accuracy: mAP only; timing: times only, keeping the mAP already in OUT/results.json")
     a = p.parse_args(argv)
     only = set(a.models.split(",")) if a.models else None
     try:
-        run_suite(a.suite, a.out, parse_weights(a.weights, []), a.dataset, a.timing_images, a.cache_dir, only, a.limit)
+        run_suite(a.suite, a.out, parse_weights(a.weights, []), a.dataset, a.timing_images, a.cache_dir, only, a.limit,
+                  a.passes)
     except EnginesmithError as e:
         raise SystemExit(f"error: {e}")
 
