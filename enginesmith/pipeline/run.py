@@ -350,7 +350,8 @@ class _Build:
         from enginesmith.backends.torch import TorchRunner
 
         return self._accuracy("accuracy-fp32", [exported], {"runner": "pytorch-eager-fp32"},
-                              lambda: TorchRunner(self.model, "images", list(self.spec.output_names)), None)
+                              lambda: TorchRunner(self.model, "images", list(self.spec.output_names)),
+                              None if self.config.dynamic_batch else self.config.batch)  # static-batch models take only that
 
     def engine_accuracy(self, engine: Artifact) -> Artifact:
         from enginesmith.backends import get_backend
