@@ -468,3 +468,83 @@ SPEC_R50_FPN = register(
                "ci_input_size": (128, 128)},
     )
 )
+
+
+# ------------------------------------------------------------------------------------------- slim (issue 8)
+# faster-rcnn-vgg16-slim: the learned-proposal row of the R-CNN -> Fast R-CNN -> Faster R-CNN arc on the
+# offline set (16 classes), with exactly fast-rcnn-vgg16-slim's network: quarter-width VGG16 with BatchNorm
+# without pool5 (models/rcnn.py slim_vgg16_features: stride 16, 128 channels), 320x320 stretched, RoI max
+# pooling 7x7 at 1/16, fc6/fc7 1024, 17 outputs (background at 0). The RPN (3x3 conv, 128 channels) has 12
+# anchors per location: sizes 16, 32, 64, 128 x aspect ratios (h/w) 1, 2, 3. Fitted to the offline set: in
+# 320x320 input pixels its train boxes have sqrt(w*h) 8.8 .. 98 (5th .. 95th percentile, median 31) and
+# h/w 0.95 .. 3.8 (median 2.1: digits are tall); ratios (1, 2, 3) put 44% of the boxes at IoU >= 0.7 with
+# an anchor of their shape against 36% for (0.5, 1, 2). Test settings scaled from the paper's with the
+# anchor count (20x20 cells x 12 = 4800 at 320x320): NMS 0.7 over the top 2000, 300 proposals kept.
+# Trained by training/faster_rcnn.py (`enginesmith train faster-rcnn-vgg16-slim`).
+CONFIGS["faster-rcnn-vgg16-slim"] = dict(
+    input_size=(320, 320), num_classes=16, anchor_sizes=((16, 32, 64, 128),), aspect_ratios=((1.0, 2.0, 3.0),),
+    pre_nms_top_n=2000, post_nms_top_n=300, nms_thresh=0.7, min_size=1e-3,
+)
+
+
+def check_input_size_vgg16_slim(size: tuple[int, int]) -> None:
+    """Sides >= 64 (at least 4x4 conv5_3 cells at stride 16; the max pools floor)."""
+    h, w = (int(s) for s in size)
+    if h < 64 or w < 64:
+        raise EnginesmithError(
+            f"faster-rcnn-vgg16-slim needs input sides >= 64 (conv5_3 has stride 16; at least 4x4 feature cells), "
+            f"got {h}x{w}; try 320x320"
+        )
+
+
+def build_faster_rcnn_vgg16_slim(num_classes: int = 16, input_size: tuple[int, int] = (320, 320)) -> FasterRCNN:
+    """Quarter-width VGG16-BN Faster R-CNN (num_classes foreground classes + background), seeded init."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.rpn import RPNHead
+
+    from enginesmith.models.rcnn import slim_vgg16_features
+
+    check_input_size_vgg16_slim(input_size)
+    cfg = CONFIGS["faster-rcnn-vgg16-slim"]
+    h, w = input_size
+    backbone = slim_vgg16_features(pool5=False)  # built first: for a seed, fast-rcnn-vgg16-slim's initial backbone
+    rpn = nn.Module()
+    rpn.anchor_generator = AnchorGenerator(cfg["anchor_sizes"], cfg["aspect_ratios"])
+    rpn.head = RPNHead(128, rpn.anchor_generator.num_anchors_per_location()[0])
+    roi_heads = nn.Module()
+    roi_heads.box_roi_pool = RoIPoolSingle(7, 1.0 / 16)
+    roi_heads.box_head = TwoMLPHead(128 * 7 * 7, 1024)
+    roi_heads.box_predictor = FastRCNNPredictor(1024, num_classes + 1)
+    model = FasterRCNN(backbone, rpn, roi_heads, input_size, [(h // 16, w // 16)],
+                       cfg["pre_nms_top_n"], cfg["post_nms_top_n"], cfg["nms_thresh"], cfg["min_size"])
+    init_two_stage(model)
+    return model.eval()
+
+
+def _offline_names() -> tuple[str, ...]:
+    from enginesmith.models.classes import OFFLINE_NAMES
+
+    return tuple(OFFLINE_NAMES)
+
+
+SPEC_VGG16_SLIM = register(
+    ModelSpec(
+        name="faster-rcnn-vgg16-slim",
+        task="detection",
+        builder=build_faster_rcnn_vgg16_slim,
+        input_size=CONFIGS["faster-rcnn-vgg16-slim"]["input_size"],
+        num_classes=16,
+        preprocess=_preprocess(CONFIGS["faster-rcnn-vgg16-slim"]["input_size"]),
+        output_names=("boxes", "scores"),
+        check_input_size=check_input_size_vgg16_slim,
+        load_weights=partial(load_weights, darknet_ok=False),
+        class_names=_offline_names(),
+        default_calibration="photos",
+        paper="Ren, He, Girshick, Sun, Faster R-CNN, NIPS 2015 (arXiv:1506.01497); quarter-width VGG16 with "
+              "BatchNorm at 320x320 for the offline set (the backbone of fast-rcnn-vgg16-slim)",
+        source_file=__file__,
+        extra={"box_format": "xyxy", "num_proposals": 300, "static_batch": True, "background_column": "dropped",
+               "ci_input_size": (128, 128), "edge": True, "trainer": "faster-rcnn"},
+    )
+)

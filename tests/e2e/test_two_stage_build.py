@@ -182,3 +182,11 @@ def test_arc_measure_matches_eval_and_times_every_stage(tiny_set, tmp_path, monk
     md = render_markdown([{**row, "model": "fast-rcnn-vgg16-slim", "method": "Fast", "target": "torch",
                            "precision": "fp32", "input_size": "320x320"}], header, Path("s.toml"), 1)
     assert "| Fast | torch | fp32 |" in md
+
+
+def test_faster_rcnn_slim_builds_with_val(tiny_set, cache_dir, tmp_path) -> None:
+    """--val on a batch-1 model: the FP32 PyTorch reference must run one image per call too."""
+    result = _build("faster-rcnn-vgg16-slim", "onnxruntime", "fp32", tmp_path / "e", cache_dir, calib=tiny_set,
+                    input_size=(128, 128), val=tiny_set)
+    assert result.accuracy is not None and result.accuracy["images"] == 2
+    assert result.accuracy["drop"] == pytest.approx(0.0, abs=1e-6)  # FP32 engine vs FP32 PyTorch
