@@ -38,7 +38,8 @@ def _one(args: tuple[str, str, int]) -> tuple[np.ndarray, float]:
 def proposals_digest(dataset: DetectionDataset, mode: str, max_proposals: int) -> str:
     import cv2
 
-    h = hashlib.sha256(f"{mode}:{max_proposals}:{cv2.__version__}".encode())
+    # "srand0": boxes ranked with the C rand() seeded by runtime/proposals.py (reproducible order)
+    h = hashlib.sha256(f"{mode}:{max_proposals}:{cv2.__version__}:srand0".encode())
     for s in dataset.samples:
         h.update(s.image_id.encode() + b"\0")
         h.update(hashlib.sha256(Path(s.image_path).read_bytes()).digest())
