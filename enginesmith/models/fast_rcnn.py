@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.models.classes import OFFLINE_NAMES, VOC_NAMES
-from enginesmith.models.faster_rcnn import DetectionDecode, RoIPoolSingle
+from enginesmith.models.faster_rcnn import DetectionDecode, RoIPoolSingle, init_box_head
 from enginesmith.models.registry import ModelSpec, register
 from enginesmith.models.weights import load_weights
 from enginesmith.runtime.preprocess import PreprocessSpec
@@ -55,15 +55,7 @@ class FastRCNN(nn.Module):
         self.roi_heads.box_predictor = FastRCNNPredictor(fc_dim, num_classes + 1)
         self.decode = DetectionDecode(input_size)
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        for m in self.roi_heads.box_head.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-        pred = self.roi_heads.box_predictor
-        nn.init.normal_(pred.cls_score.weight, std=0.01)
-        nn.init.normal_(pred.bbox_pred.weight, std=0.001)
-        nn.init.zeros_(pred.cls_score.bias)
-        nn.init.zeros_(pred.bbox_pred.bias)
+        init_box_head(self.roi_heads)
 
     def heads(self, x: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
         """class_logits [R, C + 1], box_regression [R, (C + 1) * 4]."""

@@ -331,6 +331,20 @@ def init_two_stage(model: FasterRCNN, size: int = 128) -> None:
         _rescale([pred.bbox_pred], 1.0 / pred.bbox_pred(hidden).std().item())
 
 
+def init_box_head(roi_heads: nn.Module) -> None:
+    """The Fast R-CNN paper's init of roi_heads.box_head (fc6/fc7: Kaiming fan_in) and box_predictor (cls_score
+    N(0, 0.01), bbox_pred N(0, 0.001), zero biases), in that order (seeded builders depend on it)."""
+    for m in roi_heads.box_head.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    pred = roi_heads.box_predictor
+    nn.init.normal_(pred.cls_score.weight, std=0.01)
+    nn.init.normal_(pred.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(pred.cls_score.bias)
+    nn.init.zeros_(pred.bbox_pred.bias)
+
+
 def vgg16_conv5_3() -> nn.Sequential:
     """VGG16 (configuration D) conv1_1 .. conv5_3 + ReLU, without pool5: stride 16, 512 channels."""
     from torchvision.models import vgg16
@@ -353,21 +367,29 @@ check_r50_fpn = partial(_check, "faster-rcnn-r50-fpn", 32)
 
 def build_faster_rcnn_vgg16(num_classes: int = 20, input_size: tuple[int, int] = (600, 600)) -> FasterRCNN:
     """The paper's VGG16 Faster R-CNN (num_classes foreground classes + background), seeded init."""
+    check_input_size_vgg16(input_size)
+    return build_stride16("faster-rcnn-vgg16", vgg16_conv5_3(), 512, 4096, num_classes, input_size)
+
+
+def build_stride16(config: str, backbone: nn.Module, channels: int, fc_dim: int, num_classes: int,
+                   input_size: tuple[int, int]) -> FasterRCNN:
+    """A Faster R-CNN on one stride-16 feature map of `channels` channels (`backbone`, built by the caller
+    first, so a seed gives the same backbone as other models): RPN 3x3 conv over `channels` with CONFIGS[config]
+    anchors and test settings, RoI max pooling 7x7 at 1/16, fc6/fc7 of fc_dim, num_classes + 1 outputs;
+    init_two_stage."""
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.rpn import RPNHead
 
-    check_input_size_vgg16(input_size)
-    cfg = CONFIGS["faster-rcnn-vgg16"]
+    cfg = CONFIGS[config]
     h, w = input_size
-    backbone = vgg16_conv5_3()
     rpn = nn.Module()
     rpn.anchor_generator = AnchorGenerator(cfg["anchor_sizes"], cfg["aspect_ratios"])
-    rpn.head = RPNHead(512, 9)
+    rpn.head = RPNHead(channels, rpn.anchor_generator.num_anchors_per_location()[0])
     roi_heads = nn.Module()
     roi_heads.box_roi_pool = RoIPoolSingle(7, 1.0 / 16)
-    roi_heads.box_head = TwoMLPHead(512 * 7 * 7, 4096)
-    roi_heads.box_predictor = FastRCNNPredictor(4096, num_classes + 1)
+    roi_heads.box_head = TwoMLPHead(channels * 7 * 7, fc_dim)
+    roi_heads.box_predictor = FastRCNNPredictor(fc_dim, num_classes + 1)
     model = FasterRCNN(backbone, rpn, roi_heads, input_size, [(h // 16, w // 16)], cfg["pre_nms_top_n"],
                        cfg["post_nms_top_n"], cfg["nms_thresh"], cfg["min_size"])
     init_two_stage(model)
@@ -499,27 +521,12 @@ def check_input_size_vgg16_slim(size: tuple[int, int]) -> None:
 
 def build_faster_rcnn_vgg16_slim(num_classes: int = 16, input_size: tuple[int, int] = (320, 320)) -> FasterRCNN:
     """Quarter-width VGG16-BN Faster R-CNN (num_classes foreground classes + background), seeded init."""
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.models.detection.rpn import RPNHead
-
     from enginesmith.models.rcnn import slim_vgg16_features
 
     check_input_size_vgg16_slim(input_size)
-    cfg = CONFIGS["faster-rcnn-vgg16-slim"]
-    h, w = input_size
-    backbone = slim_vgg16_features(pool5=False)  # built first: for a seed, fast-rcnn-vgg16-slim's initial backbone
-    rpn = nn.Module()
-    rpn.anchor_generator = AnchorGenerator(cfg["anchor_sizes"], cfg["aspect_ratios"])
-    rpn.head = RPNHead(128, rpn.anchor_generator.num_anchors_per_location()[0])
-    roi_heads = nn.Module()
-    roi_heads.box_roi_pool = RoIPoolSingle(7, 1.0 / 16)
-    roi_heads.box_head = TwoMLPHead(128 * 7 * 7, 1024)
-    roi_heads.box_predictor = FastRCNNPredictor(1024, num_classes + 1)
-    model = FasterRCNN(backbone, rpn, roi_heads, input_size, [(h // 16, w // 16)],
-                       cfg["pre_nms_top_n"], cfg["post_nms_top_n"], cfg["nms_thresh"], cfg["min_size"])
-    init_two_stage(model)
-    return model.eval()
+    # the backbone is built first: for a seed, fast-rcnn-vgg16-slim's initial backbone
+    return build_stride16("faster-rcnn-vgg16-slim", slim_vgg16_features(pool5=False), 128, 1024, num_classes,
+                          input_size)
 
 
 def _offline_names() -> tuple[str, ...]:

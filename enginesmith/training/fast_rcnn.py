@@ -26,8 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from enginesmith.errors import EnginesmithError
-from enginesmith.training.rcnn import box_iou, evaluate_two_stage, mirror_safe, split_proposal_list, val_metrics
+from enginesmith.training.rcnn import box_iou, mirror_safe, split_proposal_list, validate_two_stage
 
 ROIS_PER_IMAGE = 64
 FG_FRACTION = 0.25
@@ -124,97 +123,33 @@ def train_fast_rcnn(spec, train_set, val_set, recipe, seed: int, time_budget_s: 
     """Fast R-CNN's multi-task training on train_set, then val mAP; returns (FastRCNN in eval mode, metrics)."""
     import torch
 
-    from enginesmith.training.loop import _Bar, _batches, _prefetch, lr_at, make_optimizer
+    from enginesmith.training.two_stage_loop import image_batch_maker, run_epochs
 
-    c = len(train_set.class_names)
-    net = spec.create(num_classes=c, seed=seed).to(memory_format=torch.channels_last)
+    net = spec.create(num_classes=len(train_set.class_names), seed=seed).to(memory_format=torch.channels_last)
     heads = make_roi_heads(net)
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
     props = split_proposal_list(train_set)
     phases["proposals"] = time.perf_counter() - t0
-    safe = mirror_safe(train_set.class_names)
     samples = train_set.samples
-    n = len(samples)
-    ipb = max(1, min(recipe.batch_size, n))
-    steps_per_epoch = len(_batches(np.arange(n), ipb))
-    planned = recipe.epochs
-    total = planned * steps_per_epoch
-    warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
-    opt = make_optimizer(net, recipe)
-    bar = _Bar(progress, f"train {spec.name}", total)
-    history: list[dict[str, Any]] = []
-    step = 0
-    flips = 0
-    t_start = time.perf_counter()
 
-    def make_batch(batches: list[np.ndarray], epoch: int):
-        def make(j: int):
-            xs, rois, targets, flipped = [], [], [], 0
-            for idx in batches[j]:
-                i = int(idx)
-                s = samples[i]
-                rng = np.random.default_rng([seed, epoch, i])
-                flip = bool(safe[np.asarray(s.labels, np.int64) + 1].all()) and rng.random() < 0.5
-                flipped += flip
-                x, r, g, lab = training_sample(train_set.load_image(i), props[i], s.boxes, s.labels,
-                                               spec.preprocess, flip)
-                xs.append(x)
-                rois.append(torch.from_numpy(r))
-                targets.append({"boxes": torch.from_numpy(g), "labels": torch.from_numpy(lab)})
-            x = torch.from_numpy(np.stack(xs)).contiguous(memory_format=torch.channels_last)
-            return x, rois, targets, flipped
-        return make
+    def sample(i: int, flip: bool) -> tuple[np.ndarray, tuple[Any, dict[str, Any]]]:
+        s = samples[i]
+        x, r, g, lab = training_sample(train_set.load_image(i), props[i], s.boxes, s.labels, spec.preprocess, flip)
+        return x, (torch.from_numpy(r), {"boxes": torch.from_numpy(g), "labels": torch.from_numpy(lab)})
 
-    try:
-        for epoch in range(planned):
-            net.train()
-            order = np.random.default_rng([seed, epoch]).permutation(n)
-            batches = _batches(order, ipb)
-            t_epoch = time.perf_counter()
-            seen = 0
-            sums: dict[str, float] = {}
-            for x, rois, targets, flipped in _prefetch(make_batch(batches, epoch), len(batches)):
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step, total, warmup, recipe.lr, recipe.final_lr_fraction)
-                losses = fast_rcnn_losses(net, heads, x, rois, targets)
-                loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise EnginesmithError(f"Fast R-CNN training diverged (loss {float(loss)} at step {step}); lower "
-                                           "the learning rate in the recipe")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
-                opt.step()
-                step += 1
-                seen += len(x)
-                flips += flipped
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                bar.update({"epoch": epoch + 1, "epochs": planned, "step": step, "total": total,
-                            "loss": sums["loss"] / max(1, step - epoch * steps_per_epoch),
-                            "img_s": seen / max(1e-9, time.perf_counter() - t_epoch)})
-            dt = time.perf_counter() - t_epoch
-            history.append({"epoch": epoch + 1, "seconds": round(dt, 2), "img_s": round(seen / dt, 2),
-                            **{k: round(v / len(batches), 5) for k, v in sums.items()}})
-            if time_budget_s is not None and epoch + 1 < planned:
-                elapsed = time.perf_counter() - t_start
-                if elapsed + elapsed / (epoch + 1) > time_budget_s * 1.05:
-                    break
-    finally:
-        bar.close()
-    phases["train"] = time.perf_counter() - t_start
+    def step_losses(x, items: list[tuple[Any, dict[str, Any]]]) -> dict[str, Any]:
+        return fast_rcnn_losses(net, heads, x, [r for r, _ in items], [t for _, t in items])
+
+    run = run_epochs(net, recipe, len(samples), seed,
+                     image_batch_maker(samples, mirror_safe(train_set.class_names), seed, sample), step_losses,
+                     what="Fast R-CNN", title=f"train {spec.name}", time_budget_s=time_budget_s, progress=progress)
+    phases["train"] = run.seconds
     net.eval()
-    metrics: dict[str, Any] = {"train_seconds": round(phases["train"], 1), "epochs_run": len(history),
-                               "train_images": n, "history": history, "threads": torch.get_num_threads(),
-                               "flipped_images": int(flips)}
-    if val_set is not None and len(val_set):
-        t0 = time.perf_counter()
-        m = evaluate_two_stage("fast-rcnn", net, spec, val_set, split_proposal_list(val_set), progress=progress)
-        metrics["val"] = val_metrics(m)
-        phases["val"] = time.perf_counter() - t0
-        metrics["val_seconds"] = round(phases["val"], 1)
-    metrics["phase_seconds"] = {k: round(v, 1) for k, v in phases.items()}
+    metrics: dict[str, Any] = {"train_seconds": round(phases["train"], 1), "epochs_run": len(run.history),
+                               "train_images": len(samples), "history": run.history,
+                               "threads": torch.get_num_threads(), "flipped_images": run.flips}
+    validate_two_stage("fast-rcnn", net, spec, val_set, progress, metrics, phases)
     return net, metrics
 
 

@@ -42,8 +42,6 @@ from typing import Any
 
 import numpy as np
 
-from enginesmith.errors import EnginesmithError
-
 RPN_BATCH = 256
 RPN_POS_FRACTION = 0.5
 RPN_FG_IOU = 0.7
@@ -81,6 +79,8 @@ def init_for_training(net) -> None:
     """Re-initialise the RPN and box heads as the papers (see the module docstring); the backbone is kept."""
     from torch import nn
 
+    from enginesmith.models.faster_rcnn import init_box_head
+
     rpn_head = net.rpn.head
     for m in rpn_head.conv.modules():
         if isinstance(m, nn.Conv2d):
@@ -89,15 +89,7 @@ def init_for_training(net) -> None:
     for m in (rpn_head.cls_logits, rpn_head.bbox_pred):
         nn.init.normal_(m.weight, std=0.01)
         nn.init.zeros_(m.bias)
-    for m in net.roi_heads.box_head.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-    pred = net.roi_heads.box_predictor
-    nn.init.normal_(pred.cls_score.weight, std=0.01)
-    nn.init.normal_(pred.bbox_pred.weight, std=0.001)
-    nn.init.zeros_(pred.cls_score.bias)
-    nn.init.zeros_(pred.bbox_pred.bias)
+    init_box_head(net.roi_heads)
 
 
 def training_sample(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, spec,
@@ -159,97 +151,32 @@ def train_faster_rcnn(spec, train_set, val_set, recipe, seed: int, time_budget_s
     """Approximate joint training on train_set, then val mAP; returns (FasterRCNN in eval mode, metrics)."""
     import torch
 
-    from enginesmith.training.loop import _Bar, _batches, _prefetch, evaluate_detector, lr_at, make_optimizer
+    from enginesmith.training.loop import evaluate_detector
     from enginesmith.training.rcnn import mirror_safe
+    from enginesmith.training.two_stage_loop import image_batch_maker, run_epochs
 
-    c = len(train_set.class_names)
-    net = spec.create(num_classes=c, seed=seed)
+    net = spec.create(num_classes=len(train_set.class_names), seed=seed)
     torch.manual_seed(seed)
     init_for_training(net)
     net = net.to(memory_format=torch.channels_last)
     rpn, heads = make_training_heads(net)
-    safe = mirror_safe(train_set.class_names)
     samples = train_set.samples
     pre = spec.preprocess
-    n = len(samples)
-    ipb = max(1, min(recipe.batch_size, n))
-    steps_per_epoch = len(_batches(np.arange(n), ipb))
-    planned = recipe.epochs
-    total = planned * steps_per_epoch
-    warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
-    opt = make_optimizer(net, recipe)
-    bar = _Bar(progress, f"train {spec.name}", total)
-    history: list[dict[str, Any]] = []
-    step = 0
-    flips = 0
-    t_start = time.perf_counter()
 
-    def make_batch(batches: list[np.ndarray], epoch: int):
-        def make(j: int):
-            xs, targets, flipped = [], [], 0
-            for idx in batches[j]:
-                i = int(idx)
-                s = samples[i]
-                rng = np.random.default_rng([seed, epoch, i])
-                flip = bool(safe[np.asarray(s.labels, np.int64) + 1].all()) and rng.random() < 0.5
-                flipped += flip
-                x, b, lab = training_sample(train_set.load_image(i), s.boxes, s.labels, pre, flip)
-                xs.append(x)
-                targets.append({"boxes": torch.from_numpy(b), "labels": torch.from_numpy(lab)})
-            x = torch.from_numpy(np.stack(xs)).contiguous(memory_format=torch.channels_last)
-            return x, targets, flipped
-        return make
+    def sample(i: int, flip: bool) -> tuple[np.ndarray, dict[str, Any]]:
+        s = samples[i]
+        x, b, lab = training_sample(train_set.load_image(i), s.boxes, s.labels, pre, flip)
+        return x, {"boxes": torch.from_numpy(b), "labels": torch.from_numpy(lab)}
 
-    try:
-        epoch = 0
-        while epoch < planned:
-            net.train()
-            order = np.random.default_rng([seed, epoch]).permutation(n)
-            batches = _batches(order, ipb)
-            t_epoch = time.perf_counter()
-            seen = 0
-            sums: dict[str, float] = {}
-            for x, targets, flipped in _prefetch(make_batch(batches, epoch), len(batches)):
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step, total, warmup, recipe.lr, recipe.final_lr_fraction)
-                losses = faster_rcnn_losses(net, rpn, heads, x, targets)
-                loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise EnginesmithError(f"Faster R-CNN training diverged (loss {float(loss)} at step {step}); "
-                                           "lower the learning rate in the recipe")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
-                opt.step()
-                step += 1
-                seen += len(x)
-                flips += flipped
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                bar.update({"epoch": epoch + 1, "epochs": planned, "step": step, "total": total,
-                            "loss": sums["loss"] / max(1, step - epoch * steps_per_epoch),
-                            "img_s": seen / max(1e-9, time.perf_counter() - t_epoch)})
-            dt = time.perf_counter() - t_epoch
-            history.append({"epoch": epoch + 1, "seconds": round(dt, 2), "img_s": round(seen / dt, 2),
-                            **{k: round(v / len(batches), 5) for k, v in sums.items()}})
-            epoch += 1
-            if time_budget_s is not None and epoch < planned:
-                elapsed = time.perf_counter() - t_start
-                per_epoch = elapsed / epoch
-                if epoch == 1:
-                    # re-plan once (as loop.py train_detector): the epochs that fit, the cosine stretched over them
-                    fit = max(1, int(time_budget_s // per_epoch))
-                    if fit < planned:
-                        planned, total = fit, fit * steps_per_epoch
-                if elapsed + per_epoch > time_budget_s * 1.05:
-                    break
-    finally:
-        bar.close()
-    train_seconds = time.perf_counter() - t_start
+    run = run_epochs(net, recipe, len(samples), seed,
+                     image_batch_maker(samples, mirror_safe(train_set.class_names), seed, sample),
+                     lambda x, targets: faster_rcnn_losses(net, rpn, heads, x, targets), what="Faster R-CNN",
+                     title=f"train {spec.name}", time_budget_s=time_budget_s, progress=progress, replan=True,
+                     clip=GRAD_CLIP)
     net.eval()
-    metrics: dict[str, Any] = {"train_seconds": round(train_seconds, 1), "epochs_run": len(history),
-                               "train_images": n, "history": history, "threads": torch.get_num_threads(),
-                               "flipped_images": int(flips), "steps": step}
+    metrics: dict[str, Any] = {"train_seconds": round(run.seconds, 1), "epochs_run": len(run.history),
+                               "train_images": len(samples), "history": run.history,
+                               "threads": torch.get_num_threads(), "flipped_images": run.flips, "steps": run.steps}
     if val_set is not None and len(val_set):
         t0 = time.perf_counter()
         m = evaluate_detector(PerImage(net), pre, val_set, progress=progress is True)

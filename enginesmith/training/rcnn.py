@@ -158,23 +158,12 @@ def finetune(net, dataset, regions: list[LabelledRegions], spec_pre, recipe, see
     history (seconds, regions/s, loss, fg accuracy)."""
     import torch
 
-    from enginesmith.training.loop import _Bar, _batches, _prefetch, lr_at, make_optimizer
+    from enginesmith.training.two_stage_loop import run_epochs
 
     safe = mirror_safe(dataset.class_names)
-    n = len(dataset)
-    ipb = max(1, min(recipe.batch_size, n))
-    steps_per_epoch = len(_batches(np.arange(n), ipb))
-    planned = recipe.epochs
-    total = planned * steps_per_epoch
-    warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
     with torch.no_grad():  # the (C + 1)-way classifier starts as the paper's: Gaussian std 0.01, zero bias
         torch.nn.init.normal_(net.fc8.weight, std=0.01, generator=torch.Generator().manual_seed(seed))
         net.fc8.bias.zero_()
-    opt = make_optimizer(net, recipe)
-    bar = _Bar(progress, "train R-CNN CNN", total)
-    history: list[dict[str, Any]] = []
-    step = 0
-    t_start = time.perf_counter()
 
     def make_batch(batches: list[np.ndarray], epoch: int) -> Callable[[int], Any]:
         def make(j: int):
@@ -189,50 +178,25 @@ def finetune(net, dataset, regions: list[LabelledRegions], spec_pre, recipe, see
                 xs.append(warp_batch(dataset.load_image(i), reg.boxes[take], spec_pre, flips))
                 ys.append(labels)
             x = torch.from_numpy(np.concatenate(xs)).contiguous(memory_format=torch.channels_last)
-            return x, torch.from_numpy(np.concatenate(ys))
+            return x, torch.from_numpy(np.concatenate(ys)), 0
         return make
 
-    try:
-        for epoch in range(planned):
-            net.train()
-            order = np.random.default_rng([seed, epoch]).permutation(n)
-            batches = _batches(order, ipb)
-            t_epoch = time.perf_counter()
-            seen, loss_sum, correct_fg, count_fg = 0, 0.0, 0, 0
-            for x, y in _prefetch(make_batch(batches, epoch), len(batches)):
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step, total, warmup, recipe.lr, recipe.final_lr_fraction)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    logits = net.forward_train(x)
-                loss = torch.nn.functional.cross_entropy(logits.float(), y)
-                if not torch.isfinite(loss):
-                    raise EnginesmithError(f"R-CNN training diverged (loss {float(loss)} at step {step}); lower the "
-                                           "learning rate in the recipe")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
-                opt.step()
-                step += 1
-                seen += len(y)
-                loss_sum += float(loss.detach())
-                fg = y > 0
-                correct_fg += int((logits.detach().argmax(1)[fg] == y[fg]).sum())
-                count_fg += int(fg.sum())
-                bar.update({"epoch": epoch + 1, "epochs": planned, "step": step, "total": total,
-                            "loss": loss_sum / max(1, step - epoch * steps_per_epoch),
-                            "img_s": seen / max(1e-9, time.perf_counter() - t_epoch)})
-            dt = time.perf_counter() - t_epoch
-            history.append({"epoch": epoch + 1, "seconds": round(dt, 2), "regions_s": round(seen / dt, 1),
-                            "loss": round(loss_sum / len(batches), 5),
-                            "fg_accuracy": round(correct_fg / max(1, count_fg), 4)})
-            if time_budget_s is not None and epoch + 1 < planned:
-                elapsed = time.perf_counter() - t_start
-                if elapsed + elapsed / (epoch + 1) > time_budget_s * 1.05:
-                    break
-    finally:
-        bar.close()
+    def step_losses(x, y) -> dict[str, Any]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = net.forward_train(x)
+        fg = y > 0
+        return {"loss": torch.nn.functional.cross_entropy(logits.float(), y),
+                "correct_fg": (logits.detach().argmax(1)[fg] == y[fg]).sum(), "count_fg": fg.sum()}
+
+    def history_row(sums: dict[str, float], seen: int, seconds: float, steps: int) -> dict[str, Any]:
+        return {"seconds": round(seconds, 2), "regions_s": round(seen / seconds, 1),
+                "loss": round(sums["loss"] / steps, 5),
+                "fg_accuracy": round(sums["correct_fg"] / max(1, sums["count_fg"]), 4)}
+
+    run = run_epochs(net, recipe, len(dataset), seed, make_batch, step_losses, what="R-CNN", title="train R-CNN CNN",
+                     time_budget_s=time_budget_s, progress=progress, history_row=history_row)
     net.eval()
-    return history
+    return run.history
 
 
 # ------------------------------------------------------------------------------------------- features
@@ -520,6 +484,19 @@ def val_metrics(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def validate_two_stage(kind: str, net, spec, val_set, progress, metrics: dict[str, Any],
+                       phases: dict[str, float]) -> None:
+    """A trainer's last step: with a non-empty val_set, its mAP (evaluate_two_stage on the cached proposals) into
+    metrics["val"] (val_metrics) and metrics["val_seconds"], and phases["val"]; then metrics["phase_seconds"]."""
+    if val_set is not None and len(val_set):
+        t0 = time.perf_counter()
+        m = evaluate_two_stage(kind, net, spec, val_set, split_proposal_list(val_set), progress=progress)
+        metrics["val"] = val_metrics(m)
+        phases["val"] = time.perf_counter() - t0
+        metrics["val_seconds"] = round(phases["val"], 1)
+    metrics["phase_seconds"] = {k: round(v, 1) for k, v in phases.items()}
+
+
 # ------------------------------------------------------------------------------------------- entry point
 
 
@@ -566,15 +543,10 @@ def train_rcnn(spec, train_set, val_set, recipe, seed: int, time_budget_s: float
                 "pool_regions": int(len(pool.fc7)), "per_class": svm_logs},
         "box_regression": {"alpha": RIDGE_ALPHA, "feature_scale": reg_scale, "samples_per_class": reg_counts},
     }
-    if val_set is not None and len(val_set):
-        t0 = time.perf_counter()
-        m = evaluate_two_stage("rcnn", net, spec, val_set, split_proposal_list(val_set), progress=progress)
-        metrics["val"] = val_metrics(m)
-        phases["val"] = time.perf_counter() - t0
-        metrics["val_seconds"] = round(phases["val"], 1)
-    metrics["phase_seconds"] = {k: round(v, 1) for k, v in phases.items()}
+    validate_two_stage("rcnn", net, spec, val_set, progress, metrics, phases)
     return net, metrics
 
 
 __all__ = ["train_rcnn", "label_regions", "sample_regions", "warp_batch", "build_feature_pool", "fit_svms",
-           "fit_box_regressors", "evaluate_two_stage", "split_proposal_list", "FeaturePool", "LabelledRegions"]
+           "fit_box_regressors", "evaluate_two_stage", "validate_two_stage", "split_proposal_list", "FeaturePool",
+           "LabelledRegions"]

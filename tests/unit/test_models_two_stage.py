@@ -46,34 +46,32 @@ def test_input_size_checks(name: str, size: tuple[int, int]) -> None:
         registry.get(name).check_input_size(size)
 
 
+def _slim_conv_macs(size: int) -> int:
+    """MACs of the slim VGG16 convolutions (3x3, 'same') at size x size, counted by hand from its table."""
+    conv, cin = 0, 3
+    for v in (16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 128, 128, 128, "M", 128, 128, 128):
+        if v == "M":
+            size //= 2
+        else:
+            conv += size * size * cin * int(v) * 9
+            cin = int(v)
+    return conv
+
+
 def test_catalog_macs_are_per_image_at_2000_proposals() -> None:
     from enginesmith.models.catalog import PROFILE_PROPOSALS, _measure
 
     # R-CNN: one region's MACs (counted by hand from the layer shapes) x 2000 regions
     spec = registry.get("rcnn-vgg16-slim")
     _, macs, _ = _measure(spec, (3, 64, 64))
-    conv = 0
-    size, cin = 64, 3
-    for v in (16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 128, 128, 128, "M", 128, 128, 128):
-        if v == "M":
-            size //= 2
-        else:
-            conv += size * size * cin * int(v) * 9
-            cin = int(v)
+    conv = _slim_conv_macs(64)
     fc = 512 * 1024 + 1024 * 1024 + 1024 * 16 + 512 * 64  # fc6, fc7, svm, bbox_reg (fc8 trains only)
     assert macs == PROFILE_PROPOSALS * (conv + fc)
     # Fast R-CNN: the backbone once + the heads once per roi
     spec = registry.get("fast-rcnn-vgg16-slim")
     _, macs, outputs = _measure(spec, (3, 320, 320))
     heads = 128 * 49 * 1024 + 1024 * 1024 + 1024 * 17 + 1024 * 68
-    conv = 0
-    size, cin = 320, 3
-    for v in (16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 128, 128, 128, "M", 128, 128, 128):
-        if v == "M":
-            size //= 2
-        else:
-            conv += size * size * cin * int(v) * 9
-            cin = int(v)
+    conv = _slim_conv_macs(320)
     assert macs == conv + PROFILE_PROPOSALS * heads
     assert outputs[0].shape == (1, PROFILE_PROPOSALS, 4)
 

@@ -8,7 +8,6 @@ loop + runtime NMS + detection_metrics, give the val mAP the trainer recorded.""
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -113,22 +112,7 @@ def test_a_few_steps_teach_the_engine_module_to_find_an_object() -> None:
     assert _iou(boxes[0, best].tolist(), box[0].tolist()) > 0.5
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory):
-    from enginesmith.data.offline_detection import generate_offline_dataset
-
-    root = generate_offline_dataset(tmp_path_factory.mktemp("tiny") / "offline", images=20, seed=0)
-    cache = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("ENGINESMITH_CACHE")
-    os.environ["ENGINESMITH_CACHE"] = str(cache)
-    yield root
-    if old is None:
-        os.environ.pop("ENGINESMITH_CACHE", None)
-    else:
-        os.environ["ENGINESMITH_CACHE"] = old
-
-
-def test_train_writes_a_checkpoint_whose_weights_give_the_recorded_val_map(tiny, tmp_path: Path) -> None:
+def test_train_writes_a_checkpoint_whose_weights_give_the_recorded_val_map(tiny_offline, tmp_path: Path) -> None:
     from enginesmith.benchmarks.detection_metrics import Predictions, evaluate_detections
     from enginesmith.data.datasets import open_dataset
     from enginesmith.models import registry
@@ -139,7 +123,7 @@ def test_train_writes_a_checkpoint_whose_weights_give_the_recorded_val_map(tiny,
     from enginesmith.training.recipes import recipe_for
 
     recipe = replace(recipe_for(NAME, "detection"), epochs=1)
-    res = train(NAME, tiny, out=tmp_path / "frcnn.pt", recipe=recipe, progress=False, threads=1)
+    res = train(NAME, tiny_offline, out=tmp_path / "frcnn.pt", recipe=recipe, progress=False, threads=1)
     m = res.metrics
     assert m["epochs_run"] == 1 and np.isfinite(m["history"][0]["loss"]) and m["steps"] == 7
     assert {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"} <= set(m["history"][0])
@@ -152,7 +136,7 @@ def test_train_writes_a_checkpoint_whose_weights_give_the_recorded_val_map(tiny,
     net = spec.create(num_classes=16)
     spec.load_weights(net, res.checkpoint)
     net.eval()
-    val = open_dataset(tiny, "val")
+    val = open_dataset(tiny_offline, "val")
     preds = []
     for i in range(len(val)):
         img = val.load_image(i)
@@ -166,5 +150,5 @@ def test_train_writes_a_checkpoint_whose_weights_give_the_recorded_val_map(tiny,
         b[:, 1::2] = b[:, 1::2].clip(0, img.shape[0])
         preds.append(Predictions(b, d[:, 4].astype(np.float32), d[:, 5].astype(np.int64)))
     assert evaluate_detections(preds, val)["voc07_map"] == pytest.approx(m["val"]["voc07_map"], abs=1e-6)
-    again = train(NAME, tiny, out=tmp_path / "frcnn.pt", recipe=recipe, progress=False, threads=1)
+    again = train(NAME, tiny_offline, out=tmp_path / "frcnn.pt", recipe=recipe, progress=False, threads=1)
     assert again.reused and again.metrics["val"]["voc07_map"] == m["val"]["voc07_map"]

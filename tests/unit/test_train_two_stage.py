@@ -9,7 +9,6 @@ fresh spec.create() with spec.load_weights."""
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,20 +29,10 @@ def _iou(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory):
-    """(dataset root, cache dir) with ENGINESMITH_CACHE pointing at the cache for the module."""
-    from enginesmith.data.offline_detection import generate_offline_dataset
-
-    root = generate_offline_dataset(tmp_path_factory.mktemp("tiny") / "offline", images=20, seed=0)
-    cache = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("ENGINESMITH_CACHE")
-    os.environ["ENGINESMITH_CACHE"] = str(cache)
+def tiny(tiny_offline: Path) -> Path:
+    """The offline set of tests/unit/conftest.py tiny_offline, with torch on 2 threads."""
     torch.set_num_threads(2)
-    yield root, cache
-    if old is None:
-        os.environ.pop("ENGINESMITH_CACHE", None)
-    else:
-        os.environ["ENGINESMITH_CACHE"] = old
+    return tiny_offline
 
 
 def _train(name: str, root: Path, out: Path):
@@ -70,7 +59,7 @@ def test_rcnn_trains_svms_and_regressors(tiny, tmp_path: Path) -> None:
     from enginesmith.training.rcnn import (REG_IOU, SVM_NEG_IOU, build_feature_pool, fit_box_regressors, fit_svms,
                                            regression_examples, split_proposal_list, svm_examples)
 
-    root, _ = tiny
+    root = tiny
     res = _train("rcnn-vgg16-slim", root, tmp_path / "rcnn.pt")
     m = res.metrics
     assert m["epochs_run"] == 1 and math.isfinite(m["history"][0]["loss"])
@@ -154,7 +143,7 @@ def test_rcnn_region_sampling() -> None:
 def test_fast_rcnn_trains(tiny, tmp_path: Path) -> None:
     from enginesmith.training.fast_rcnn import BG_IOU_LOW, select_proposals, training_sample
 
-    root, _ = tiny
+    root = tiny
     res = _train("fast-rcnn-vgg16-slim", root, tmp_path / "fast.pt")
     h = res.metrics["history"][0]
     assert all(math.isfinite(h[k]) for k in ("loss", "loss_classifier", "loss_box_reg"))
