@@ -87,6 +87,12 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
             "",
             f"Engine speed-up over PyTorch eager: **{m['speedup']:.2f}x** (median latency ratio).",
         ]
+        kind = spec.extra.get("two_stage")
+        if kind:
+            unit = "regions per second (one call = a batch of warped regions)" if kind == "rcnn" else \
+                "images per second with one image's proposals per call"
+            lines += ["", f"The engine alone: FPS here is {unit}. Selective search, the region warp and NMS run on the "
+                          "host; `python -m enginesmith.benchmarks.proposal_arc` measures the whole detector per image."]
     return "\n".join(lines) + "\n"
 
 
