@@ -13,7 +13,7 @@ Selective search runs once per image and is memoised by the maker (calibration m
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -88,18 +88,15 @@ class FeedMaker:
         if len(props) == 0:  # a flat image: its whole frame is the one region
             props = np.array([[0, 0, w0, h0]], dtype=np.float32)
         if self.kind == "rcnn_regions":
-            from enginesmith.runtime.region_warp import context_pad, mean_pixel, normalize_crops, warp_regions
+            from enginesmith.runtime.region_warp import region_inputs
 
             # evenly through the list (repeating when the image has fewer proposals than regions)
             pick = np.linspace(0, len(props) - 1, self.regions).round().astype(np.int64)
-            size = self.spec.input_size[0]
-            crops = normalize_crops(warp_regions(image, props[pick], size, context_pad(size), mean_pixel(self.spec)),
-                                    self.spec)
+            crops = region_inputs(image, props[pick], self.spec)
             step = self.static_batch or self.regions
             return [{"images": crops[i : i + step]} for i in range(0, self.regions, step)]
         x, t = preprocess(image, self.spec)
-        rois = props[:ROIS_PER_IMAGE] * np.array([t.ratio_x, t.ratio_y, t.ratio_x, t.ratio_y], np.float32)
-        return [{"images": x[None], ROI_INPUT: np.ascontiguousarray(rois, dtype=np.float32)}]
+        return [{"images": x[None], ROI_INPUT: np.ascontiguousarray(t.to_input(props[:ROIS_PER_IMAGE]))}]
 
 
 def feed_maker(model_spec: Any, spec: PreprocessSpec, static_batch: int | None = None) -> FeedMaker | None:

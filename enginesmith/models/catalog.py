@@ -30,13 +30,15 @@ def _measure(spec: registry.ModelSpec, shape: tuple[int, ...]) -> tuple[int, int
     kind = spec.extra.get("two_stage")
     extra = (proposal_grid(PROFILE_PROPOSALS, *spec.input_size),) if kind == "fast-rcnn" else ()
     per_image = PROFILE_PROPOSALS if kind == "rcnn" else 1
-    try:
-        if extra:
-            raise NotImplementedError  # roi_pool has no meta kernel
-        with torch.device("meta"):
-            model = spec.create()
-        params, macs, outputs = (count_parameters(model), *profile_forward(model, shape))
-    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+    params = macs = outputs = None
+    if not extra:  # roi_pool has no meta kernel: Fast R-CNN runs on the CPU
+        try:
+            with torch.device("meta"):
+                model = spec.create()
+            params, macs, outputs = (count_parameters(model), *profile_forward(model, shape))
+        except (NotImplementedError, RuntimeError, TypeError, ValueError):
+            pass
+    if macs is None:
         model = spec.create()
         params, macs, outputs = (count_parameters(model), *profile_forward(model, shape, extra))
     return params, macs * per_image, outputs

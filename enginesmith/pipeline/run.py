@@ -242,7 +242,7 @@ class _Build:
         from enginesmith.backends.onnxruntime import Runner
         from enginesmith.backends.torch import TorchRunner
         from enginesmith.pipeline.build import run_batches
-        from enginesmith.pipeline.export import INPUT_NAME, OPSET, export_onnx, node_count
+        from enginesmith.pipeline.export import OPSET, export_onnx, node_count
         from enginesmith.pipeline.verify import TOLERANCES, check, compare
 
         c = self.config
@@ -277,7 +277,6 @@ class _Build:
         from enginesmith.pipeline.simplify import simplify_onnx
         from enginesmith.pipeline.verify import TOLERANCES, check, compare
         from enginesmith.backends.onnxruntime import Runner
-        from enginesmith.pipeline.export import INPUT_NAME
 
         def produce(tmp: Path) -> StageResult:
             counts = simplify_onnx(exported.file, tmp / "model.onnx")
@@ -293,7 +292,6 @@ class _Build:
         and check it against host NMS on the same raw outputs."""
         from enginesmith.backends.onnxruntime import Runner
         from enginesmith.pipeline.build import run_batches
-        from enginesmith.pipeline.export import INPUT_NAME
         from enginesmith.pipeline.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD,
                                               append_nms_model, nms_parity)
 
@@ -372,7 +370,6 @@ class _Build:
         from enginesmith.backends import get_backend
         from enginesmith.benchmarks.latency import measure_latency
         from enginesmith.backends import runner_options
-        from enginesmith.pipeline.export import INPUT_NAME
 
         from enginesmith.calibration.feeds import as_feed, batch_len
 
@@ -409,7 +406,6 @@ def build_engine(
 ) -> BuildResult:
     """Run the whole pipeline for `config` and publish the engine, its manifest and report.md."""
     from enginesmith.pipeline.build import engine_artifact, run_batches
-    from enginesmith.pipeline.export import INPUT_NAME
     from enginesmith.pipeline.mixed import Attempt, SearchResult, search
     from enginesmith.pipeline.quantize import QuantizeOptions, precision_artifacts
     from enginesmith.pipeline.report import render_report

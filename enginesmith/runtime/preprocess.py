@@ -83,6 +83,13 @@ class Transform:
     pad_y: float
     original_size: tuple[int, int]  # (height, width)
 
+    def to_input(self, boxes: np.ndarray) -> np.ndarray:
+        """boxes [..., 4] x1, y1, x2, y2 in original-image pixels -> the same in input pixels (not clipped)."""
+        out = np.asarray(boxes, dtype=np.float32).copy()
+        out[..., 0::2] = out[..., 0::2] * np.float32(self.ratio_x) + np.float32(self.pad_x)
+        out[..., 1::2] = out[..., 1::2] * np.float32(self.ratio_y) + np.float32(self.pad_y)
+        return out
+
     def to_original(self, boxes: np.ndarray) -> np.ndarray:
         """boxes [..., 4] x1, y1, x2, y2 in input pixels -> the same in original-image pixels, clipped."""
         out = np.asarray(boxes, dtype=np.float32).copy()

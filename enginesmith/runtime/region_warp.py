@@ -76,6 +76,13 @@ def normalize_crops(crops: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return out
 
 
+def region_inputs(image: np.ndarray, boxes: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """R-CNN's engine input for `boxes` [P, 4] of an HxWx3 uint8 RGB image: each box warped to the spec's
+    (square) input size with the paper's context and mean-pixel fill, then normalised -> [P, 3, S, S] float32."""
+    size = int(spec.input_size[0])
+    return normalize_crops(warp_regions(image, boxes, size, context_pad(size), mean_pixel(spec)), spec)
+
+
 def decode_deltas(proposals: np.ndarray, deltas: np.ndarray, width: float, height: float) -> np.ndarray:
     """R-CNN / Fast R-CNN box regression: proposals [P, 4], deltas [P, C, 4] (tx, ty, tw, th) -> boxes
     [P, C, 4] x1y1x2y2, clipped to width x height. Widths are x2 - x1 (continuous pixels)."""
@@ -106,5 +113,5 @@ def encode_targets(proposals: np.ndarray, truths: np.ndarray) -> np.ndarray:
     return np.stack([tx, ty, np.log(gw / pw), np.log(gh / ph)], axis=1).astype(np.float32)
 
 
-__all__ = ["warp_regions", "dilate_boxes", "normalize_crops", "context_pad", "mean_pixel", "decode_deltas",
+__all__ = ["region_inputs", "warp_regions", "dilate_boxes", "normalize_crops", "context_pad", "mean_pixel", "decode_deltas",
            "encode_targets"]

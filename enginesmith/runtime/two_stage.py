@@ -32,7 +32,7 @@ from enginesmith.errors import EnginesmithError
 from enginesmith.runtime.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD,
                                      greedy_nms)
 from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
-from enginesmith.runtime.region_warp import context_pad, decode_deltas, mean_pixel, normalize_crops, warp_regions
+from enginesmith.runtime.region_warp import decode_deltas, region_inputs
 
 Infer = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -94,14 +94,13 @@ def rcnn_raw(infer: Infer, image: np.ndarray, proposals: np.ndarray, spec: Prepr
     p = len(props)
     if p == 0:
         return np.zeros((0, num_classes, 4), np.float32), np.zeros((0, num_classes), np.float32)
-    pad, fill = context_pad(size_h), mean_pixel(spec)
     scores = np.empty((p, num_classes), np.float32)
     deltas = np.empty((p, num_classes, 4), np.float32)
     for start in range(0, p, chunk):
         part = props[start : start + chunk]
         n = len(part)
         with _timed(times, "warp"):
-            x = normalize_crops(warp_regions(image, part, size_h, pad, fill), spec)
+            x = region_inputs(image, part, spec)
             if static_batch and n < chunk:
                 x = np.concatenate([x, np.repeat(x[-1:], chunk - n, axis=0)])
         with _timed(times, "cnn"):
@@ -142,9 +141,7 @@ def fast_rcnn_raw(infer: Infer, image: np.ndarray, proposals: np.ndarray, spec: 
     with _timed(times, "preprocess"):
         x, t = preprocess(image, spec)
         x = x[None]
-        rois = props.copy()
-        rois[:, 0::2] = rois[:, 0::2] * np.float32(t.ratio_x) + np.float32(t.pad_x)
-        rois[:, 1::2] = rois[:, 1::2] * np.float32(t.ratio_y) + np.float32(t.pad_y)
+        rois = t.to_input(props)
     step = p if max_rois is None else int(max_rois)
     boxes_in: list[np.ndarray] = []
     scores: list[np.ndarray] = []

@@ -74,3 +74,17 @@ def test_runtime_does_not_import_torch():
 
     code = "import sys, enginesmith.runtime.preprocess; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_to_input_is_the_inverse_of_to_original_inside_the_image():
+    import numpy as np
+
+    from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
+
+    image = np.zeros((300, 451, 3), np.uint8)
+    for resize in ("stretch", "letterbox"):
+        _, t = preprocess(image, PreprocessSpec(input_size=(320, 320), resize=resize))
+        boxes = np.array([[10.0, 20.0, 200.0, 290.0], [0.0, 0.0, 451.0, 300.0]], np.float32)
+        manual = boxes * [t.ratio_x, t.ratio_y, t.ratio_x, t.ratio_y] + [t.pad_x, t.pad_y, t.pad_x, t.pad_y]
+        np.testing.assert_allclose(t.to_input(boxes), manual, rtol=1e-6)
+        np.testing.assert_allclose(t.to_original(t.to_input(boxes)), boxes, atol=1e-3)
