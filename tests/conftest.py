@@ -1,8 +1,10 @@
-"""Shared fixtures: an isolated stage cache per test session, and the CLI as a subprocess."""
+"""Shared fixtures: an isolated stage cache per test session, the CLI as a subprocess, and disk cleanup of
+module-scoped temporary folders."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +12,28 @@ from pathlib import Path
 import pytest
 
 
+SESSION_PREFIX = "session-"
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+    return tmp_path_factory.mktemp(f"{SESSION_PREFIX}cache")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_module_temp_folders(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """After a module whose tests all passed, delete the temporary folders made during it (module-scoped
+    fixtures' ONNX files and engines), so the suite's disk use peaks at one module, not the sum of all.
+    Session fixtures' folders (named session-*) stay; a module with a failure keeps everything."""
+    base = tmp_path_factory.getbasetemp()
+    before = {p.name for p in base.iterdir()}
+    failed_before = request.session.testsfailed
+    yield
+    if request.session.testsfailed != failed_before:
+        return
+    for p in base.iterdir():
+        if p.name not in before and not p.name.startswith(SESSION_PREFIX) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 @pytest.fixture()
