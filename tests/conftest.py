@@ -7,12 +7,33 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 
 SESSION_PREFIX = "session-"
+SUITE_PEAK_DISK_GB = 5  # measured: 4.7 GB under the pytest temp root for `-m "not slow and not gpu"` (2026-11-24)
+
+
+def _temp_disk_line() -> str:
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    note = "" if free > 2 * SUITE_PEAK_DISK_GB else f"  WARNING: below twice the suite's ~{SUITE_PEAK_DISK_GB} GB peak"
+    return f"temp disk: {free:.1f} GB free in {tempfile.gettempdir()}{note}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say up front how much temp disk there is, so a run that dies of ENOSPC is diagnosed from its first lines."""
+    return _temp_disk_line()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under -q the header is hidden: print the temp-disk line anyway when it carries a warning."""
+    line = _temp_disk_line()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if "WARNING" in line and reporter is not None and session.config.get_verbosity() < 0:
+        reporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
