@@ -30,9 +30,11 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Under -q the header is hidden: print the temp-disk line anyway when it carries a warning."""
-    line = _temp_disk_line()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if "WARNING" in line and reporter is not None and session.config.get_verbosity() < 0:
+    if reporter is None or session.config.get_verbosity() >= 0:
+        return
+    line = _temp_disk_line()
+    if "WARNING" in line:
         reporter.write_line(line)
 
 

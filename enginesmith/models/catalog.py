@@ -21,26 +21,30 @@ def proposal_grid(n: int, height: int, width: int) -> Any:
     return np.stack([x1, y1, x1 + width / 4 + i % 17, y1 + height / 4 + i % 11], axis=1).astype(np.float32)
 
 
-def _measure(spec: registry.ModelSpec, shape: tuple[int, ...]) -> tuple[int, int, Any]:
-    """(parameters, MACs, outputs). Shapes only: the model is built and run on torch's meta device
-    (no memory, no arithmetic); a model whose ops the meta device lacks is run on the CPU instead.
-    Fast R-CNN runs with PROFILE_PROPOSALS rois; R-CNN's MACs are one region's times PROFILE_PROPOSALS."""
+def _measure_on_meta(spec: registry.ModelSpec, shape: tuple[int, ...]) -> tuple[int, int, Any] | None:
+    """(parameters, MACs, outputs) with the model built and run on torch's meta device (shapes only: no memory,
+    no arithmetic), or None when one of its ops has no meta kernel."""
     import torch
 
+    try:
+        with torch.device("meta"):
+            model = spec.create()
+        return (count_parameters(model), *profile_forward(model, shape))
+    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+        return None
+
+
+def _measure(spec: registry.ModelSpec, shape: tuple[int, ...]) -> tuple[int, int, Any]:
+    """(parameters, MACs, outputs), on the meta device where it can (_measure_on_meta), else on the CPU.
+    Fast R-CNN runs with PROFILE_PROPOSALS rois; R-CNN's MACs are one region's times PROFILE_PROPOSALS."""
     kind = spec.extra.get("two_stage")
     extra = (proposal_grid(PROFILE_PROPOSALS, *spec.input_size),) if kind == "fast-rcnn" else ()
     per_image = PROFILE_PROPOSALS if kind == "rcnn" else 1
-    params = macs = outputs = None
-    if not extra:  # roi_pool has no meta kernel: Fast R-CNN runs on the CPU
-        try:
-            with torch.device("meta"):
-                model = spec.create()
-            params, macs, outputs = (count_parameters(model), *profile_forward(model, shape))
-        except (NotImplementedError, RuntimeError, TypeError, ValueError):
-            pass
-    if macs is None:
+    measured = None if extra else _measure_on_meta(spec, shape)  # roi_pool has no meta kernel
+    if measured is None:
         model = spec.create()
-        params, macs, outputs = (count_parameters(model), *profile_forward(model, shape, extra))
+        measured = (count_parameters(model), *profile_forward(model, shape, extra))
+    params, macs, outputs = measured
     return params, macs * per_image, outputs
 
 

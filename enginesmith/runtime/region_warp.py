@@ -113,5 +113,5 @@ def encode_targets(proposals: np.ndarray, truths: np.ndarray) -> np.ndarray:
     return np.stack([tx, ty, np.log(gw / pw), np.log(gh / ph)], axis=1).astype(np.float32)
 
 
-__all__ = ["region_inputs", "warp_regions", "dilate_boxes", "normalize_crops", "context_pad", "mean_pixel", "decode_deltas",
-           "encode_targets"]
+__all__ = ["region_inputs", "warp_regions", "dilate_boxes", "normalize_crops", "context_pad", "mean_pixel",
+           "decode_deltas", "encode_targets"]
