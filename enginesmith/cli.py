@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +23,16 @@ out = Console()
 def _fail(e: EnginesmithError) -> None:
     console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     raise typer.Exit(e.exit_code)
+
+
+def _os_error(e: OSError) -> EnginesmithError:
+    """A filesystem error that reached the CLI (disk full, read-only, a folder removed meanwhile) as one line."""
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    hint = {28: "free some disk space (or use --cache-dir / --out on another disk) and run it again",
+            30: "the file system is read-only: choose writable --out / --cache-dir folders",
+            13: "permission denied: choose folders you can write"}.get(e.errno or 0, "check the path and run it again")
+    return EnginesmithError(f"{e.strerror or type(e).__name__}{where}: {hint}; what was cached or published before "
+                            "stays whole")
 
 
 def build(
@@ -48,6 +59,11 @@ def build(
     fallback: str = typer.Option("none", help="int8 only: auto keeps the most sensitive layers in float until the budget holds"),
     nncf_preset: str = typer.Option("mixed", help="OpenVINO int8: NNCF preset mixed | performance"),
     overflow_fix: str = typer.Option("enable", help="OpenVINO int8: NNCF overflow fix enable | disable | first_layer_only"),
+    force: bool = typer.Option(False, "--force", help="replace --out even if it is not an engine folder enginesmith "
+                               "wrote (its contents are deleted)"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="build every stage afresh (the new entries replace cached ones)"),
+    rebuild: Optional[list[str]] = typer.Option(None, "--rebuild", help="build this stage afresh even if cached "
+                                                "(repeatable: export, simplify, statistics, quantize-nncf, engine, latency, ...)"),
 ) -> None:
     """Build a verified engine for MODEL and print its report."""
     from enginesmith.pipeline.run import BuildConfig, build_engine, parse_input_size
@@ -58,7 +74,8 @@ def build(
             calib_size=calib_size, batch=batch, dynamic_batch=dynamic_batch,
             input_size=parse_input_size(input_size) if input_size else None, num_classes=num_classes, out=out_dir,
             nms=nms, val=val, val_split=val_split, accuracy_budget=accuracy_budget, fallback=fallback,
-            nncf_preset=nncf_preset, overflow_fix=overflow_fix,
+            nncf_preset=nncf_preset, overflow_fix=overflow_fix, force=force,
+            rebuild=True if no_cache else tuple(rebuild or ()),
         )
         if cache_dir is not None:
             config.cache_dir = cache_dir
@@ -78,6 +95,10 @@ def build(
         result = build_engine(config, on_stage=on_stage, on_start=on_start, on_search_step=on_search_step)
     except EnginesmithError as e:
         _fail(e)
+    except OSError as e:
+        _fail(_os_error(e))
+    except MemoryError:
+        _fail(EnginesmithError("out of memory: try a smaller --input-size, --batch or --calib-size, or close other programs"))
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]: nothing half-written was kept")
         raise typer.Exit(130)
@@ -111,6 +132,55 @@ def models(as_json: bool = typer.Option(False, "--json", help="machine-readable 
         table.add_row(r["name"], r["task"], "x".join(str(d) for d in r["input_shape"][1:]), str(r["num_classes"]), _si(r["params"]),
                       _si(r["macs"]), str(r.get("boxes", "")))
     out.print(table)
+
+
+cache_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The stage cache: what it holds, and cleaning it.")
+app.add_typer(cache_app, name="cache")
+
+
+def _cache_root(cache_dir: Optional[Path]) -> Path:
+    from enginesmith.pipeline.run import BuildConfig
+
+    return cache_dir if cache_dir is not None else BuildConfig("").cache_dir
+
+
+@cache_app.command("info")
+def cache_info(cache_dir: Optional[Path] = typer.Option(None, help="stage cache (default build/.cache or $ENGINESMITH_CACHE)")) -> None:
+    """Entries and size per stage."""
+    from enginesmith.pipeline.cache_admin import cache_usage
+
+    usage = cache_usage(_cache_root(cache_dir))
+    table = Table("stage", "entries", "size", "last used")
+    for stage, entries in usage.by_stage().items():
+        newest = max(e.last_used for e in entries)
+        table.add_row(stage, str(len(entries)), _bytes(sum(e.bytes for e in entries)),
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(newest)))
+    out.print(table)
+    temps = f"; {len(usage.temps)} unfinished temp folders (running or killed builds)" if usage.temps else ""
+    out.print(f"{usage.root}: {len(usage.entries)} entries, {_bytes(usage.bytes)}{temps}", highlight=False)
+
+
+@cache_app.command("clean")
+def cache_clean(
+    cache_dir: Optional[Path] = typer.Option(None, help="stage cache (default build/.cache or $ENGINESMITH_CACHE)"),
+    older_than: Optional[float] = typer.Option(None, help="remove entries last used more than this many days ago"),
+    max_size: Optional[float] = typer.Option(None, help="then remove the least recently used until at most this many GB"),
+    stage: Optional[list[str]] = typer.Option(None, help="only this stage (repeatable)"),
+) -> None:
+    """Remove cache entries (all of them when no option is given); entries a running build holds are kept."""
+    from enginesmith.pipeline.cache_admin import clean_cache
+
+    try:
+        removed, busy = clean_cache(_cache_root(cache_dir), older_than, max_size, tuple(stage or ()))
+    except EnginesmithError as e:
+        _fail(e)
+    freed = sum(e.bytes for e in removed)
+    kept = f"; {len(busy)} in use by a running build, kept" if busy else ""
+    out.print(f"removed {len(removed)} entries, freed {_bytes(freed)}{kept}", highlight=False)
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Datasets built from what ships in pip packages.")

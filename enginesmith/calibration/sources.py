@@ -4,7 +4,8 @@ A `CalibrationSource` is re-iterable (``images()`` starts over each call, needed
 two-pass statistics) and never holds more than one image in memory, except the digits set,
 which is a small in-memory array (N x 32 x 32 x 3 uint8). Its ``fingerprint()`` is what the
 statistics cache is keyed by:
-  - folder: sha256 over (relative path, file bytes) of the images used, in order;
+  - folder: sha256 over (relative path, sha256 of the file bytes) of the images used, in order; each
+    later read is checked against that hash and decoded from the checked bytes (_HashedFiles);
   - generated sets: sha256 of generator name + n + seed + the version of the package the
     pixels come from (scikit-image for photos, scikit-learn for digits).
 """
@@ -20,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
-from enginesmith.runtime.preprocess import PreprocessSpec, load_image, preprocess
+from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
 
 DEFAULT_KINDS = ("photos", "digits")
 
@@ -60,15 +61,43 @@ class CalibrationSource:
         return self.images()
 
 
-def _hash_files(root: Path, paths: tuple[Path, ...]) -> str:
-    h = hashlib.sha256(b"enginesmith-calib-folder-v1")
-    for p in paths:
-        h.update(p.relative_to(root).as_posix().encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
+class _HashedFiles:
+    """A calibration set's image files, hashed once; every later read is checked against that hash and decoded
+    from the bytes it checked. So the fingerprint in the cache key always names the pixels that were used:
+    a file replaced during a build stops it with one line instead of calibrating on other images."""
+
+    def __init__(self, root: Path, paths: tuple[Path, ...]) -> None:
+        self.root, self.paths = root, paths
+        self._digests: dict[Path, str] | None = None
+
+    def digests(self) -> dict[Path, str]:
+        if self._digests is None:
+            self._digests = {p: hashlib.sha256(_read(p)).hexdigest() for p in self.paths}
+        return self._digests
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(b"enginesmith-calib-folder-v2")
+        for p in self.paths:
+            h.update(p.relative_to(self.root).as_posix().encode() + b"\0" + self.digests()[p].encode() + b"\0")
+        return h.hexdigest()
+
+    def images(self) -> Iterator[np.ndarray]:
+        from enginesmith.runtime.images import decode_image_bytes
+
+        digests = self.digests()
+        for p in self.paths:
+            data = _read(p)
+            if hashlib.sha256(data).hexdigest() != digests[p]:
+                raise EnginesmithError(f"calibration image {p} changed while the build was using it (its bytes differ "
+                                       "from those hashed into the cache key); run the build again when the folder is stable")
+            yield decode_image_bytes(data, str(p))
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise EnginesmithError(f"cannot read calibration image {path}: {e.strerror}; check the folder") from None
 
 
 def _folder_source(folder: Path, size: int) -> CalibrationSource:
@@ -80,17 +109,13 @@ def _folder_source(folder: Path, size: int) -> CalibrationSource:
     warning = None
     if len(found) < size:
         warning = f"calibration folder {folder} has {len(found)} images, fewer than the {size} requested; using all {len(found)}"
-
-    def images() -> Iterator[np.ndarray]:
-        for p in paths:
-            yield load_image(p)
-
+    files = _HashedFiles(folder, paths)
     return CalibrationSource(
         name=f"folder {folder}",
         kind="folder",
         count=len(paths),
-        _images=images,
-        _fingerprint=lambda: _hash_files(folder, paths),
+        _images=files.images,
+        _fingerprint=files.fingerprint,
         paths=paths,
         warning=warning,
     )
@@ -113,13 +138,10 @@ def _dataset_source(path: Path, size: int) -> CalibrationSource:
     if len(paths) < size:
         warning = f"the train split of {path} has {len(paths)} images, fewer than the {size} requested; using all"
 
-    def images() -> Iterator[np.ndarray]:
-        for p in paths:
-            yield load_image(p)
-
     root = Path(os.path.commonpath([str(p) for p in paths])) if len(paths) > 1 else paths[0].parent
-    return CalibrationSource(name=f"train split of {path}", kind="dataset", count=len(paths), _images=images,
-                             _fingerprint=lambda: _hash_files(root, paths), paths=paths, warning=warning)
+    files = _HashedFiles(root, paths)
+    return CalibrationSource(name=f"train split of {path}", kind="dataset", count=len(paths), _images=files.images,
+                             _fingerprint=files.fingerprint, paths=paths, warning=warning)
 
 
 def _photos_source(size: int, seed: int) -> CalibrationSource:

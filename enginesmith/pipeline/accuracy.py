@@ -81,6 +81,15 @@ def _classification_fingerprint(data: Any) -> str:
     return h.hexdigest()
 
 
+def check_unchanged(val: ValidationSet) -> None:
+    """Refuse a measurement if the held-out files changed while it read them: the cache key names the bytes
+    hashed before the measurement, so they must be the bytes measured (read again and compared)."""
+    now = _detection_fingerprint(val.data) if val.task == "detection" else _classification_fingerprint(val.data)
+    if now != val.fingerprint:
+        raise EnginesmithError(f"the held-out data {val.path} changed while the build measured it; run the build again "
+                               "when it is stable")
+
+
 def check_classes(val: ValidationSet, num_classes: int) -> None:
     n = len(val.data.class_names)
     if n != num_classes:

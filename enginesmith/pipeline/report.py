@@ -76,7 +76,7 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
         e, t = m["engine"], m["pytorch_eager_fp32"]
         lines += [
             "",
-            f"## Latency check (batch {e['batch']}, {'cached from an earlier run' if latency.cached else 'measured in this run'})",
+            f"## Latency check (batch {e['batch']}, {'measured by an earlier build' if latency.cached else 'measured in this run'})",
             "",
             "| runner | iterations | p50 ms | p90 ms | mean ms | FPS |",
             "|---|---|---|---|---|---|",
@@ -87,6 +87,10 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
             "",
             f"Engine speed-up over PyTorch eager: **{m['speedup']:.2f}x** (median latency ratio).",
         ]
+        if m.get("measured_at"):
+            load = m.get("load_average") or [float("nan")]
+            lines += ["", f"Measured {m['measured_at']} with a load average of {load[0]:.2f} on {m.get('cpus')} CPUs"
+                      + ("; reused from the stage cache (`--rebuild latency` measures again)." if latency.cached else ".")]
         kind = spec.extra.get("two_stage")
         if kind:
             unit = "regions per second (one call = a batch of warped regions)" if kind == "rcnn" else \

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
+import time
+import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,11 +24,11 @@ from enginesmith.pipeline.artifacts import (
     Artifact,
     Cache,
     StageResult,
-    publish_folder,
     sha256_file,
     write_json_atomic,
     write_text_atomic,
 )
+from enginesmith.pipeline.inputs import stage_file
 
 TARGETS = ("openvino", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
@@ -72,6 +73,8 @@ class BuildConfig:
     record_int8_tolerance: bool = False
     nncf_preset: str = "mixed"  # OpenVINO INT8: NNCF preset; "mixed" (asymmetric activations) halved the drop of "performance" on both trained detectors
     overflow_fix: str = "enable"  # OpenVINO INT8: NNCF OverflowFix (7-bit weights for AVX2 without VNNI)
+    force: bool = False  # replace an --out folder that is not an engine folder enginesmith wrote (pipeline/outdir.py)
+    rebuild: tuple[str, ...] | bool = ()  # stages to build afresh even when cached; True: all (--no-cache)
 
     def __post_init__(self) -> None:
         if self.calib_method is None:
@@ -188,13 +191,15 @@ class _Build:
         from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
 
         self.config, self.spec, self.on_stage = config, spec, on_stage
+        # the weights are read once: hashed while copied into the cache, and the copy is what gets loaded
+        self.weights = stage_file(Path(config.weights), Path(config.cache_dir)) if config.weights else None
         # a training checkpoint says what it was trained for; explicit options still win
-        info = read_checkpoint_info(Path(config.weights)) if config.weights else {}
+        info = self._with_user_path(lambda: read_checkpoint_info(self.weights.path)) if self.weights else {}
         self.num_classes: int = int(config.num_classes or info.get("num_classes") or spec.num_classes)
         self.class_names = _class_names(spec, self.num_classes, info.get("class_names"))
         self.size = tuple(config.input_size or info.get("input_size") or spec.input_size)
         self.preprocess = spec.preprocess.with_size(*self.size)
-        self.cache = Cache(Path(config.cache_dir))
+        self.cache = Cache(Path(config.cache_dir), rebuild=config.rebuild)
         self.source = calibration_source(
             Path(config.calib) if config.calib else None, spec.default_calibration, config.calib_size, seed=config.seed
         )
@@ -206,7 +211,15 @@ class _Build:
         self.extra_inputs, self.extra_axes = extra_inputs(spec)
         self.input_names = [INPUT_NAME, *self.extra_inputs]
         self.calibration = Calibration(self.source, self.preprocess, config.calib_method, static or 1, self.feeds)
-        self.weights_id = sha256_file(Path(config.weights)) if config.weights else f"seeded:{config.seed}"
+        self.weights_id = self.weights.sha256 if self.weights else f"seeded:{config.seed}"
+
+    def _with_user_path(self, read: Callable[[], Any]) -> Any:
+        """Run `read()` on the staged weights; its errors name the user's file, not the cache copy."""
+        try:
+            return read()
+        except EnginesmithError as e:
+            assert self.weights is not None
+            raise EnginesmithError(str(e).replace(str(self.weights.path), str(self.weights.source))) from None
 
     @property
     def trained(self) -> bool:
@@ -215,8 +228,8 @@ class _Build:
     @cached_property
     def model(self) -> Any:
         model = self.spec.create(num_classes=self.num_classes, input_size=self.size, seed=self.config.seed)
-        if self.config.weights:
-            self.spec.load_weights(model, Path(self.config.weights))
+        if self.weights is not None:
+            self._with_user_path(lambda: self.spec.load_weights(model, self.weights.path))
         return model.eval()
 
     @cached_property
@@ -265,6 +278,11 @@ class _Build:
                         extra_axes=self.extra_axes)
             with TorchRunner(self.model, self.input_names, list(self.spec.output_names)) as torch_runner:
                 ref = run_batches(torch_runner, INPUT_NAME, self.verify_batches)
+            bad = [k for k, v in ref.items() if not np.all(np.isfinite(v))]
+            if bad and self.weights is not None:
+                raise EnginesmithError(f"the model loaded from {self.weights.source} gives NaN or Inf in output {bad[0]!r} "
+                                       "on the calibration images: the weights file does not hold trained weights for "
+                                       f"{self.spec.name} (random or corrupt values?); give the right checkpoint")
             with Runner(path) as onnx_runner:
                 cmp = compare(ref, run_batches(onnx_runner, INPUT_NAME, self.verify_batches))
             check(cmp, TOLERANCES["export"], "ONNX export (ONNX Runtime vs PyTorch)")
@@ -329,7 +347,7 @@ class _Build:
 
     def _accuracy(self, name: str, parents: list[Artifact], params: dict[str, Any], make_infer: Callable[[], Any],
                   batch: int | None) -> Artifact:
-        from enginesmith.pipeline.accuracy import measure
+        from enginesmith.pipeline.accuracy import check_unchanged, measure
         from enginesmith.pipeline.progress import progress_bar
 
         params = {**params, "val": self.val.fingerprint, "split": self.val.split, "metric": self.val.metric}
@@ -338,6 +356,7 @@ class _Build:
             with make_infer() as runner, progress_bar(f"{self.val.metric} on {len(self.val)} held-out images",
                                                       len(self.val)) as update:
                 result = measure(lambda x: runner.infer({"images": x}), batch, self.val, self.preprocess, update)
+            check_unchanged(self.val)  # the images measured are the ones the cache key names
             write_json_atomic(tmp / "accuracy.json", result)
             return StageResult(["accuracy.json"], result)
 
@@ -385,7 +404,10 @@ class _Build:
                 eng = measure_latency(lambda: runner.infer(feed), n, budget_s=c.latency_budget_s)
             with TorchRunner(self.model, self.input_names, list(self.spec.output_names)) as runner:
                 ref = measure_latency(lambda: runner.infer(feed), n, budget_s=c.latency_budget_s)
-            stats = {"engine": eng.to_dict(), "pytorch_eager_fp32": ref.to_dict(), "speedup": ref.p50_ms / eng.p50_ms}
+            stats = {"engine": eng.to_dict(), "pytorch_eager_fp32": ref.to_dict(), "speedup": ref.p50_ms / eng.p50_ms,
+                     # a measurement, not a build product: when and under what load it was taken travels with it
+                     "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "load_average": list(os.getloadavg()),
+                     "cpus": os.cpu_count()}
             write_json_atomic(tmp / "latency.json", stats)
             return StageResult(["latency.json"], stats)
 
@@ -404,14 +426,31 @@ def build_engine(
     on_start: Callable[[str], None] | None = None,
     on_search_step: Callable[[int, int, Any], None] | None = None,
 ) -> BuildResult:
-    """Run the whole pipeline for `config` and publish the engine, its manifest and report.md."""
-    from enginesmith.pipeline.build import engine_artifact, run_batches
-    from enginesmith.pipeline.mixed import Attempt, SearchResult, search
-    from enginesmith.pipeline.quantize import QuantizeOptions, precision_artifacts
-    from enginesmith.pipeline.report import render_report
-    from enginesmith.backends.onnxruntime import Runner
+    """Run the whole pipeline for `config` and publish the engine, its manifest and report.md.
+
+    `--out` is checked before any stage runs (pipeline/outdir.py: what may be replaced) and held by this
+    build until the engine folder is published."""
+    from enginesmith.pipeline.outdir import hold_out, out_state
 
     spec = validate(config)
+    out = Path(config.out) if config.out else Path("build") / spec.name / f"{config.target}-{config.precision}"
+    state = out_state(out, Path(config.cache_dir), config.force)
+    with hold_out(out, Path(config.cache_dir)):
+        return _build_and_publish(config, spec, out, state, on_stage, on_start, on_search_step)
+
+
+def _build_and_publish(config: BuildConfig, spec: Any, out: Path, state: Any, on_stage: Callable[[Artifact], None],
+                       on_start: Callable[[str], None] | None,
+                       on_search_step: Callable[[int, int, Any], None] | None) -> BuildResult:
+    """The stages of one build, then the engine folder published at `out` (if it is still as `state` saw it)."""
+    from enginesmith.backends.onnxruntime import Runner
+    from enginesmith.pipeline.build import engine_artifact, run_batches
+    from enginesmith.pipeline.mixed import Attempt, SearchResult, search
+    from enginesmith.pipeline.outdir import publish_engine_folder
+    from enginesmith.pipeline.quantize import QuantizeOptions, precision_artifacts
+    from enginesmith.pipeline.report import render_report
+    from enginesmith.runtime.manifest import ENGINE_SCHEMA, SCHEMA_VERSION
+
     b = _Build(config, spec, on_stage)
     b.cache.on_start = on_start
     if config.val is not None:
@@ -478,14 +517,16 @@ def build_engine(
             accuracy["search"] = result.to_dict()
     latency = b.latency(engine)
     stages = [a for a in (exported, simplified, with_nms, quantized, engine) if a is not None]
-    out = Path(config.out) if config.out else Path("build") / spec.name / f"{config.target}-{config.precision}"
     report = render_report(config, spec, b.preprocess, stages, latency, out, trained=b.trained,
                            calibration_images=len(b.source), calibration_warning=b.source.warning, accuracy=accuracy)
 
     def fill(tmp: Path) -> None:
         for name in engine.manifest["files"]:
-            shutil.copy2(engine.folder / name, tmp / name)
+            _copy_checked(engine, name, tmp / name)
         manifest = {
+            "schema": ENGINE_SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "build_id": uuid.uuid4().hex,
             "model": spec.name,
             "task": spec.task,
             "target": config.target,
@@ -516,8 +557,18 @@ def build_engine(
         write_json_atomic(tmp / "manifest.json", manifest)
         write_text_atomic(tmp / "report.md", report)
 
-    publish_folder(fill, out)
+    publish_engine_folder(fill, out, state)
     return BuildResult(config, out, out / engine.manifest["files"][0], stages, latency, report, accuracy)
+
+
+def _copy_checked(artifact: Artifact, name: str, dest: Path) -> None:
+    """Copy one file of a cache entry, checking the copy has the bytes the entry recorded (sha256)."""
+    import shutil
+
+    shutil.copyfile(artifact.folder / name, dest)
+    if sha256_file(dest) != artifact.manifest["content"][name]["sha256"]:
+        raise EnginesmithError(f"{artifact.folder / name} changed while it was copied to the engine folder; "
+                               "run the build again")
 
 
 def _rank_layers(target: str, base: Artifact, first: Any, batches: list[np.ndarray]) -> list[Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_a_crash_leaves_nothing_half_written(tmp_path, exc):
 
     with pytest.raises(type(exc)):
         cache.run("s", [], {}, produce, tools={})
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and ".locks" not in p.parts] == []
     calls: list = []
     art = cache.run("s", [], {}, _writer("ok", calls), tools={})
     assert not art.cached and art.file.read_text() == "ok"
@@ -74,3 +75,76 @@ def test_publish_folder_replaces_atomically(tmp_path):
     publish_folder(lambda t: (t / "b").write_text("3"), dest)
     assert sorted(p.name for p in dest.iterdir()) == ["b"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize("tamper", ["truncate", "same-size-edit", "delete", "manifest-garbage", "manifest-other-key"])
+def test_a_tampered_entry_is_discarded_with_a_warning_and_rebuilt(tmp_path, tamper):
+    events: list = []
+    cache, calls = Cache(tmp_path, on_event=lambda s, m: events.append((s, m))), []
+    a = cache.run("s", [], {}, _writer("hello world", calls), tools={})
+    if tamper == "truncate":
+        a.file.write_bytes(b"hello")
+    elif tamper == "same-size-edit":
+        a.file.write_bytes(b"HELLO world")
+    elif tamper == "delete":
+        a.file.unlink()
+    elif tamper == "manifest-garbage":
+        (a.folder / "manifest.json").write_text("{not json")
+    else:
+        m = json.loads((a.folder / "manifest.json").read_text())
+        (a.folder / "manifest.json").write_text(json.dumps({**m, "key": "0" * 64}))
+    b = Cache(tmp_path, on_event=lambda s, m: events.append((s, m))).run("s", [], {}, _writer("hello world", calls), tools={})
+    assert not b.cached and len(calls) == 2 and b.file.read_text() == "hello world"
+    assert len(events) == 1 and "discarded" in events[0][1]
+    c = Cache(tmp_path).run("s", [], {}, _writer("other", calls), tools={})
+    assert c.cached and c.file.read_text() == "hello world" and len(calls) == 2
+
+
+def test_rebuild_replaces_a_valid_entry_once(tmp_path):
+    calls: list = []
+    Cache(tmp_path).run("s", [], {}, _writer("a", calls), tools={})
+    cache = Cache(tmp_path, rebuild=("s",))
+    b = cache.run("s", [], {}, _writer("b", calls), tools={})
+    c = cache.run("s", [], {}, _writer("c", calls), tools={})
+    assert not b.cached and c.cached and c.file.read_text() == "b" and len(calls) == 2
+    assert Cache(tmp_path, rebuild=("other",)).run("s", [], {}, _writer("d", calls), tools={}).cached
+
+
+def _slow_build(root: str, text: str, started: str) -> str:
+    import time as _time
+    from pathlib import Path as _Path
+
+    def produce(tmp):
+        _Path(started).touch()
+        _time.sleep(1.0)
+        (tmp / "out.txt").write_text(text)
+        return StageResult(["out.txt"])
+
+    a = Cache(_Path(root), on_event=lambda s, m: None).run("s", [], {}, produce, tools={})
+    return f"{a.cached}:{a.file.read_text()}"
+
+
+def test_concurrent_builds_of_one_key_do_the_work_once(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    starts = [tmp_path / f"started{i}" for i in range(3)]
+    with ProcessPoolExecutor(3) as pool:
+        results = list(pool.map(_slow_build, [str(tmp_path / "c")] * 3, ["x", "y", "z"], [str(s) for s in starts]))
+    assert sum(s.exists() for s in starts) == 1, "exactly one process built the entry"
+    built = [r for r in results if r.startswith("False:")]
+    assert len(built) == 1 and all(r == f"True:{built[0][6:]}" for r in results if r not in built)
+
+
+def test_a_killed_builders_temp_folder_is_removed_by_the_next_build(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    stale = tmp_path / "s" / f".tmp-0123456789ab-{pid}-deadbeef"
+    stale.mkdir(parents=True)
+    (stale / "half.bin").write_bytes(b"x")
+    mine = tmp_path / "s" / f".tmp-0123456789ab-{os.getpid()}-cafebabe"  # a live owner: kept
+    mine.mkdir()
+    Cache(tmp_path).run("s", [], {"x": 1}, _writer("ok", []), tools={})
+    assert not stale.exists() and mine.exists()
