@@ -207,7 +207,7 @@ def measure(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray] | No
 def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir: Path | None, timing_images: int,
               cache_dir: Path, only: set[str] | None = None, limit: int | None = None,
               passes: str = "both") -> list[dict[str, Any]]:
-    """Measure every batch-1 run of the suite; write results.json/md into `out` (engines go to the cache).
+    """Measure every batch-1 run of the suite; write results.json/md into `out` (engines go to arc-engines/ beside the cache).
 
     passes: "both", "accuracy" (mAP only: may share the machine) or "timing" (times only, on a quiet machine;
     the mAP of an earlier accuracy pass in `out`/results.json is kept)."""
@@ -251,7 +251,7 @@ def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir
                 built = build_engine(BuildConfig(
                     run.model, target=run.target, precision=run.precision, weights=run.weights,
                     calib=Path(run.dataset) if run.dataset else None, calib_size=suite.calib_size, dynamic_batch=kind == "rcnn",
-                    input_size=run.input_size, out=cache_dir / "arc-engines" / f"{run.model}-{run.target}-{run.precision}",
+                    input_size=run.input_size, out=cache_dir.parent / "arc-engines" / f"{run.model}-{run.target}-{run.precision}",
                     cache_dir=cache_dir, record_int8_tolerance=True, latency_budget_s=1.0))
                 eng = next(a for a in built.stages if a.stage == "engine")
                 row["verify_cosine"] = eng.metrics.get("verify", {}).get("cosine")
