@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -269,12 +269,23 @@ def _si(n: float) -> str:
 
 
 def main() -> None:
-    app()
+    _guarded(app)
 
 
 def build_engine_main() -> None:
     """`build-engine MODEL ...`: the same as `enginesmith build MODEL ...`."""
-    typer.run(build)
+    _guarded(lambda: typer.run(build))
+
+
+def _guarded(run: Callable[[], object]) -> None:
+    """Any command: a filesystem error that escaped it (disk full, read-only, a folder removed meanwhile) is
+    one line and exit 2, not a traceback."""
+    try:
+        run()
+    except OSError as e:
+        e2 = _os_error(e)
+        console.print(f"[bold red]error:[/] {escape(str(e2))}", highlight=False, soft_wrap=True)
+        sys.exit(e2.exit_code)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from enginesmith.benchmarks.detection_metrics import Predictions
 from enginesmith.benchmarks.predict import EVAL_IOU_THRESHOLD as EVAL_NMS_IOU
 from enginesmith.benchmarks.predict import EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
 from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.manifest import engine_info
 from enginesmith.runtime.preprocess import PreprocessSpec
 
 DEFAULT_BATCH = 8
@@ -123,6 +124,7 @@ def engine_predictor(folder: Path, batch_size: int = DEFAULT_BATCH, **post: Any)
             f"{folder} has no manifest.json, so it is not an engine folder; give a folder made by "
             "`enginesmith build-engine` (e.g. build/MODEL/TARGET-PRECISION) or a registered model name"
         )
+    engine_info(folder)  # untrusted input: schema marker, every field's type, engine file inside the folder
     try:
         manifest = json.loads(mpath.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -368,6 +370,8 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
     (benchmarks/proposal_arc.py) on the split's selective-search proposals (data/proposals.py, cached)."""
     from enginesmith.benchmarks.proposal_arc import two_stage_target
 
+    if (Path(target) / "manifest.json").is_file():
+        engine_info(target)  # an engine folder is checked before anything reads it (two_stage_target too)
     host = two_stage_target(target, weights)
     if host is not None:
         try:

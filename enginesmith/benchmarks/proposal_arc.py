@@ -88,11 +88,9 @@ def two_stage_target(target: str | Path, weights: Path | None = None) -> HostMod
 
     path = Path(target)
     if (path / "manifest.json").is_file():
-        try:
-            manifest = json.loads((path / "manifest.json").read_text())
-        except (OSError, ValueError):
-            return None  # the usual engine reader gives the error
-        return engine_host_model(path) if manifest.get("two_stage") else None
+        from enginesmith.runtime.manifest import engine_info
+
+        return engine_host_model(path) if engine_info(path).raw.get("two_stage") else None  # validated manifest
     if path.is_file():
         name = str(read_checkpoint_info(path).get("model") or "")
         weights = path

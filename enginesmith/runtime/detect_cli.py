@@ -33,10 +33,20 @@ def _load(engine: Path, task: str, **kwargs: Any) -> Any:
     return load(engine, **kwargs)
 
 
+def _skip(path: Path, reason: str) -> None:
+    """One line per image that could not be decoded, as it is skipped (with the per-image results, stdout)."""
+    _out.print(f"{path}: skipped: {reason}", markup=False)
+
+
 def _finish(summary: Any, what: str, out_dir: Path) -> None:
     _out.print(f"{summary.timed_images} images, {what}: {summary.fps:.1f} FPS (preprocess + inference + "
                f"post-processing; decoding and drawing excluded)")
-    _err.print(f"drawn images and {summary.json_path.name} written to [bold]{out_dir}[/]", highlight=False)
+    if summary.skipped:
+        n = len(summary.skipped)
+        _out.print(f"{n} image{'s' if n != 1 else ''} skipped (could not be decoded; listed under \"skipped\" in "
+                   f"{summary.json_path.name})", markup=False)
+    _err.print(f"drawn images and {summary.json_path.name} written to [bold]{escape(str(out_dir))}[/]",
+               highlight=False)
 
 
 def detect(
@@ -50,7 +60,8 @@ def detect(
     proposals: Optional[Path] = typer.Option(None, "--proposals", help="R-CNN / Fast R-CNN, one image: its proposals "
                                              "(.npy or text rows x1 y1 x2 y2, image pixels) instead of selective search"),
 ) -> None:
-    """Detect objects in images with a built engine: drawn copies, detections.json, and the FPS."""
+    """Detect objects in images with a built engine: drawn copies, detections.json, and the FPS. Images that
+    cannot be decoded are skipped and reported."""
     from enginesmith.runtime.engine import DetectorConfig
     from enginesmith.runtime.files import collect_images, detect_files
 
@@ -68,10 +79,13 @@ def detect(
                 from enginesmith.runtime.two_stage import with_proposals
 
                 detector = with_proposals(detector, proposals, files)
-            summary = detect_files(detector, files, out_dir, show)
+            summary = detect_files(detector, files, out_dir, show, _skip)
     except EnginesmithError as e:
         _err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code)
+    except KeyboardInterrupt:
+        _err.print("[bold red]interrupted[/]: the run did not finish (its results JSON is written only when it does)")
+        raise typer.Exit(130)
     total = sum(len(r["detections"]) for r in summary.images)
     _finish(summary, f"{total} detections", out_dir)
 
@@ -92,8 +106,11 @@ def classify(
     try:
         files = collect_images(images)
         with _load(engine, "classification", top_k=top_k) as classifier:
-            summary = classify_files(classifier, files, out_dir, show)
+            summary = classify_files(classifier, files, out_dir, show, _skip)
     except EnginesmithError as e:
         _err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code)
+    except KeyboardInterrupt:
+        _err.print("[bold red]interrupted[/]: the run did not finish (its results JSON is written only when it does)")
+        raise typer.Exit(130)
     _finish(summary, f"top-{top_k}", out_dir)

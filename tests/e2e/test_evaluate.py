@@ -245,6 +245,7 @@ def test_clear_errors(tmp_path, voc, yolo, lenet, monkeypatch):
     bad = tmp_path / "dense"
     bad.mkdir()
     (bad / "manifest.json").write_text(json.dumps({**manifest, "task": "dense", "model": "unet"}))
+    shutil.copy(engine / manifest["engine"], bad / manifest["engine"])  # a whole engine folder, of a task eval lacks
     with pytest.raises(EnginesmithError, match="dense engine"):
         predictor_for(bad)
     with pytest.raises(EnginesmithError, match="80 classes but dataset .* has 4"):

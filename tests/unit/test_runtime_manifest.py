@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from enginesmith.errors import EnginesmithError
-from enginesmith.runtime.manifest import (check_runnable, check_tensorrt_compat, engine_info, read_manifest,
-                                          recorded_tensorrt)
+from enginesmith.runtime.manifest import (ENGINE_SCHEMA, SCHEMA_VERSION, check_runnable, check_tensorrt_compat,
+                                          engine_info, is_engine_folder, read_manifest, recorded_tensorrt)
 
 REPO = Path(__file__).resolve().parents[2]
 PREPROCESS = {"color": "RGB", "crop_fraction": 0.875, "input_size": [64, 64], "mean": [0, 0, 0], "pad_value": 114,
@@ -24,7 +24,8 @@ PREPROCESS = {"color": "RGB", "crop_fraction": 0.875, "input_size": [64, 64], "m
 def _engine(folder: Path, **overrides) -> Path:
     """A folder laid out as `enginesmith build` writes it (manifest keys as pipeline/run.py writes them)."""
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = {"model": "yolov3-tiny", "task": "detection", "target": "onnxruntime", "precision": "fp32",
+    manifest = {"schema": ENGINE_SCHEMA, "schema_version": SCHEMA_VERSION,
+                "model": "yolov3-tiny", "task": "detection", "target": "onnxruntime", "precision": "fp32",
                 "engine": "model.onnx", "input": {"name": "images", "shape": [1, 3, 64, 64]},
                 "outputs": ["detections", "num_detections", "boxes", "scores"], "nms": "engine",
                 "preprocess": PREPROCESS, "class_names": ["a", "b"], "trained": False,
@@ -53,6 +54,7 @@ def test_reads_what_the_runtime_needs(tmp_path):
     dyn = engine_info(_engine(tmp_path / "d", input={"name": "images", "shape": ["batch", 3, 64, 64]}))
     assert dyn.batch is None
     assert engine_info(tmp_path / "e" / "manifest.json").folder == tmp_path / "e"  # the manifest path works too
+    assert is_engine_folder(tmp_path / "e") and is_engine_folder(tmp_path / "d")
 
 
 def test_not_an_engine_folder(tmp_path):
@@ -75,8 +77,16 @@ def test_not_an_engine_folder(tmp_path):
     stage = tmp_path / "stage"
     stage.mkdir()
     (stage / "manifest.json").write_text(json.dumps({"stage": "export", "files": ["model.onnx"]}))  # a cache stage
-    with pytest.raises(EnginesmithError, match="lacks task, target, engine, input, preprocess"):
+    with pytest.raises(EnginesmithError, match=r"not an enginesmith engine folder.*\(no schema marker") as e:
         engine_info(stage)
+    _one_line(e)
+    assert not is_engine_folder(stage) and not is_engine_folder(bad) and not is_engine_folder(tmp_path / "photos")
+    marked = {"schema": ENGINE_SCHEMA, "schema_version": SCHEMA_VERSION, "stage": "export", "files": ["model.onnx"]}
+    (stage / "manifest.json").write_text(json.dumps(marked))  # marked, but without an engine's fields
+    with pytest.raises(EnginesmithError, match="lacks task, target, precision, engine, input, outputs, preprocess, "
+                       "class_names") as e:
+        engine_info(stage)
+    _one_line(e)
 
 
 def test_missing_engine_file_and_unknown_entries(tmp_path):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.manifest import ENGINE_SCHEMA, SCHEMA_VERSION
 from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
 from enginesmith.runtime.region_warp import context_pad, mean_pixel, warp_regions
 from enginesmith.runtime.two_stage import (FixedProposals, TwoStageDetector, detect_from_raw, fast_rcnn_raw, rcnn_raw,
@@ -307,7 +308,8 @@ def _folder(root: Path, onnx: Path, model: str, kind: str, spec: PreprocessSpec,
             names: tuple[str, ...], **extra: Any) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(onnx, root / "model.onnx")
-    manifest = {"model": model, "task": "detection", "target": "onnxruntime", "precision": "fp32",
+    manifest = {"schema": ENGINE_SCHEMA, "schema_version": SCHEMA_VERSION,
+                "model": model, "task": "detection", "target": "onnxruntime", "precision": "fp32",
                 "engine": "model.onnx", "input": {"name": "images", "shape": shape}, "outputs": outputs, "nms": "host",
                 "preprocess": spec.to_dict(), "class_names": list(names), "trained": False,
                 "two_stage": {"kind": kind, "proposals": {"method": "selective-search", "mode": "fast",
