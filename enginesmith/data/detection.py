@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from enginesmith.errors import EnginesmithError
+
 
 @dataclass(frozen=True)
 class DetectionSample:
@@ -30,6 +32,7 @@ class DetectionSample:
     boxes: np.ndarray
     labels: np.ndarray
     difficult: np.ndarray
+    annotation: Path | None = None  # the file that states width/height and the boxes (VOC xml, COCO json)
 
     def __post_init__(self) -> None:
         assert self.boxes.shape == (len(self.labels), 4), self.boxes.shape
@@ -52,7 +55,17 @@ class DetectionDataset:
         return self.samples[i]
 
     def load_image(self, i: int) -> np.ndarray:
-        """Image i as HxWx3 uint8 RGB."""
+        """Image i as HxWx3 uint8 RGB; an image whose decoded size is not the width x height its annotation states
+        (which its boxes were checked against) is a one-line EnginesmithError naming both."""
         from enginesmith.runtime.preprocess import load_image
 
-        return load_image(self.samples[i].image_path)
+        s = self.samples[i]
+        image = load_image(s.image_path)
+        h, w = image.shape[:2]
+        if (w, h) != (s.width, s.height):
+            where = s.annotation or self.root
+            raise EnginesmithError(
+                f"{where} says image {s.image_path} is {s.width}x{s.height}, but it decodes to {w}x{h}; fix the "
+                "annotation's size (its boxes were checked against it) or the image"
+            )
+        return image

@@ -41,6 +41,12 @@ PHOTO_FILES: tuple[str, ...] = (
 
 GENERATOR_NAME = "skimage-photos-v1"
 
+# The most images build-engine calibrates on from this generated set (--calib-size; pipeline/run.py validate()).
+# Past it, more random crops of the same 15 photographs add no information to activation ranges (NNCF's default
+# calibration subset is 300 images, TensorRT's guide suggests ~500), and each image is a forward pass per
+# statistics pass: 1000 images of yolov3 at 416 are minutes of CPU already, 10^9 would never finish.
+MAX_CALIBRATION_PHOTOS = 1000
+
 
 def _data_dir() -> Path:
     try:
@@ -60,8 +66,10 @@ def skimage_version() -> str:
 
 @lru_cache(maxsize=1)
 def base_photos() -> tuple[np.ndarray, ...]:
-    """The base photographs, each (H, W, 3) uint8 RGB, read from the installed wheel (cached)."""
-    from PIL import Image
+    """The base photographs, each (H, W, 3) uint8 RGB, read from the installed wheel (cached) by the runtime's
+    decoder (runtime/images.py: the same pixels as Pillow's convert("RGB") for these RGB and gray files, and its
+    refusals of unreadable files and decompression bombs)."""
+    from enginesmith.runtime.images import read_image_file
 
     folder = _data_dir()
     out = []
@@ -72,8 +80,7 @@ def base_photos() -> tuple[np.ndarray, ...]:
                 f"built-in photo {path} is missing from the scikit-image install; reinstall scikit-image "
                 "or pass --calib FOLDER"
             )
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
+        arr = read_image_file(path)
         arr.setflags(write=False)
         out.append(arr)
     return tuple(out)

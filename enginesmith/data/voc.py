@@ -9,6 +9,9 @@ Layout (what `read_voc` expects under `root`):
 
 Boxes: VOC's 1-based inclusive (xmin, ymin, xmax, ymax) <-> (xmin - 1, ymin - 1, xmax, ymax)
 continuous pixels (see detection.py). A missing <difficult> is 0. XML is parsed with defusedxml.
+Each image's header is read when its annotation is (no pixels decoded): a <size> that differs from the
+real image is an error naming both (a lying <size> would let boxes outside the image through; 0 x 0 means
+"take the header's"), and a decompression bomb is refused before any work starts.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from enginesmith.data.detection import DetectionDataset, DetectionSample
 from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.images import image_file_size
 
 BOX_TOLERANCE_PX = 1.0  # a box may poke this far past the image border (rounding in real annotations)
 BOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
@@ -131,8 +135,15 @@ def parse_annotation(
     if size is not None and size.findtext("width") is not None:
         width = int(_number(size.findtext("width"), "size/width", xml_path))
         height = int(_number(size.findtext("height"), "size/height", xml_path))
-    if width <= 0 or height <= 0:  # some real VOC files carry 0 x 0: take the size from the image header
-        width, height = _image_size(image_path)
+    # the image's own header (no pixels decoded; decompression bombs refused) is the truth the boxes are checked
+    # against: a <size> that lies would let boxes outside the real image through
+    real_w, real_h = image_file_size(image_path)
+    if width > 0 and height > 0 and (width, height) != (real_w, real_h):
+        raise EnginesmithError(
+            f"annotation {xml_path}: <size> says {width}x{height} but the image {image_path} is {real_w}x{real_h}; "
+            "fix <size> (and check its boxes) or the image"
+        )
+    width, height = real_w, real_h  # some real VOC files carry 0 x 0: the header's size then
 
     boxes, labels, difficult = [], [], []
     for k, obj in enumerate(tree.findall("object")):
@@ -162,6 +173,7 @@ def parse_annotation(
         boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         labels=np.asarray(labels, dtype=np.int64),
         difficult=np.asarray(difficult, dtype=bool),
+        annotation=xml_path,
     )
 
 
@@ -175,16 +187,6 @@ def check_box(box: Sequence[float], width: int, height: int, where: str) -> None
         raise EnginesmithError(
             f"{where}: box x1,y1,x2,y2 = {x1:g},{y1:g},{x2:g},{y2:g} lies outside the {width}x{height} image"
         )
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return int(im.width), int(im.height)
-    except (UnidentifiedImageError, OSError) as e:
-        raise EnginesmithError(f"cannot read image {path}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------- writer

@@ -17,9 +17,29 @@ from enginesmith.runtime.preprocess import PreprocessSpec
 
 Task = Literal["classification", "detection", "dense"]
 
+# A plain ceiling on each side of an input, checked before anything else looks at the size (even the memory
+# estimate, models/memory.py): the largest native input in the zoo is 800x800 and no model here gains from 10x
+# that. 8192 x 8192 x 3 float32 is already 768 MiB for the input tensor alone.
+MAX_INPUT_SIDE = 8192
+
+
+def check_input_side(size: tuple[int, ...], native: tuple[int, ...] | None = None) -> None:
+    """Each side at least 1 and at most MAX_INPUT_SIDE pixels; else a one-line EnginesmithError (`native`: the
+    model's own size, suggested in the message)."""
+    dims = tuple(int(d) for d in size)
+    text = "x".join(str(d) for d in dims)
+    hint = f"drop --input-size for the model's native {'x'.join(str(d) for d in native)}" if native else \
+        "e.g. --input-size 416x416"
+    if any(d < 1 for d in dims):
+        raise EnginesmithError(f"input size {text} has a side of 0 pixels; {hint}")
+    if any(d > MAX_INPUT_SIDE for d in dims):
+        raise EnginesmithError(f"input size {text} is over {MAX_INPUT_SIDE} pixels a side, the most enginesmith "
+                               f"builds; give each side at most {MAX_INPUT_SIDE} ({hint})")
+
+
 # Modules of enginesmith.models that are not model families; every other module is imported (once,
 # the first time the registry is read) and registers its models itself.
-NOT_FAMILIES = {"registry", "ops", "profile", "catalog", "training", "weights", "classes"}
+NOT_FAMILIES = {"registry", "ops", "profile", "catalog", "training", "weights", "classes", "memory"}
 
 
 @dataclass(frozen=True)
@@ -52,12 +72,17 @@ class ModelSpec:
     source_file: str = ""  # the family file, hashed into the export cache key
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
+    def check_size(self, size: tuple[int, int]) -> None:
+        """The plain ceiling (check_input_side), then what the architecture takes (check_input_size)."""
+        check_input_side(size, self.input_size)
+        self.check_input_size(tuple(int(s) for s in size))  # type: ignore[arg-type]
+
     def create(self, num_classes: int | None = None, input_size: tuple[int, int] | None = None, seed: int = 0):
         """Build the network (eval mode), seeded so the untrained weights are reproducible."""
         import torch
 
         size = tuple(input_size or self.input_size)
-        self.check_input_size(size)  # type: ignore[arg-type]
+        self.check_size(size)  # type: ignore[arg-type]
         torch.manual_seed(seed)
         model = self.builder(num_classes=num_classes or self.num_classes, input_size=size)
         return model.eval()

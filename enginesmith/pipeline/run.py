@@ -162,19 +162,77 @@ def validate(config: BuildConfig):
     if spec.extra.get("static_batch") and (config.dynamic_batch or config.batch != 1):
         raise EnginesmithError(f"{spec.name} is exported with batch 1 only (its proposal stage is per image); "
                                "drop --batch/--dynamic-batch")
+    if config.num_classes is not None and config.num_classes < 1:
+        raise EnginesmithError(f"--num-classes must be at least 1, got {config.num_classes}; drop it for "
+                               f"{spec.name}'s own {spec.num_classes} (or the checkpoint's)")
     if config.calib_size < 1:
         raise EnginesmithError(f"--calib-size must be at least 1, got {config.calib_size}")
     if config.calib_size < config.batch:
         raise EnginesmithError(f"--calib-size {config.calib_size} is smaller than --batch {config.batch}")
-    spec.check_input_size(tuple(config.input_size or spec.input_size))
-    if config.weights is not None and not Path(config.weights).is_file():
-        raise EnginesmithError(f"weights file not found: {config.weights}")
+
+    # --calib-size against what the calibration source can give: a finite source's image count, the generated
+    # photos' MAX_CALIBRATION_PHOTOS. The default size (64) on a smaller folder stays "use them all" (a warning in
+    # the report): only an explicit larger number is refused (explicit 64 cannot be told apart from the default).
+    from enginesmith.data.offline_photos import MAX_CALIBRATION_PHOTOS
+
     if config.calib is not None:
         from enginesmith.calibration.sources import is_detection_dataset
         from enginesmith.data.image_folder import list_images
+        from enginesmith.runtime.images import image_file_size
 
-        if not is_detection_dataset(Path(config.calib)):
-            list_images(Path(config.calib))
+        if is_detection_dataset(Path(config.calib)):
+            from enginesmith.data.datasets import open_dataset
+
+            paths = [Path(s.image_path) for s in open_dataset(Path(config.calib), "train").samples]
+            source = f"the train split of {config.calib}"
+        else:
+            paths, source = list_images(Path(config.calib)), f"calibration folder {config.calib}"
+        available = len(paths)
+        fix = f"give --calib-size {available} or fewer, or add images"
+        for path in paths[: config.calib_size]:  # headers only: unreadable files and decompression bombs, now
+            image_file_size(path)
+    elif spec.default_calibration == "digits":
+        from enginesmith.data.digits import load_digits_32
+
+        available, source = len(load_digits_32(config.seed).train_images), "the built-in digits training split"
+        fix = f"give --calib-size {available} or fewer, or --calib FOLDER with more images"
+    else:
+        available = MAX_CALIBRATION_PHOTOS
+        source = "the built-in photos give (augmented crops of 15 photographs add nothing past that)"
+        fix = f"give --calib-size {available} or fewer, or --calib FOLDER with your own images"
+    default_calib_size = BuildConfig.__dataclass_fields__["calib_size"].default
+    if config.calib_size > available and (config.calib_size != default_calib_size or config.calib is None):
+        raise EnginesmithError(f"--calib-size {config.calib_size} is more than {source}: {available} images; {fix}")
+
+    # the checkpoint's metadata (one line naming the file and the field when malformed), then the size and class
+    # count the build will use (the same precedence as _Build: option, checkpoint, model)
+    from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
+
+    if config.weights is not None and not Path(config.weights).exists():
+        raise EnginesmithError(f"weights file not found: {config.weights}")
+    info = read_checkpoint_info(Path(config.weights)) if config.weights is not None else {}
+    num_classes = int(config.num_classes or info.get("num_classes") or spec.num_classes)
+    size = tuple(config.input_size or info.get("input_size") or spec.input_size)
+    spec.check_size(size)  # a plain ceiling on each side first, then what the architecture takes
+
+    # the network on PyTorch's meta device (shapes only, no memory): the weights file is checked against it and
+    # the build's peak memory estimated from it, before anything is allocated (models/memory.py)
+    from enginesmith.models.memory import check_build_fits, meta_model
+
+    try:
+        meta = meta_model(spec, num_classes, size)
+    except EnginesmithError:
+        raise
+    except Exception as e:  # every registered model builds on meta at its defaults (tests): these settings do not
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EnginesmithError(f"cannot build {spec.name} with {num_classes} classes at {size[0]}x{size[1]}: {first}; "
+                               "check --num-classes and --input-size") from None
+    if config.weights is not None:
+        from enginesmith.models.weights import check_weights_file
+
+        check_weights_file(meta, Path(config.weights), spec.load_weights)
+    check_build_fits(spec, size, config.batch, num_classes, config.dynamic_batch, model=meta)
+
     if config.val is not None and not Path(config.val).exists() and str(config.val) != "digits":
         raise EnginesmithError(f"--val {config.val}: no such file or folder; give a VOC folder, a COCO json or a "
                                "folder of class subfolders")

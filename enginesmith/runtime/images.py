@@ -12,12 +12,19 @@ Accepted: a path (str or Path) to a file Pillow decodes, a PIL image, or a numpy
 - Floating-point or other dtypes are refused: scale them to uint8 yourself (the rule would be a guess).
 - Files are decoded as stored (EXIF orientation is not applied); the pipeline's `load_image`
   (runtime/preprocess.py) is this function, so boxes are in the pixel grid of the stored image.
+- Files whose header claims more than MAX_IMAGE_PIXELS (Pillow's default limit, ~89 megapixels) are refused
+  before any pixel is decoded (decompression bombs), as are empty and undecodable files: one-line
+  EnginesmithErrors naming the file. `decode_image_bytes` applies the same rules to bytes already read.
 """
 
 from __future__ import annotations
 
+import io
+import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Iterator, Literal, Union
 
 import numpy as np
 
@@ -73,24 +80,95 @@ def _pil_to_rgb(im: Any, what: str) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
 
 
-def read_image_file(path: str | Path) -> np.ndarray:
-    """Decode an image file -> (H, W, 3) uint8 RGB. Missing or undecodable: a one-line EnginesmithError."""
-    from PIL import Image, UnidentifiedImageError
+# Pillow's own default (Image.MAX_IMAGE_PIXELS: 1024**3 // 4 // 3 pixels, ~0.25 GiB of 24-bit RGB), held here so a
+# program that lowers or disables Pillow's limit does not change what enginesmith decodes. A file whose header
+# claims more is refused before any pixel is decoded (a decompression bomb: a small PNG can claim 50000x50000).
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+_MAX_SIDE = int(MAX_IMAGE_PIXELS**0.5)
+DECODABLE = "give a readable JPEG/PNG/BMP/TIFF/WebP file"
 
+
+def _bomb_error(what: str, pixels: int, size: tuple[int, int] | None = None) -> EnginesmithError:
+    dims = f"{size[0]}x{size[1]} = " if size else ""
+    return EnginesmithError(
+        f"image {what} claims {dims}{pixels:,} pixels, over the {MAX_IMAGE_PIXELS:,} (about {_MAX_SIDE}x{_MAX_SIDE}) enginesmith "
+        f"decodes: a decompression bomb or a mislabelled file; {DECODABLE} of at most that size"
+    )
+
+
+@contextmanager
+def _opened(source: Any, what: str) -> Iterator[Any]:
+    """Pillow's image for `source` (a path or a binary file object), its header checked (size within
+    MAX_IMAGE_PIXELS, not empty) before the caller decodes any pixel; any failure inside the block, the decode
+    included, becomes a one-line EnginesmithError naming `what`."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns between its limit and twice it and raises above: both are refusals here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise _bomb_error(what, w * h, (w, h))
+                if w == 0 or h == 0:
+                    raise EnginesmithError(f"image {what} is empty ({w}x{h} pixels); {DECODABLE}")
+                yield im
+    except EnginesmithError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _bomb_error(what, int(found.group(1)) if found else MAX_IMAGE_PIXELS + 1) from None
+    except MemoryError:
+        raise EnginesmithError(f"image {what} is too large to decode in the memory available; {DECODABLE}") from None
+    except Image.UnidentifiedImageError:  # its text names the file object; say it the same way for path and bytes
+        raise EnginesmithError(f"cannot decode image {what}: not an image format Pillow reads; {DECODABLE}") from None
+    except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, EOFError, struct.error... on bad data
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EnginesmithError(f"cannot decode image {what}: {reason}; {DECODABLE}") from None
+
+
+def _decode(source: Any, what: str) -> np.ndarray:
+    """Decode `source` (a path or a binary file object) -> (H, W, 3) uint8 RGB by the module's rule."""
+    with _opened(source, what) as im:
+        im.load()
+        return _pil_to_rgb(im, what)
+
+
+def _checked_file(path: str | Path) -> Path:
     p = Path(path)
     if not p.is_file():
         raise EnginesmithError(f"image not found: {p}; give the path of an image file")
     try:
-        with Image.open(p) as im:
-            im.load()
-            return _pil_to_rgb(im, str(p))
-    except EnginesmithError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # Pillow raises all of these on bad data
-        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EnginesmithError(
-            f"cannot decode image {p}: {reason}; give a readable JPEG/PNG/BMP/TIFF/WebP file"
-        ) from None
+        empty = p.stat().st_size == 0
+    except OSError as e:
+        raise EnginesmithError(f"cannot read image {p}: {e.strerror or e}") from None
+    if empty:
+        raise EnginesmithError(f"cannot decode image {p}: the file is empty (0 bytes); {DECODABLE}")
+    return p
+
+
+def decode_image_bytes(data: bytes, what: str) -> np.ndarray:
+    """Decode the bytes of an image file (already read, e.g. to hash them) -> (H, W, 3) uint8 RGB, by exactly the
+    rules and refusals of read_image_file; `what` names the source in error messages (e.g. its path)."""
+    if not data:
+        raise EnginesmithError(f"cannot decode image {what}: the file is empty (0 bytes); {DECODABLE}")
+    return _decode(io.BytesIO(data), what)
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """Decode an image file -> (H, W, 3) uint8 RGB. Missing, undecodable or over MAX_IMAGE_PIXELS (a decompression
+    bomb): a one-line EnginesmithError naming the file."""
+    p = _checked_file(path)
+    return _decode(p, str(p))
+
+
+def image_file_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from an image file's header, no pixel decoded, with read_image_file's refusals (missing,
+    unreadable, decompression bomb)."""
+    p = _checked_file(path)
+    with _opened(p, str(p)) as im:
+        return int(im.width), int(im.height)
 
 
 def to_rgb(image: ImageLike, channels: Channels = "RGB") -> np.ndarray:

@@ -166,3 +166,62 @@ def test_bad_layout(tmp_path: Path, broken: str) -> None:
         (root / "ImageSets" / "Main" / "test.txt").write_text("a\nzzz\n")
     with pytest.raises(EnginesmithError, match=named):
         read_voc(target, "test")
+
+
+# ----------------------------------------------------------------------------- <size> vs the real image
+def test_size_that_lies_about_the_image_is_refused(tmp_path: Path) -> None:
+    """<size> says 400x300 but the JPEG is 100x80: a box at x 200..380 would pass a check against the claimed size
+    and lie outside the real image. The reader compares with the image header and names both sizes."""
+    root = _voc(tmp_path / "voc", {"000000": _xml("000000.jpg", 400, 300, _obj("dog", 200, 150, 380, 290))})
+    with pytest.raises(EnginesmithError) as e:
+        read_voc(root, "test")
+    msg = str(e.value)
+    assert "000000.xml" in msg and "400x300" in msg and "100x80" in msg and "\n" not in msg
+
+
+def test_size_zero_takes_the_header_and_boxes_are_checked_against_it(tmp_path: Path) -> None:
+    root = _voc(tmp_path / "voc", {"a": _xml("a.jpg", 0, 0, _obj("dog", 10, 10, 50, 40))}, sizes={"a": (64, 48)})
+    s = read_voc(root, "test")[0]
+    assert (s.width, s.height) == (64, 48) and s.annotation == root / "Annotations" / "a.xml"
+    bad = _voc(tmp_path / "voc2", {"a": _xml("a.jpg", 0, 0, _obj("dog", 10, 10, 90, 50))}, sizes={"a": (64, 48)})
+    with pytest.raises(EnginesmithError, match="outside the 64x48 image"):
+        read_voc(bad, "test")
+
+
+def test_decompression_bomb_in_jpegimages_refused_at_load(tmp_path: Path) -> None:
+    from test_runtime_images import png_claiming
+
+    root = _voc(tmp_path / "voc", {"a": _xml("a.png", 50000, 50000, GOOD)})
+    (root / "JPEGImages" / "a.png").write_bytes(png_claiming(50000, 50000))
+    with pytest.raises(EnginesmithError) as e:
+        read_voc(root, "test")
+    assert "a.png" in str(e.value) and "decompression bomb" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_image_replaced_after_loading_is_caught_when_decoded(tmp_path: Path) -> None:
+    """The decode-time check (DetectionDataset.load_image) for any reader: here the file changes after read_voc."""
+    root = _voc(tmp_path / "voc", {"a": _xml("a.jpg", 100, 80, GOOD)})
+    ds = read_voc(root, "test")
+    assert ds.load_image(0).shape == (80, 100, 3)
+    _image(root / "JPEGImages" / "a.jpg", 120, 90)
+    with pytest.raises(EnginesmithError) as e:
+        ds.load_image(0)
+    msg = str(e.value)
+    assert "a.xml" in msg and "100x80" in msg and "120x90" in msg and "\n" not in msg
+
+
+def test_coco_size_that_lies_is_caught_when_decoded(tmp_path: Path) -> None:
+    import json
+
+    from enginesmith.data.coco import read_coco
+
+    _image(tmp_path / "images" / "a.jpg", 100, 80)
+    ann = tmp_path / "instances_val.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 400, "height": 300}],
+                               "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [200, 150, 150, 100]}],
+                               "categories": [{"id": 1, "name": "dog"}]}))
+    ds = read_coco(ann)
+    with pytest.raises(EnginesmithError) as e:
+        ds.load_image(0)
+    msg = str(e.value)
+    assert str(ann) in msg and "400x300" in msg and "100x80" in msg

@@ -226,3 +226,144 @@ def test_load_weights_dispatch(tmp_path: Path) -> None:
     load_weights(dst, toy, darknet_ok=True)
     assert torch.equal(dst.head.weight, _toy(5).head.weight)
     np.testing.assert_array_equal(dst.b0.running_var.numpy(), _toy(5).b0.running_var.numpy())
+
+
+# ----------------------------------------------------------------------------------- hostile files
+def _yolo_tiny_meta():
+    from enginesmith.models.memory import meta_model
+
+    spec = registry.get("yolov3-tiny-256")
+    return spec, meta_model(spec, spec.num_classes, spec.input_size)
+
+
+def test_darknet_size_checked_before_reading_a_12_gib_file(tmp_path: Path) -> None:
+    """A sparse 12 GiB file (no disk used): refused from its size alone, fast, both by the pre-check on a meta model
+    and by the loader, which therefore never reads it (reading 12 GiB would take far longer and MemoryError)."""
+    import os
+    import time
+
+    from enginesmith.models.weights.darknet import check_darknet_file
+
+    f = tmp_path / "huge.weights"
+    with open(f, "wb") as fh:
+        fh.write(struct.pack("<3iq", 0, 2, 0, 0))
+        fh.truncate(12 * 2**30)
+    assert os.stat(f).st_size == 12 * 2**30
+    spec, meta = _yolo_tiny_meta()
+    t0 = time.perf_counter()
+    with pytest.raises(EnginesmithError) as pre:
+        check_darknet_file(meta, f)
+    model = spec.create()
+    with pytest.raises(EnginesmithError) as load:
+        spec.load_weights(model, f)
+    assert time.perf_counter() - t0 < 30  # reading the file would be minutes of I/O, not a stat
+    for e in (pre, load):
+        msg = str(e.value)
+        assert str(f) in msg and "more weights than the model" in msg and "12.00 GiB" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "is empty (0 bytes), not Darknet weights"),
+    (b"0.25 0.5 -1.0\n0.75 1.0 2.0\n" * 10, "is a text file (it starts with '0.25 0.5 -1.0'), not Darknet weights"),
+    (struct.pack("<3iq", 0, 2, 0, 123), "hold only the 20-byte header and no weights"),
+])
+def test_darknet_empty_text_and_header_only_files(tmp_path: Path, content: bytes, words: str) -> None:
+    f = tmp_path / "bad.weights"
+    f.write_bytes(content)
+    dst = _toy(1)
+    with pytest.raises(EnginesmithError) as e:
+        load_weights(dst, f, darknet_ok=True)
+    msg = str(e.value)
+    assert words in msg and str(f) in msg and "\n" not in msg
+    assert "a Darknet .weights file is binary" in msg  # says what the file should have been
+
+
+def test_darknet_streaming_read_is_exact(tmp_path: Path) -> None:
+    """The streamed reader gives the same tensors as the documented layout, for the 16-byte header too."""
+    src = _toy(7)
+    f = tmp_path / "toy.weights"
+    _write_reference_file(f, src, 0, 1, seen=9)
+    dst = _toy(8)
+    assert load_darknet_weights(dst, f)["seen"] == 9
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
+
+
+def test_text_file_as_state_dict_names_the_file_not_a_pickle_error(tmp_path: Path) -> None:
+    """A text of numbers: '0' is pickle's POP opcode, so torch.load says 'IndexError: pop from empty list'."""
+    f = tmp_path / "weights.pt"
+    f.write_text("0.1 0.2 0.3\n0.4 0.5 0.6\n")
+    with pytest.raises(EnginesmithError) as e:
+        load_state_dict_file(_lenet(0), f)
+    msg = str(e.value)
+    assert "text file" in msg and str(f) in msg and "IndexError" not in msg and "pop from empty list" not in msg
+    assert "torch.save(model.state_dict(), path)" in msg
+
+
+def test_unpickling_refusal_never_advises_weights_only_false(tmp_path: Path) -> None:
+    from enginesmith.models.weights import check_weights_file
+
+    f = tmp_path / "whole_model.pt"
+    torch.save(_lenet(0), f)  # the whole module pickled: loading it would run code
+    for check in (lambda: load_state_dict_file(_lenet(0), f),
+                  lambda: check_weights_file(_lenet(0), f, registry.get("lenet5").load_weights)):
+        with pytest.raises(EnginesmithError) as e:
+            check()
+        msg = str(e.value)
+        assert "weights_only" not in msg and "trust" not in msg.lower()
+        assert "pickled Python objects" in msg and "GLOBAL enginesmith.models.lenet" in msg and str(f) in msg
+        assert "torch.save(model.state_dict(), path) (tensors only)" in msg and "\n" not in msg
+
+
+def test_check_weights_file_is_lazy_and_strict(tmp_path: Path) -> None:
+    """The pre-check maps a zip checkpoint (its tensors unread) and still finds a shape mismatch, on a meta model."""
+    from enginesmith.models.memory import meta_model
+    from enginesmith.models.weights import check_weights_file
+
+    spec = registry.get("lenet5")
+    meta = meta_model(spec, 10, (32, 32))
+    good, five = tmp_path / "good.pt", tmp_path / "five.pt"
+    torch.save(_lenet(0).state_dict(), good)
+    torch.save(_lenet(0, num_classes=5).state_dict(), five)
+    check_weights_file(meta, good, spec.load_weights)
+    with pytest.raises(EnginesmithError, match=r"classifier.3.weight has shape \(5, 84\)"):
+        check_weights_file(meta, five, spec.load_weights)
+    dk = tmp_path / "x.weights"
+    dk.write_bytes(b"\0" * 64)
+    with pytest.raises(EnginesmithError, match="not a Darknet model"):
+        check_weights_file(meta, dk, spec.load_weights)
+
+
+# ----------------------------------------------------------------------------------- checkpoint metadata
+@pytest.mark.parametrize("field, value, words", [
+    ("num_classes", "ten", "field 'num_classes' is 'ten' (str)"),
+    ("num_classes", 0, "field 'num_classes' is 0 (int)"),
+    ("num_classes", True, "field 'num_classes' is True (bool)"),
+    ("class_names", "cat,dog", "field 'class_names' is 'cat,dog' (str)"),
+    ("class_names", ["cat", 3], "field 'class_names'"),
+    ("input_size", [416], "field 'input_size' is [416] (list)"),
+    ("input_size", [416, -1], "field 'input_size'"),
+    ("input_size", [416.0, 416.0], "field 'input_size'"),
+])
+def test_checkpoint_metadata_fields(tmp_path: Path, field: str, value, words: str) -> None:
+    from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
+
+    f = tmp_path / "ckpt.pt"
+    torch.save({"model": "lenet5", "state_dict": _lenet(0).state_dict(), field: value}, f)
+    with pytest.raises(EnginesmithError) as e:
+        read_checkpoint_info(f)
+    msg = str(e.value)
+    assert words in msg and str(f) in msg and "\n" not in msg and "re-save the checkpoint" in msg
+
+
+def test_checkpoint_metadata_good_and_inconsistent(tmp_path: Path) -> None:
+    from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
+
+    f = tmp_path / "ckpt.pt"
+    torch.save({"model": "lenet5", "state_dict": _lenet(0, 3).state_dict(), "num_classes": 3,
+                "class_names": ["a", "b", "c"], "input_size": [32, 32]}, f)
+    assert read_checkpoint_info(f) == {"model": "lenet5", "num_classes": 3, "class_names": ["a", "b", "c"],
+                                       "input_size": (32, 32)}
+    torch.save({"state_dict": _lenet(0, 3).state_dict(), "num_classes": 3, "class_names": ["a", "b"]}, f)
+    with pytest.raises(EnginesmithError, match="lists 2 names but 'num_classes' is 3"):
+        read_checkpoint_info(f)

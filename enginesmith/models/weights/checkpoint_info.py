@@ -1,23 +1,75 @@
 """The metadata a training checkpoint carries beside its weights (torch-free to import; torch is
-loaded only when a file is read)."""
+loaded only when a file is read).
+
+Fields read (all optional): `model` (a registered name), `num_classes` (a positive whole number),
+`class_names` (a list of strings, as many as num_classes when both are given) and `input_size` (two
+positive whole numbers, H and W). A field that is present but malformed is a one-line EnginesmithError
+naming the file and the field: a build must not guess what the checkpoint meant.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from enginesmith.errors import EnginesmithError
+
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
+def _whole(v: Any) -> bool:
+    """A plain int (not a bool, which Python counts as one)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _shown(v: Any) -> str:
+    text = repr(v)
+    return (text[:40] + "...") if len(text) > 43 else text
+
+
+def check_checkpoint_info(info: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Validate the metadata fields (see the module docstring); return them normalised (tuples, ints)."""
+    def bad(field: str, want: str) -> EnginesmithError:
+        return EnginesmithError(
+            f"checkpoint {path}: field {field!r} is {_shown(info[field])} ({type(info[field]).__name__}), but it must be "
+            f"{want}; re-save the checkpoint with a correct {field!r} (or save only model.state_dict())"
+        )
+
+    out = dict(info)
+    if "num_classes" in info:
+        n = info["num_classes"]
+        if not _whole(n) or n < 1:
+            raise bad("num_classes", "a positive whole number of classes")
+    if "class_names" in info:
+        names = info["class_names"]
+        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(c, str) for c in names):
+            raise bad("class_names", "a non-empty list of strings")
+        if "num_classes" in info and len(names) != info["num_classes"]:
+            raise EnginesmithError(
+                f"checkpoint {path}: field 'class_names' lists {len(names)} names but 'num_classes' is "
+                f"{info['num_classes']}; re-save the checkpoint with one name per class"
+            )
+        out["class_names"] = list(names)
+    if "input_size" in info:
+        size = info["input_size"]
+        if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(_whole(s) and s >= 1 for s in size):
+            raise bad("input_size", "two positive whole numbers [height, width]")
+        out["input_size"] = (int(size[0]), int(size[1]))
+    return out
+
+
 def read_checkpoint_info(path: Path) -> dict[str, Any]:
-    """The metadata of a training checkpoint (model, num_classes, input_size, class_names); {} for a plain
-    state dict or a file torch cannot read (spec.load_weights then says what is wrong with it)."""
+    """The metadata of a training checkpoint (model, num_classes, input_size, class_names), validated; {} for a
+    plain state dict or a file torch cannot read (spec.load_weights / check_weights_file then says what is
+    wrong with it). A zip-format checkpoint is memory-mapped, so its tensors are not read here."""
     if Path(path).suffix.lower() not in CHECKPOINT_SUFFIXES:
         return {}
     try:
         import torch
 
-        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        obj = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception:
         return {}
     if not isinstance(obj, dict):
@@ -25,4 +77,4 @@ def read_checkpoint_info(path: Path) -> dict[str, Any]:
     info = {k: obj[k] for k in ("num_classes", "input_size", "class_names") if k in obj}
     if isinstance(obj.get("model"), str):
         info["model"] = obj["model"]
-    return info
+    return check_checkpoint_info(info, Path(path))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -100,28 +101,66 @@ def header_size(major: int, minor: int) -> int:
     return 12 + (8 if _seen_is_64bit(major, minor) else 4)
 
 
-def load_darknet_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
-    """Load a Darknet `.weights` file into `model` (in place); returns the header fields.
+DARKNET_FORMAT = ("a Darknet .weights file is binary: a 16- or 20-byte header (int32 major, minor, revision, then "
+                  "the images seen), then the float32 weights of every layer in cfg order")
 
-    The whole file is checked against the architecture before any tensor changes, so a bad file
-    leaves the model untouched. Raises EnginesmithError for a missing, truncated or oversized file.
-    """
+
+@dataclass(frozen=True)
+class DarknetFile:
+    """What check_darknet_file learned: the header fields and where the floats start."""
+
+    major: int
+    minor: int
+    revision: int
+    header_size: int
+    total_floats: int
+
+
+def _size_text(n: int) -> str:
+    """Bytes, with GiB/MiB beside large counts."""
+    if n >= 2**30:
+        return f"{n} bytes ({n / 2**30:.2f} GiB)"
+    if n >= 2**20:
+        return f"{n} bytes ({n / 2**20:.1f} MiB)"
+    return f"{n} bytes"
+
+
+def check_darknet_file(model: nn.Module, path: str | Path, layers: list[DarknetConv] | None = None) -> DarknetFile:
+    """Check a `.weights` file against `model`'s layers without reading its weights: its size (os.stat) must be
+    exactly header + 4 bytes per float the layers hold, and it must look like a Darknet file (not text, not
+    empty). Only the first bytes are read, so a wrong 12 GiB file is refused at once. `model` may be on the
+    meta device. Raises a one-line EnginesmithError naming the file."""
+    from enginesmith.models.weights.sniff import describe, head_bytes
+
     p = Path(path)
     if not p.is_file():
         raise EnginesmithError(f"darknet weights not found: {p}")
-    data = p.read_bytes()
-    layers = darknet_layers(model)
+    size = p.stat().st_size
+    layers = layers if layers is not None else darknet_layers(model)
     total_floats = sum(layer.num_floats for layer in layers)
-    if len(data) < 12:
+    head = head_bytes(p)
+    what = describe(head, size)
+    if what is not None:
+        raise EnginesmithError(f"{p} is {what}, not Darknet weights; {DARKNET_FORMAT}")
+    if size < 12:
         raise EnginesmithError(
-            f"truncated darknet weights {p}: expected {12 + 8 + 4 * total_floats} bytes, found {len(data)}; "
+            f"truncated darknet weights {p}: expected {12 + 8 + 4 * total_floats} bytes, found {size}; "
             "ran out in the header"
         )
-    major, minor, revision = struct.unpack("<3i", data[:12])
+    major, minor, revision = struct.unpack("<3i", head[:12])
     hsize = header_size(major, minor)
     expected = hsize + 4 * total_floats
-    if len(data) < expected:
-        avail = max(0, (len(data) - hsize) // 4)
+    if size < hsize:
+        raise EnginesmithError(
+            f"truncated darknet weights {p}: expected {expected} bytes, found {size}; ran out in the header"
+        )
+    if size == hsize:
+        raise EnginesmithError(
+            f"darknet weights {p} hold only the {hsize}-byte header and no weights (expected {expected} bytes); "
+            f"{DARKNET_FORMAT}"
+        )
+    if size < expected:
+        avail = max(0, (size - hsize) // 4)
         where = "the header"
         used = 0
         for k, layer in enumerate(layers):
@@ -130,38 +169,59 @@ def load_darknet_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
                 where = f"{layer.kind} {k} ({layer.name})"
                 break
         raise EnginesmithError(
-            f"truncated darknet weights {p}: expected {expected} bytes, found {len(data)}; ran out at {where}"
+            f"truncated darknet weights {p}: expected {expected} bytes, found {size}; ran out at {where}"
         )
-    if len(data) > expected:
-        extra = len(data) - expected
+    if size > expected:
         raise EnginesmithError(
             f"darknet weights {p} do not match the architecture: the file has more weights than the model "
-            f"(expected {expected} bytes, found {len(data)}, {extra} bytes extra); wrong cfg or num_classes?"
+            f"(expected {_size_text(expected)}, found {_size_text(size)}, {size - expected} bytes extra); "
+            "wrong file, cfg or num_classes?"
         )
-    seen = struct.unpack("<q" if hsize == 20 else "<i", data[12:hsize])[0]
-    floats = np.frombuffer(data, dtype="<f4", offset=hsize, count=total_floats)
+    return DarknetFile(major, minor, revision, hsize, total_floats)
 
-    offset = 0
-    transpose = _transposed_connected(major, minor)
 
-    def take(t: torch.Tensor, transposed: bool = False) -> None:
-        nonlocal offset
-        n = t.numel()
-        chunk = torch.from_numpy(floats[offset : offset + n].copy())
-        t.copy_(chunk.view(t.shape[1], t.shape[0]).t() if transposed else chunk.view_as(t))
-        offset += n
+def _read_floats(f: BinaryIO, n: int, p: Path) -> np.ndarray:
+    """Exactly n little-endian float32 from the open file (a fresh array); a short read is a one-line error."""
+    buf = bytearray(4 * n)
+    got = f.readinto(buf)
+    if got != len(buf):
+        raise EnginesmithError(f"darknet weights {p} ended early while being read (did the file change?); read it again")
+    return np.frombuffer(buf, dtype="<f4").astype(np.float32, copy=False)
+
+
+def load_darknet_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
+    """Load a Darknet `.weights` file into `model` (in place); returns the header fields.
+
+    The file's size is checked against the architecture before anything is read (check_darknet_file), then the
+    weights are read tensor by tensor (never more than the model holds) and copied in only once all are read,
+    so a bad file leaves the model untouched. Raises EnginesmithError for a missing, truncated, oversized, empty
+    or text file.
+    """
+    p = Path(path)
+    layers = darknet_layers(model)
+    info = check_darknet_file(model, p, layers)
+    transpose = _transposed_connected(info.major, info.minor)
+    plan: list[tuple[torch.Tensor, bool]] = []  # (destination, transposed) in file order
+    for layer in layers:
+        if layer.bn is not None:
+            plan += [(layer.bn.bias, False), (layer.bn.weight, False), (layer.bn.running_mean, False),
+                     (layer.bn.running_var, False)]
+        else:
+            plan.append((layer.conv.bias, False))
+        plan.append((layer.conv.weight, layer.is_connected and transpose))
+    try:
+        with open(p, "rb") as f:
+            header = f.read(info.header_size)
+            seen = struct.unpack("<q" if info.header_size == 20 else "<i", header[12:])[0]
+            arrays = [_read_floats(f, t.numel(), p) for t, _ in plan]
+    except OSError as e:
+        raise EnginesmithError(f"cannot read darknet weights {p}: {e.strerror or e}") from None
 
     with torch.no_grad():
-        for layer in layers:
-            if layer.bn is not None:
-                take(layer.bn.bias)
-                take(layer.bn.weight)
-                take(layer.bn.running_mean)
-                take(layer.bn.running_var)
-            else:
-                take(layer.conv.bias)
-            take(layer.conv.weight, transposed=layer.is_connected and transpose)
-    return {"major": major, "minor": minor, "revision": revision, "seen": int(seen)}
+        for (t, transposed), values in zip(plan, arrays):
+            chunk = torch.from_numpy(values)
+            t.copy_(chunk.view(t.shape[1], t.shape[0]).t() if transposed else chunk.view_as(t))
+    return {"major": info.major, "minor": info.minor, "revision": info.revision, "seen": int(seen)}
 
 
 def save_darknet_weights(

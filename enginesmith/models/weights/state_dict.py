@@ -7,6 +7,7 @@ checkpoints); "module." prefixes (DataParallel / DDP) are stripped. Loading uses
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -52,29 +53,65 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read and unwrap a checkpoint file -> {name: tensor}; EnginesmithError if it is not one."""
+STATE_DICT_HINT = "give a state dict saved with torch.save(model.state_dict(), path) (tensors only)"
+
+
+def _unpickling_refusal(e: BaseException) -> str | None:
+    """For torch.load(weights_only=True)'s refusal of pickled objects: what the file holds (e.g. 'GLOBAL
+    __main__.Net'), else None. PyTorch's own text advises loading with weights_only=False, which would run the
+    file's code: it is never shown."""
+    text = str(e)
+    if "Weights only load failed" not in text:
+        return None
+    for pattern in (r"Unsupported global: (GLOBAL [\w.<>]+)", r"(Unsupported class [\w.<>]+)"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(1)
+    return None
+
+
+def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Read and unwrap a checkpoint file -> {name: tensor}; EnginesmithError if it is not one.
+
+    mmap=True maps a zip-format file instead of reading it (tensors are read only when touched): a cheap check of
+    a large file. Nothing in the file is ever run: pickled objects are refused with a one-line error that says
+    what the file must be instead."""
+    from enginesmith.models.weights.sniff import ZIP_MAGIC, describe, head_bytes
+
     p = Path(path)
     if not p.is_file():
         raise EnginesmithError(f"weights file not found: {p}")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        head = head_bytes(p)
+        size = p.stat().st_size
+    except OSError as e:
+        raise EnginesmithError(f"cannot read weights file {p}: {e.strerror or e}") from None
+    what = describe(head, size)
+    if what is not None:
+        raise EnginesmithError(f"cannot read {p} as a PyTorch checkpoint: the file is {what}; {STATE_DICT_HINT}")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap and head.startswith(ZIP_MAGIC))
     except Exception as e:  # corrupt zip, not a pickle, unsafe pickled objects, truncated file...
+        refused = _unpickling_refusal(e)
+        if refused is not None:
+            raise EnginesmithError(
+                f"cannot read {p} as a PyTorch checkpoint: it holds pickled Python objects ({refused}), not only "
+                f"tensors, and enginesmith never runs code from a weights file; {STATE_DICT_HINT}"
+            ) from None
+        if not head.startswith(ZIP_MAGIC) and not head.startswith(b"\x80"):  # neither torch.save format
+            raise EnginesmithError(
+                f"cannot read {p} as a PyTorch checkpoint: it is not a file torch.save writes (neither a zip archive "
+                f"nor a pickle; it starts with bytes {head[:8].hex(' ')}); {STATE_DICT_HINT}"
+            ) from None
         raise EnginesmithError(
-            f"cannot read {p} as a PyTorch checkpoint ({_first_line(e)}); "
-            "give a state dict saved with torch.save(model.state_dict(), path)"
+            f"cannot read {p} as a PyTorch checkpoint ({_first_line(e)}); {STATE_DICT_HINT}"
         ) from None
     return _unwrap(obj, p)
 
 
-def load_state_dict_file(model: nn.Module, path: str | Path) -> None:
-    """Load a checkpoint into `model` strictly: every key present, no extra keys, same shapes.
-
-    Mismatches raise EnginesmithError naming up to 5 keys of each kind (missing, unexpected) or the
-    first mismatched key with both shapes; the model is left unchanged on error.
-    """
-    p = Path(path)
-    sd = read_state_dict(p)
+def check_state_dict_matches(model: nn.Module, sd: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Every key of `model` present in `sd`, no extra keys, same shapes; else a one-line EnginesmithError naming
+    up to 5 keys of each kind or the first mismatched key with both shapes. `model` may be on the meta device."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
@@ -85,13 +122,24 @@ def load_state_dict_file(model: nn.Module, path: str | Path) -> None:
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys: {_names(unexpected)}")
         raise EnginesmithError(
-            f"checkpoint {p} does not match {type(model).__name__}: {'; '.join(parts)}; "
+            f"checkpoint {path} does not match {type(model).__name__}: {'; '.join(parts)}; "
             "is it for another model or num_classes?"
         )
     for k, v in sd.items():
         if tuple(v.shape) != tuple(own[k].shape):
             raise EnginesmithError(
-                f"checkpoint {p} does not match {type(model).__name__}: {k} has shape {tuple(v.shape)} in the file "
+                f"checkpoint {path} does not match {type(model).__name__}: {k} has shape {tuple(v.shape)} in the file "
                 f"but {tuple(own[k].shape)} in the model; wrong num_classes or model variant?"
             )
+
+
+def load_state_dict_file(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint into `model` strictly: every key present, no extra keys, same shapes.
+
+    Mismatches raise EnginesmithError naming up to 5 keys of each kind (missing, unexpected) or the
+    first mismatched key with both shapes; the model is left unchanged on error.
+    """
+    p = Path(path)
+    sd = read_state_dict(p)
+    check_state_dict_matches(model, sd, p)
     model.load_state_dict(sd, strict=False)
