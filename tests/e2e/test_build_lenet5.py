@@ -102,6 +102,51 @@ def test_second_identical_build_is_fully_cached(trained_lenet, cache_dir, tmp_pa
     assert by_stage["export"] and by_stage["simplify"] and not by_stage["engine"]
 
 
+def _median_call_ms(calls: list, rounds: int = 7, per_round: int = 30) -> list[float]:
+    """Median wall time (ms) of each callable, timed in interleaved rounds so load on a shared machine hits both."""
+    import time
+
+    for call in calls:  # warm up
+        for _ in range(5):
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(rounds):
+        for k, call in enumerate(calls):
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                call()
+                times[k].append(1000 * (time.perf_counter() - t0))
+    return [float(np.median(t)) for t in times]
+
+
+def _check_speedup_against_timing_here(report: str, manifest: dict, out: Path) -> None:
+    """The report's speed-up is PyTorch's median latency over the engine's (not the inverse), it agrees with the
+    latencies it records, and with a ratio timed here on the same model, engine and image: on the same side of 1
+    and within 3x of it (the machine is shared; LeNet-5 on an engine measured 2-3x faster than PyTorch eager here)."""
+    import re
+
+    import torch
+
+    from enginesmith.models import registry
+    from enginesmith.runtime.preprocess import PreprocessSpec, preprocess_batch
+
+    shown = float(re.search(r"Engine speed-up over PyTorch eager: \*\*([0-9.]+)x\*\*", report).group(1))
+    lat = manifest["latency"]
+    assert shown == pytest.approx(lat["pytorch_eager_fp32"]["p50_ms"] / lat["engine"]["p50_ms"], abs=0.006)
+    x = preprocess_batch([np.full((32, 32, 3), 128, np.uint8)], PreprocessSpec.from_dict(manifest["preprocess"]))
+    model = registry.get("lenet5").create(seed=0)
+    backend = get_backend(manifest["target"])
+    with backend.Runner(out / manifest["engine"], **runner_options(manifest["target"], manifest["precision"])) as r, \
+            torch.inference_mode():
+        xt = torch.from_numpy(x)
+        engine_ms, torch_ms = _median_call_ms([lambda: r.infer({"images": x}), lambda: model(xt).numpy()])
+    here = torch_ms / engine_ms
+    print(f"speed-up: report {shown:.2f}x, timed here {here:.2f}x ({torch_ms:.3f} / {engine_ms:.3f} ms)")
+    assert here > 1.25, "the check needs an engine measurably faster than PyTorch eager to tell a ratio from its " \
+                        "inverse"
+    assert shown > 1.0 and here / 3 <= shown <= here * 3, (shown, here)
+
+
 def test_report_and_manifest_written(trained_lenet, cache_dir, tmp_path):
     out = tmp_path / "engine"
     result = build_engine(BuildConfig("lenet5", target="openvino", precision="fp32", cache_dir=cache_dir, out=out,
@@ -112,6 +157,7 @@ def test_report_and_manifest_written(trained_lenet, cache_dir, tmp_path):
         assert f"| {stage} |" in report
     assert "PyTorch eager" in report
     manifest = json.loads((out / "manifest.json").read_text())
+    _check_speedup_against_timing_here(report, manifest, out)
     assert manifest["engine"] == "model.xml" and (out / "model.bin").is_file()
     assert {s["stage"] for s in manifest["stages"]} == {"export", "simplify", "engine"}
     assert all("tools" in s and "onnx" in s["tools"] for s in manifest["stages"])

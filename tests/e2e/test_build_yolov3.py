@@ -17,19 +17,34 @@ SIZE = (64, 64)
 ANCHORS = 3 * sum((64 // s) ** 2 for s in (32, 16, 8))  # 252
 
 
-def _engine_stage(result):
-    return next(a for a in result.stages if a.stage == "engine")
-
-
 @pytest.mark.parametrize("target", ["openvino", "onnxruntime"])
 def test_yolov3_int8_contract_agreement_and_float_decode(target, cache_dir, tmp_path):
     out = tmp_path / "engine"
+    torch = pytest.importorskip("torch")
+    from enginesmith.data.offline_photos import base_photos
+    from enginesmith.models import registry
+    from enginesmith.runtime.preprocess import PreprocessSpec, preprocess_batch
+
     result = build_engine(BuildConfig("yolov3", target=target, precision="int8", input_size=SIZE, calib_size=8,
                                       out=out, cache_dir=cache_dir, latency_budget_s=0.5))
-    verify = _engine_stage(result).metrics["verify"]
-    assert verify["cosine"] >= 0.99, verify
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["outputs"] == ["boxes", "scores"] and len(manifest["class_names"]) == 80
+    # agreement measured here, not read back: the INT8 engine against the FP32 PyTorch network (same registry entry
+    # and seed as the build) on colour photographs the build did not verify on, correlation of each output computed
+    # with numpy. Centred (Pearson), not the plain cosine: decoded outputs share a large fixed pattern (grid offsets,
+    # anchor sizes, scores near 0.25 untrained), so their cosine stays above 0.998 even with the colour channels
+    # swapped; the centred score correlation measured 0.998 for the right engine and 0.975 for a BGR-fed one.
+    colour = [p for p in base_photos() if np.abs(p[..., 0].astype(int) - p[..., 2]).mean() > 30][::-1][:3]
+    photos = preprocess_batch(colour, PreprocessSpec.from_dict(manifest["preprocess"]))
+    with torch.inference_mode():
+        want = [t.double().numpy() for t in registry.get("yolov3").create(input_size=SIZE)(torch.from_numpy(photos))]
+    with get_backend(target).Runner(result.engine, **runner_options(target, "int8")) as r:
+        outs = [r.infer({"images": photos[i : i + 1]}) for i in range(len(photos))]  # static batch 1
+    got = [np.concatenate([o[k] for o in outs]).astype(np.float64) for k in ("boxes", "scores")]
+    for name, w, g in zip(("boxes", "scores"), want, got):
+        wc, gc = w.ravel() - w.mean(), g.ravel() - g.mean()
+        pearson = float(wc @ gc / (np.linalg.norm(wc) * np.linalg.norm(gc)))
+        assert pearson >= 0.99, (name, pearson)
     x = np.random.default_rng(0).random((1, 3, *SIZE), dtype=np.float32)
     with get_backend(target).Runner(result.engine, **runner_options(target, "int8")) as r:
         y = r.infer({"images": x})

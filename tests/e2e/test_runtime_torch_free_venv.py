@@ -24,21 +24,33 @@ from enginesmith.runtime import load
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ["numpy", "pillow", "typer", "rich", "onnxruntime", "opencv-python-headless"]  # base deps + a backend
 
-# Not marked slow: ~30 s here (the fresh venv takes ~9 s with pip's local index/cache). Skipped when pip
-# cannot install the packages (no index reachable).
+# Not marked slow: ~30 s here (the fresh venv takes ~9 s with pip's local index/cache). Skipped only when no package
+# index is reachable (probed on its own first); any other pip failure fails the test.
+PROBE = "typer"  # small, pure Python, and one of PACKAGES: if pip can fetch it, an index answers
+
+
+def _index_unreachable(py: Path, where: Path) -> str | None:
+    """None when pip (the fresh venv's, with this machine's pip configuration) can download PROBE from an index;
+    else pip's last words. Nothing is installed; --no-cache-dir so a cached wheel does not stand in for an index."""
+    probe = subprocess.run([str(py), "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-cache-dir",
+                            "--no-deps", "--retries", "1", "--timeout", "30", "-d", str(where), PROBE],
+                           capture_output=True, text=True, timeout=600)
+    return None if probe.returncode == 0 else probe.stderr.strip()[-300:]
 
 
 @pytest.fixture(scope="module")
 def edge_env(tmp_path_factory) -> Path:
-    """A virtualenv without torch; its python. Skipped (not failed) when pip cannot reach a package index."""
+    """A virtualenv without torch; its python. Skipped (not failed) only when pip cannot reach any package index."""
     root = tmp_path_factory.mktemp("edge-venv")
     t0 = time.perf_counter()
     venv.EnvBuilder(with_pip=True, clear=True).create(root / "venv")
     py = root / "venv" / "bin" / "python"
+    unreachable = _index_unreachable(py, root / "probe")
+    if unreachable is not None:
+        pytest.skip(f"no package index reachable: pip could not download {PROBE} ({unreachable})")
     pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PACKAGES],
                          capture_output=True, text=True, timeout=900)
-    if pip.returncode != 0:
-        pytest.skip(f"pip could not install {PACKAGES} into a fresh virtualenv: {pip.stderr.strip()[-300:]}")
+    assert pip.returncode == 0, f"an index answers, yet pip could not install {PACKAGES}: {pip.stderr.strip()[-2000:]}"
     print(f"edge venv ready in {time.perf_counter() - t0:.1f} s")
     yield py
     shutil.rmtree(root, ignore_errors=True)
