@@ -16,8 +16,8 @@ A = 3 * ((H/32)(W/32) + (H/16)(W/16)) (2535 at 416), stride 32 first, then ancho
 | 21-22  | conv 3x3x256, 1x1x(3*(5+C)) bias linear                              | 26x26x255    |
 | 23     | yolo, mask 0,1,2 (anchors 10,14 23,27 37,58)                          |              |
 
-The second [yolo] uses mask 0,1,2 as in pjreddie/darknet's official cfg (AlexeyAB's fork uses
-1,2,3; its weights load the same, only the decode anchors differ). Anchors are in input pixels.
+The second [yolo] uses mask 0,1,2 as in pjreddie/darknet's official cfg (AlexeyAB's fork briefly had
+1,2,3 and changed it to 0,1,2 the next day, commit 74956888). Anchors are in input pixels.
 """
 
 from __future__ import annotations

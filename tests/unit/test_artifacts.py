@@ -148,3 +148,98 @@ def test_a_killed_builders_temp_folder_is_removed_by_the_next_build(tmp_path):
     mine.mkdir()
     Cache(tmp_path).run("s", [], {"x": 1}, _writer("ok", []), tools={})
     assert not stale.exists() and mine.exists()
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    ("truncate", "out.txt is 5 bytes, 11 were written"),
+    ("same-size-edit", "out.txt has other bytes than were written"),
+    ("delete", "out.txt is missing"),
+    ("manifest-garbage", "manifest.json unreadable: Expecting property name enclosed in double quotes"),
+    ("manifest-other-key", "manifest.json is for another key"),
+    ("no-content", "manifest.json does not record its files' sizes and hashes"),
+    ("content-other-files", "manifest.json does not record its files' sizes and hashes"),
+    ("no-files", "manifest.json does not record its files' sizes and hashes"),
+    ("sha256-edited", "manifest.json's sha256 does not match its files"),
+])
+def test_the_warning_says_why_an_entry_was_discarded(tmp_path, capsys, tamper, reason):
+    a = Cache(tmp_path).run("s", [], {}, _writer("hello world", []), tools={})
+    m = json.loads((a.folder / "manifest.json").read_text())
+    edits = {"no-content": {"content": None}, "content-other-files": {"content": {"x.txt": m["content"]["out.txt"]}},
+             "no-files": {"files": [], "content": {}}, "sha256-edited": {"sha256": "0" * 64},
+             "manifest-other-key": {"key": "0" * 64}}
+    if tamper == "truncate":
+        a.file.write_bytes(b"hello")
+    elif tamper == "same-size-edit":
+        a.file.write_bytes(b"HELLO world")
+    elif tamper == "delete":
+        a.file.unlink()
+    elif tamper == "manifest-garbage":
+        (a.folder / "manifest.json").write_text("{not json")
+    else:
+        (a.folder / "manifest.json").write_text(json.dumps({**m, **edits[tamper]}))
+    b = Cache(tmp_path).run("s", [], {}, _writer("hello world", []), tools={})  # the default on_event: stderr
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"warning: s: cache entry {a.folder} failed its check ({reason}")
+    assert err.rstrip().endswith("): discarded, rebuilding")
+    assert b.cached is False and b.file.read_text() == "hello world"
+    assert [p.name for p in (tmp_path / "s").iterdir() if p.name != ".locks"] == [a.folder.name]  # no trash left
+
+
+def test_no_cache_rebuilds_every_stage_once_and_the_manifest_says_what_was_made(tmp_path):
+    import time as _time
+
+    calls: list = []
+    first = Cache(tmp_path).run("s", [], {"x": 1}, _writer("a", calls), tools={"t": "1"})
+    cache = Cache(tmp_path, rebuild=True)
+    t0 = _time.time()
+    b = cache.run("s", [], {"x": 1}, _writer("b", calls), tools={"t": "1"})
+    c = cache.run("u", [b], {}, _writer("c", calls), tools={})
+    again = cache.run("s", [], {"x": 1}, _writer("d", calls), tools={"t": "1"})
+    assert len(calls) == 3 and b.cached is False and c.cached is False and again.cached is True
+    assert b.folder == first.folder and b.file.read_text() == "b"
+    m = json.loads((b.folder / "manifest.json").read_text())
+    assert m["stage"] == "s" and m["metrics"] == {"n": 1} and m["content"] == {
+        "out.txt": {"size": 1, "sha256": hashlib.sha256(b"b").hexdigest()}}
+    assert 0 <= m["wall_time_s"] < _time.time() - t0 + 0.01
+    created = _time.mktime(_time.strptime(m["created"], "%Y-%m-%dT%H:%M:%S%z"))
+    assert abs(created - t0) < 5
+    assert Cache(tmp_path).lookup("s", m["key"]).manifest == m  # what was written is what a reuse reads
+
+
+def test_a_parent_removed_during_the_build_is_one_clear_error(tmp_path):
+    import shutil
+
+    from enginesmith.errors import EnginesmithError
+
+    cache = Cache(tmp_path)
+    parent = cache.run("p", [], {}, _writer("p", []), tools={})
+    other = cache.run("q", [], {}, _writer("q", []), tools={})
+
+    def produce(tmp):
+        shutil.rmtree(parent.folder)  # `enginesmith cache clean` from another shell, mid-build
+        raise FileNotFoundError(parent.file)
+
+    with pytest.raises(EnginesmithError, match=f"the s stage's input {parent.folder} was removed from the cache"):
+        cache.run("s", [other, parent], {}, produce, tools={})
+
+    def fails(tmp):
+        raise FileNotFoundError("elsewhere")
+
+    with pytest.raises(FileNotFoundError):  # parents intact: the error is not blamed on the cache
+        cache.run("s", [other], {}, fails, tools={})
+    with pytest.raises(EnginesmithError, match="^own message$"):  # an EnginesmithError keeps its own words
+        cache.run("s", [parent], {}, lambda tmp: (_ for _ in ()).throw(EnginesmithError("own message")), tools={})
+
+
+def test_locks_are_per_key_and_a_lookup_takes_the_lock_only_to_discard(tmp_path):
+    from enginesmith.files import file_lock
+
+    cache = Cache(tmp_path)
+    a = cache.run("s", [], {"x": 1}, _writer("a", []), tools={})
+    key = a.manifest["key"]
+    assert cache._lock_path("s", key) == tmp_path / "s" / ".locks" / f"{key[:24]}.lock"
+    with file_lock(cache._lock_path("s", key)):  # another process building it: a valid entry is still served
+        assert cache.lookup("s", key).cached
+    a.file.write_bytes(b"zz")
+    with file_lock(cache._lock_path("s", key)):
+        assert cache.lookup("s", key, locked=True) is None  # the caller holds the lock: no self-deadlock

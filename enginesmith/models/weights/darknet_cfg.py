@@ -23,7 +23,7 @@ options (learning rate, augmentation, loss scales); repeated blocks are written 
   two 3x3x1024 convs, route -9, 1x1x64 conv, reorg 2, route -1,-4, 3x3x1024, 1x1x125, [region].
 - YOLOV3_CFG: pjreddie/darknet `cfg/yolov3.cfg` (Darknet-53, three yolo heads).
 - YOLOV3_TINY_CFG: pjreddie/darknet `cfg/yolov3-tiny.cfg`; its second [yolo] has mask = 0,1,2
-  (AlexeyAB's fork uses 1,2,3; we follow pjreddie's official file).
+  (as AlexeyAB's fork has since commit 74956888; it briefly had 1,2,3).
 """
 
 from __future__ import annotations
