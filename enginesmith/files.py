@@ -82,10 +82,14 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def process_start_time(pid: int) -> float | None:
-    """When process `pid` started (seconds since the epoch), or None when there is no such process."""
+    """When process `pid` started (seconds since the epoch), or None when there is no such process (or it has
+    exited and is a zombie waiting to be reaped)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: start time in clock ticks after boot
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent: gone
+            return None
+        ticks = int(fields[19])  # field 22: start time in clock ticks after boot
         boot = next(float(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):

@@ -214,7 +214,7 @@ class Cache:
                 result = produce(tmp)
             except Exception as e:
                 gone = [p.folder for p in parents if isinstance(p, Artifact) and not (p.folder / MANIFEST).exists()]
-                if gone and not isinstance(e, EnginesmithError):
+                if gone:  # whatever the stage's tool said, the cause is the missing input
                     raise EnginesmithError(f"the {stage} stage's input {gone[0]} was removed from the cache during the "
                                            "build (by `enginesmith cache clean` or by hand); run the build again") from e
                 raise
@@ -233,7 +233,9 @@ class Cache:
                 "wall_time_s": round(wall, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+            manifest = json.loads(json.dumps(manifest, default=str))  # what a reuse will read back
+            manifest["manifest_sha256"] = _manifest_sha256(manifest)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             fsync_tree(tmp)
             swap_in(tmp, final)  # a stale or corrupt entry (or one being rebuilt) is set aside, then removed
         except BaseException:
@@ -249,6 +251,12 @@ def _combined_sha256(files: list[str], content: dict[str, dict[str, Any]]) -> st
         h.update(f.encode())
         h.update(content[f]["sha256"].encode())
     return h.hexdigest()
+
+
+def _manifest_sha256(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without this field: its metrics (verification figures, latency)
+    are served as they were written, or the entry is discarded."""
+    return sha256_json({k: v for k, v in manifest.items() if k != "manifest_sha256"})
 
 
 def _read_entry(folder: Path, key: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -276,6 +284,8 @@ def _read_entry(folder: Path, key: str) -> tuple[dict[str, Any] | None, str | No
             return None, f"{f} has other bytes than were written"
     if _combined_sha256(files, content) != manifest.get("sha256"):
         return None, "manifest.json's sha256 does not match its files"
+    if _manifest_sha256(manifest) != manifest.get("manifest_sha256"):
+        return None, "manifest.json was edited (its own sha256 does not match)"
     return manifest, None
 
 

@@ -8,16 +8,15 @@ The rule (checked before any stage runs, and again at publish time):
 - anything else (a file, a folder holding other things): refused, unless `--force`;
 - never: the working folder or one above it, the stage cache or a folder inside it, a mount point, a
   symbolic link (the swap would replace the link, not what it names).
-A build holds a lock on its `--out` (a lock file in the stage cache, named by the resolved path) from
-the start to the end, so a second build into the same folder is refused at once; at publish time the
-folder must still be what was checked at the start (the same engine, by its `build_id`), so a build
-with another cache that wrote there meanwhile is not overwritten either.
+A build holds an flock on the `--out` folder itself from the start to the end (no lock file is made), so a
+second build into the same folder is refused at once, whatever cache it uses; at publish time the folder
+must still be what was checked at the start (the same engine, by its `build_id`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import fcntl
 import json
 import os
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from enginesmith.errors import EnginesmithError
-from enginesmith.files import check_writable, dir_lock, file_lock, lock_holder, publish_folder
+from enginesmith.files import check_writable, dir_lock, publish_folder
 from enginesmith.runtime.manifest import MANIFEST, is_engine_folder
 
 
@@ -82,16 +81,28 @@ def out_state(out: Path, cache_root: Path, force: bool) -> OutState:
 
 
 @contextlib.contextmanager
-def hold_out(out: Path, cache_root: Path) -> Iterator[None]:
-    """Hold the lock that says "a build is writing `out`" for the whole build; refuse at once if another has it."""
-    digest = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:24]
-    path = Path(cache_root) / ".locks" / f"out-{digest}.lock"
-    with file_lock(path, blocking=False) as held:
-        if not held:
-            pid = lock_holder(path)
-            raise EnginesmithError(f"another enginesmith build{f' (pid {pid})' if pid else ''} is writing to --out {out}; "
-                                   "wait for it to finish or choose another --out")
+def hold_out(out: Path) -> Iterator[None]:
+    """Hold `out` for the whole build: an exclusive flock on the folder itself (made empty first when it does not
+    exist; removed again if the build publishes nothing). Any other build into the same folder, whatever its
+    cache, is refused at once. The publish swaps a new folder in, so the next build locks that one."""
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    made = os.stat(out).st_ino if created else None
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EnginesmithError(f"another enginesmith build is writing to --out {out}; wait for it to finish or "
+                                   "choose another --out") from None
         yield
+    finally:
+        os.close(fd)
+        if made is not None:
+            with contextlib.suppress(OSError):  # still the empty folder this build made: leave nothing behind
+                if os.stat(out).st_ino == made and not any(out.iterdir()):
+                    out.rmdir()
 
 
 def publish_engine_folder(fill: Callable[[Path], None], out: Path, state: OutState) -> None:

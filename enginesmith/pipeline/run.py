@@ -493,7 +493,7 @@ def build_engine(
     spec = validate(config)
     out = Path(config.out) if config.out else Path("build") / spec.name / f"{config.target}-{config.precision}"
     state = out_state(out, Path(config.cache_dir), config.force)
-    with hold_out(out, Path(config.cache_dir)):
+    with hold_out(out):
         return _build_and_publish(config, spec, out, state, on_stage, on_start, on_search_step)
 
 

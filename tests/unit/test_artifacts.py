@@ -228,7 +228,7 @@ def test_a_parent_removed_during_the_build_is_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError):  # parents intact: the error is not blamed on the cache
         cache.run("s", [other], {}, fails, tools={})
     with pytest.raises(EnginesmithError, match="^own message$"):  # an EnginesmithError keeps its own words
-        cache.run("s", [parent], {}, lambda tmp: (_ for _ in ()).throw(EnginesmithError("own message")), tools={})
+        cache.run("s", [other], {}, lambda tmp: (_ for _ in ()).throw(EnginesmithError("own message")), tools={})
 
 
 def test_locks_are_per_key_and_a_lookup_takes_the_lock_only_to_discard(tmp_path):
