@@ -130,7 +130,7 @@ def test_yolov3_416_outputs_finite_and_varied(yolov3_80: torch.nn.Module) -> Non
 def test_yolov3_small_shapes_and_decode_consistency() -> None:
     spec = registry.get("yolov3")
     m = spec.create(num_classes=10, input_size=(96, 96))
-    x = torch.rand(2, 3, 96, 96)
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         boxes, scores = m(x)
         raws = m.forward_raw(x)
@@ -144,7 +144,8 @@ def test_yolov3_small_shapes_and_decode_consistency() -> None:
     # batch items are independent
     with torch.no_grad():
         b1, s1 = m(x[1:])
-    torch.testing.assert_close(b1, boxes[1:], rtol=1e-5, atol=1e-4)
+    # float32 convolutions accumulate in a batch-size-dependent order: boxes (up to ~400 px) agree to ~1e-4 relative
+    torch.testing.assert_close(b1, boxes[1:], rtol=1e-4, atol=1e-3)
 
 
 def test_yolov3_non_square_input() -> None:
