@@ -122,15 +122,16 @@ def is_stale_temp(path: Path, now: float | None = None) -> bool:
     return started is None or started > made + 1.0
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the stale temp files/folders directly inside `folder`; return what was removed."""
+def remove_stale_temps(folder: Path, prefix: str = ".") -> list[Path]:
+    """Delete the stale temp files/folders directly inside `folder` whose names start with `prefix` (in a user's
+    folder: only those named for the file being written); return what was removed."""
     removed = []
     try:
         entries = list(Path(folder).iterdir())
     except OSError:
         return removed
     for p in entries:
-        if p.name.startswith(".") and is_stale_temp(p):
+        if p.name.startswith(prefix) and p.name.startswith(".") and is_stale_temp(p):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
@@ -148,7 +149,7 @@ def publish_folder(build: Callable[[Path], None], dest: Path) -> None:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _restore_orphaned_old(dest)
-    remove_stale_temps(dest.parent)
+    remove_stale_temps(dest.parent, prefix=f".{dest.name}.")  # ours only: the parent is the user's folder
     tmp = dest.with_name(temp_name(f"{dest.name}.tmp"))
     tmp.mkdir()
     try:

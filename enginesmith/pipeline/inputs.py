@@ -46,7 +46,7 @@ def stage_file(source: Path, cache_root: Path, chunk: int = 1 << 22) -> StagedFi
             dst.flush()
             os.fsync(dst.fileno())
         digest = h.hexdigest()
-        final = folder / f"{digest[:32]}{''.join(source.suffixes[-1:]).lower()}"
+        final = folder / f"{digest[:32]}{source.suffix.lower()}"  # the loaders choose by suffix
         os.replace(tmp, final)  # same name = same bytes: replacing an existing copy changes nothing
     except FileNotFoundError:
         tmp.unlink(missing_ok=True)

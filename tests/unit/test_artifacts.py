@@ -243,3 +243,25 @@ def test_locks_are_per_key_and_a_lookup_takes_the_lock_only_to_discard(tmp_path)
     a.file.write_bytes(b"zz")
     with file_lock(cache._lock_path("s", key)):
         assert cache.lookup("s", key, locked=True) is None  # the caller holds the lock: no self-deadlock
+
+
+def test_publish_cleans_only_its_own_stale_temps_in_the_users_folder(tmp_path):
+    import subprocess
+    import sys
+
+    pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                             text=True).stdout)  # a process that has exited
+    ours = tmp_path / f".out.tmp-{pid}-deadbeef"
+    ours.mkdir()
+    theirs = tmp_path / f".notes.old-{pid}-cafebabe"  # a user's file that only looks like a temp name
+    theirs.write_text("keep me")
+    orphan = tmp_path / f".out.old-{pid}-0badf00d"  # killed between the two renames: the old engine, aside
+    orphan.mkdir()
+    (orphan / "a").write_text("old engine")
+    dest = tmp_path / "out"
+    assert not dest.exists()
+    publish_folder(lambda t: (t / "a").write_text("new"), tmp_path / "other")  # another destination: ours untouched
+    assert ours.exists() and orphan.exists() and theirs.read_text() == "keep me"
+    publish_folder(lambda t: (t / "a").write_text("new"), dest)
+    assert not ours.exists() and not orphan.exists() and theirs.read_text() == "keep me"
+    assert (dest / "a").read_text() == "new"
