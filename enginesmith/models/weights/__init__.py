@@ -14,17 +14,8 @@ DARKNET_SUFFIX = ".weights"
 
 def load_weights(model: object, path: str | Path, darknet_ok: bool = False) -> None:
     """Load `path` into `model` in place: `.weights` -> Darknet (only if darknet_ok), else a state dict."""
-    p = Path(path)
-    if not p.exists():
-        raise EnginesmithError(f"weights file not found: {p}")
-    if not p.is_file():
-        raise EnginesmithError(f"weights path {p} is not a file; give a .pt/.pth state dict or a .weights file")
+    p = _checked_path(path, model, darknet_ok)
     if p.suffix.lower() == DARKNET_SUFFIX:
-        if not darknet_ok:
-            raise EnginesmithError(
-                f"{p} is a Darknet .weights file, but {type(model).__name__} is not a Darknet model; "
-                "give a PyTorch state dict (.pt/.pth)"
-            )
         from enginesmith.models.weights.darknet import load_darknet_weights
 
         load_darknet_weights(model, p)  # type: ignore[arg-type]
@@ -32,6 +23,19 @@ def load_weights(model: object, path: str | Path, darknet_ok: bool = False) -> N
     from enginesmith.models.weights.state_dict import load_state_dict_file
 
     load_state_dict_file(model, p)  # type: ignore[arg-type]
+
+
+def _checked_path(path: str | Path, model: object, darknet_ok: bool) -> Path:
+    """`path` as a Path if it is an existing file that this model can take by its suffix; else one line."""
+    p = Path(path)
+    if not p.exists():
+        raise EnginesmithError(f"weights file not found: {p}")
+    if not p.is_file():
+        raise EnginesmithError(f"weights path {p} is not a file; give a .pt/.pth state dict or a .weights file")
+    if p.suffix.lower() == DARKNET_SUFFIX and not darknet_ok:
+        raise EnginesmithError(f"{p} is a Darknet .weights file, but {type(model).__name__} is not a Darknet model; "
+                               "give a PyTorch state dict (.pt/.pth)")
+    return p
 
 
 def darknet_allowed(loader: object) -> bool:
@@ -50,17 +54,8 @@ def check_weights_file(model: object, path: str | Path, loader: object) -> None:
     layers hold (os.stat and the header only, models/weights/darknet.py). Anything else: a checkpoint torch
     opens without running pickled code (a zip file is memory-mapped, not read) and, for the plain state-dict
     loader, whose keys and shapes match the model. One-line EnginesmithError naming the file otherwise."""
-    p = Path(path)
-    if not p.exists():
-        raise EnginesmithError(f"weights file not found: {p}")
-    if not p.is_file():
-        raise EnginesmithError(f"weights path {p} is not a file; give a .pt/.pth state dict or a .weights file")
+    p = _checked_path(path, model, darknet_allowed(loader))
     if p.suffix.lower() == DARKNET_SUFFIX:
-        if not darknet_allowed(loader):
-            raise EnginesmithError(
-                f"{p} is a Darknet .weights file, but {type(model).__name__} is not a Darknet model; "
-                "give a PyTorch state dict (.pt/.pth)"
-            )
         from enginesmith.models.weights.darknet import check_darknet_file
 
         check_darknet_file(model, p)  # type: ignore[arg-type]
