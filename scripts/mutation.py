@@ -37,8 +37,8 @@ EQUIVALENT = OUT / "equivalent.toml"
 GROUPS: dict[str, list[str]] = {
     "ops": ["enginesmith.models.ops"],
     "nms": ["enginesmith.runtime.nms", "enginesmith.pipeline.nms"],
-    "metrics": ["enginesmith.benchmarks.detection_metrics", "enginesmith.benchmarks.coco_metrics",
-                "enginesmith.benchmarks.classification_metrics"],
+    "metrics": ["enginesmith.evaluation.detection_metrics", "enginesmith.evaluation.coco_metrics",
+                "enginesmith.evaluation.classification_metrics"],
     "preprocess": ["enginesmith.runtime.preprocess"],
     "verify": ["enginesmith.pipeline.verify"],
     "artifacts": ["enginesmith.pipeline.artifacts"],

@@ -145,8 +145,8 @@ def predict_split(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray
     image id (None: selective search live), host NMS at benchmarks/predict.py's evaluation settings."""
     from contextlib import nullcontext
 
-    from enginesmith.benchmarks.detection_metrics import Predictions
-    from enginesmith.benchmarks.predict import EVAL_IOU_THRESHOLD, EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
+    from enginesmith.evaluation.detection_metrics import Predictions
+    from enginesmith.evaluation.predict import EVAL_IOU_THRESHOLD, EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
     from enginesmith.pipeline.progress import progress_bar
     from enginesmith.runtime.two_stage import detect_from_raw
 
@@ -166,7 +166,7 @@ def predict_split(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray
 def measure(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray] | None, timing_images: int,
             accuracy: bool = True, timing: bool = True) -> dict[str, Any]:
     """The accuracy pass (all images, cached proposals) and the timing pass (selective search live)."""
-    from enginesmith.benchmarks.detection_metrics import voc_metrics
+    from enginesmith.evaluation.detection_metrics import voc_metrics
     from enginesmith.pipeline.progress import progress_bar
     from enginesmith.runtime.two_stage import detect_from_raw
 

@@ -10,7 +10,7 @@
   streams) driven by an AsyncInferQueue with the plugin's optimal number of requests.
 - `cpu_peak()`: the machine's peak multiply-accumulate rate per precision, and how it was estimated.
 
-benchmarks/latency.py (the build's own latency check) stops at a time *budget*; this module is the
+evaluation/latency.py (the build's own latency check) stops at a time *budget*; this module is the
 benchmark's, with spread (std) and raw samples, and a minimum time rather than a maximum.
 """
 

@@ -17,6 +17,9 @@ from typing import Any, Callable
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.evaluation.classification_metrics import classification_metrics
+from enginesmith.evaluation.detection_metrics import evaluate_detections
+from enginesmith.evaluation.predict import predict_classes, predict_detections
 from enginesmith.runtime.preprocess import PreprocessSpec
 
 DEFAULT_BUDGET = {"detection": 1.0, "classification": 0.5}
@@ -102,17 +105,12 @@ def measure(infer: Infer, batch: int | None, val: ValidationSet, preprocess: Pre
     """Run `infer` over the validation set and return {"metric": name, "value": points, ...details}.
 
     batch: the engine's static batch (the last batch is padded), or None for a dynamic one."""
-    from enginesmith.benchmarks.predict import predict_classes, predict_detections
-
     if val.task == "detection":
-        from enginesmith.benchmarks.detection_metrics import evaluate_detections
-
         images = (val.data.load_image(i) for i in range(len(val.data)))
         preds = predict_detections(infer, images, preprocess, batch, progress=progress)
         m = evaluate_detections(preds, val.data)
         return {"metric": val.metric, "value": 100.0 * float(m["voc07_map"]), "map": 100.0 * float(m["map"]),
                 "coco_ap": 100.0 * float(m.get("coco_ap", float("nan"))), "images": len(val)}
-    from enginesmith.benchmarks.classification_metrics import classification_metrics
 
     logits = predict_classes(infer, val.data.images, preprocess, batch, progress=progress)
     m = classification_metrics(logits, np.asarray(val.data.labels))

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.evaluation.latency import measure_latency
 from enginesmith.pipeline.export import INPUT_NAME
 from enginesmith.runtime.proposals import DEFAULT_MAX_PROPOSALS
 from enginesmith.pipeline.artifacts import (
@@ -445,7 +446,6 @@ class _Build:
         import platform
 
         from enginesmith.backends import get_backend
-        from enginesmith.benchmarks.latency import measure_latency
         from enginesmith.backends import runner_options
 
         from enginesmith.calibration.feeds import as_feed, batch_len

@@ -16,7 +16,7 @@ whose objects are all mirror-symmetric classes (training/rcnn.py MIRROR_SAFE_CLA
 The backbone runs under bfloat16 autocast on CPU (weights float32); the heads and losses in float32.
 
 Validation: mAP on the val split with its proposals through runtime/two_stage.py fast_rcnn_raw +
-detect_from_raw and benchmarks/detection_metrics.py (training/rcnn.py evaluate_two_stage).
+detect_from_raw and evaluation/detection_metrics.py (training/rcnn.py evaluate_two_stage).
 """
 
 from __future__ import annotations

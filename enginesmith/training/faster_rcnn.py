@@ -30,7 +30,7 @@ image whose objects are all mirror-symmetric classes (training/rcnn.py MIRROR_SA
 is not a 2), as the Fast R-CNN trainer does, so the arc's rows see the same data. The backbone runs under
 bfloat16 autocast on CPU (weights float32); RPN, heads and losses in float32.
 
-Validation: VOC07 mAP on the val split through loop.py evaluate_detector (benchmarks/predict.py and
+Validation: VOC07 mAP on the val split through loop.py evaluate_detector (evaluation/predict.py and
 detection_metrics.py, the single-pass detectors' path: the model's own outputs, host NMS), one image
 per forward (the engine's static batch 1).
 """

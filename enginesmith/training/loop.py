@@ -2,7 +2,7 @@
 
 Detectors read the dataset's "train" split (helper readers: data/datasets.py open_dataset), see every
 image through training/augment.py and the model's own PreprocessSpec, and are evaluated on the "val"
-split at the end (benchmarks/detection_metrics.py evaluate_detections, on the same predictions path as
+split at the end (evaluation/detection_metrics.py evaluate_detections, on the same predictions path as
 `enginesmith eval`). Classifiers train on data/classification.py samples with softmax cross-entropy.
 
 Deterministic for a seed: the initial weights (spec.create(seed)), the epoch order and every
@@ -189,11 +189,11 @@ def _targets_tensor(t: np.ndarray):
 
 def evaluate_detector(net, spec_pre, dataset, images: list[np.ndarray] | None = None,
                       progress: bool | ProgressFn = False) -> dict[str, Any]:
-    """mAP of a torch detector on a DetectionDataset, through benchmarks/predict.py and detection_metrics.py."""
+    """mAP of a torch detector on a DetectionDataset, through evaluation/predict.py and detection_metrics.py."""
     import torch
 
-    from enginesmith.benchmarks.detection_metrics import evaluate_detections
-    from enginesmith.benchmarks.predict import predict_detections
+    from enginesmith.evaluation.detection_metrics import evaluate_detections
+    from enginesmith.evaluation.predict import predict_detections
 
     net.eval()
 

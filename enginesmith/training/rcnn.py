@@ -29,7 +29,7 @@ offline set and a 2-core CPU. Three stages, as the paper:
 
 Validation (the checkpoint's metrics): VOC07 / all-point mAP of the trained network on the val split with
 its selective-search proposals, through runtime/two_stage.py rcnn_raw + detect_from_raw (the host stages of
-the engine) and benchmarks/detection_metrics.py, with predict.py's evaluation thresholds.
+the engine) and evaluation/detection_metrics.py, with predict.py's evaluation thresholds.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.evaluation.detection_metrics import Predictions, evaluate_detections
+from enginesmith.evaluation.predict import EVAL_IOU_THRESHOLD, EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
 
 FG_IOU = 0.5  # fine-tuning: foreground when IoU >= 0.5 with a truth (Sec. 2.3)
 REGIONS_PER_IMAGE = 32
@@ -427,8 +429,6 @@ def evaluate_two_stage(kind: str, net, spec, dataset, proposals: list[np.ndarray
     limit: evaluate only the first `limit` images (the metrics then cover those)."""
     from dataclasses import replace as dc_replace
 
-    from enginesmith.benchmarks.detection_metrics import Predictions, evaluate_detections
-    from enginesmith.benchmarks.predict import EVAL_IOU_THRESHOLD, EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
     from enginesmith.runtime.two_stage import detect_from_raw, fast_rcnn_raw, rcnn_raw
     from enginesmith.training.loop import _Bar
 

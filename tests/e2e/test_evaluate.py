@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from enginesmith.benchmarks.classification_metrics import classification_metrics  # noqa: E402
+from enginesmith.evaluation.classification_metrics import classification_metrics  # noqa: E402
 from enginesmith.benchmarks.evaluate import (  # noqa: E402
     EVAL_MAX_DETECTIONS,
     EVAL_SCORE_THRESHOLD,

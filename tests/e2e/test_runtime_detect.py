@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from enginesmith.backends import get_backend
-from enginesmith.benchmarks.predict import predict_detections
+from enginesmith.evaluation.predict import predict_detections
 from enginesmith.data.offline_photos import base_photos
 from enginesmith.errors import EnginesmithError
 from enginesmith.backends import runner_options
@@ -103,7 +103,7 @@ def test_detector_equals_pipeline_prediction_and_pytorch(engine, photos, request
     got = det.batch(photos)
     assert len(got) == len(photos) and sum(map(len, got)) > 50  # untrained, but plenty of boxes above 0.25
 
-    # 1. the pipeline's own prediction path (benchmarks/predict.py, used by eval and the build's accuracy stage)
+    # 1. the pipeline's own prediction path (evaluation/predict.py, used by eval and the build's accuracy stage)
     #    with the backend's Runner: identical raw outputs, so identical detections
     backend = get_backend(det.info.target)
     with backend.Runner(det.info.engine_file, **runner_options(det.info.target, "fp32")) as r:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from enginesmith.benchmarks.classification_metrics import classification_metrics, topk_accuracy
+from enginesmith.evaluation.classification_metrics import classification_metrics, topk_accuracy
 from enginesmith.errors import EnginesmithError
 
 

@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("pycocotools")
 
-from enginesmith.benchmarks.coco_metrics import coco_metrics  # noqa: E402
-from enginesmith.benchmarks.detection_metrics import Predictions, voc_metrics  # noqa: E402
+from enginesmith.evaluation.coco_metrics import coco_metrics  # noqa: E402
+from enginesmith.evaluation.detection_metrics import Predictions, voc_metrics  # noqa: E402
 from enginesmith.data.detection import DetectionDataset, DetectionSample  # noqa: E402
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from enginesmith.benchmarks.detection_metrics import Predictions, box_iou, evaluate_detections, voc_ap, voc_metrics
+from enginesmith.evaluation.detection_metrics import Predictions, box_iou, evaluate_detections, voc_ap, voc_metrics
 from enginesmith.data.detection import DetectionDataset, DetectionSample
 from enginesmith.errors import EnginesmithError
 

@@ -1,12 +1,12 @@
 """Metric edge cases against hand-computed values and naive re-implementations: classification top-k
-(empty input, messages), VOC AP (benchmarks/detection_metrics.py) and the COCO AP adapter (pycocotools)."""
+(empty input, messages), VOC AP (evaluation/detection_metrics.py) and the COCO AP adapter (pycocotools)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from enginesmith.benchmarks.classification_metrics import classification_metrics, label_ranks, topk_accuracy
+from enginesmith.evaluation.classification_metrics import classification_metrics, label_ranks, topk_accuracy
 from enginesmith.errors import EnginesmithError
 
 
@@ -39,7 +39,7 @@ def test_classification_messages():
         topk_accuracy(np.zeros((1, 3)), np.array([0]), 0)
 
 
-# ---- COCO adapter (benchmarks/coco_metrics.py) -----------------------------------------------------------
+# ---- COCO adapter (evaluation/coco_metrics.py) -----------------------------------------------------------
 
 from pathlib import Path  # noqa: E402
 
@@ -56,7 +56,7 @@ def make_dataset(per_image, class_names=("a", "b"), size=(200, 300)) -> Detectio
 
 
 def test_coco_ground_truth_is_the_coco_format():
-    from enginesmith.benchmarks.coco_metrics import coco_ground_truth
+    from enginesmith.evaluation.coco_metrics import coco_ground_truth
 
     ds = make_dataset([([[10, 20, 40, 30], [0, 0, 5, 8]], [1, 0], [False, True]), ([], [], [])])
     s0 = ds.samples[0]
@@ -73,7 +73,7 @@ def test_coco_ground_truth_is_the_coco_format():
 
 
 def test_coco_detections_are_coco_results_in_float64():
-    from enginesmith.benchmarks.coco_metrics import coco_detections
+    from enginesmith.evaluation.coco_metrics import coco_detections
 
     box = np.array([[0.1, 0.2, 0.7, 0.9]], np.float32)  # widths from float32 corners, subtracted in float64
     dets = coco_detections([(box, np.array([0.5], np.float32), np.array([1])), (np.zeros((0, 4)), [], [])])
@@ -86,7 +86,7 @@ def test_coco_detections_are_coco_results_in_float64():
 
 
 def test_coco_metrics_without_detections_or_ground_truth():
-    from enginesmith.benchmarks.coco_metrics import coco_metrics
+    from enginesmith.evaluation.coco_metrics import coco_metrics
 
     ds = make_dataset([([[10, 20, 40, 30]], [0], [False])])
     m = coco_metrics([(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))], ds)
@@ -97,7 +97,7 @@ def test_coco_metrics_without_detections_or_ground_truth():
 
 
 def test_coco_metrics_messages(monkeypatch):
-    from enginesmith.benchmarks.coco_metrics import coco_metrics
+    from enginesmith.evaluation.coco_metrics import coco_metrics
 
     ds = make_dataset([([[10, 20, 40, 30]], [0], [False])])
     with pytest.raises(EnginesmithError, match="got predictions for 2 images but the dataset has 1"):
@@ -107,9 +107,9 @@ def test_coco_metrics_messages(monkeypatch):
         coco_metrics([(np.zeros((0, 4)), [], [])], ds)
 
 
-# ---- VOC AP (benchmarks/detection_metrics.py) -------------------------------------------------------------
+# ---- VOC AP (evaluation/detection_metrics.py) -------------------------------------------------------------
 
-from enginesmith.benchmarks.detection_metrics import (  # noqa: E402
+from enginesmith.evaluation.detection_metrics import (  # noqa: E402
     box_iou, class_ap, evaluate_detections, match_class, voc_ap, voc_metrics,
 )
 

@@ -113,7 +113,7 @@ def test_a_few_steps_teach_the_engine_module_to_find_an_object() -> None:
 
 
 def test_train_writes_a_checkpoint_whose_weights_give_the_recorded_val_map(tiny_offline, tmp_path: Path) -> None:
-    from enginesmith.benchmarks.detection_metrics import Predictions, evaluate_detections
+    from enginesmith.evaluation.detection_metrics import Predictions, evaluate_detections
     from enginesmith.data.datasets import open_dataset
     from enginesmith.models import registry
     from enginesmith.runtime.nms import nms_detections

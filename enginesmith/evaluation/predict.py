@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from enginesmith.benchmarks.detection_metrics import Predictions
+from enginesmith.evaluation.detection_metrics import Predictions
 from enginesmith.runtime.nms import nms_detections
 from enginesmith.runtime.preprocess import PreprocessSpec, load_image, preprocess
 
