@@ -195,7 +195,7 @@ def data_offline(
 ) -> None:
     """Generate the offline detection set: real photos, real handwritten digits and drawn shapes."""
     from enginesmith.data.offline_detection import generate_offline_dataset
-    from enginesmith.pipeline.progress import progress_bar
+    from enginesmith.progress import progress_bar
 
     try:
         with progress_bar("offline dataset", images) as update:
@@ -256,7 +256,7 @@ def evaluate(
         _fail(e)
     sys.stdout.write(render_metrics(metrics) + "\n")
     if json_out is not None:
-        from enginesmith.pipeline.artifacts import write_json_atomic
+        from enginesmith.files import write_json_atomic
 
         write_json_atomic(json_out, metrics)
 

@@ -501,7 +501,7 @@ def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None
     status "error" (the others go on); bad input fails before anything is built."""
     from contextlib import nullcontext
 
-    from enginesmith.pipeline.progress import progress_bar
+    from enginesmith.progress import progress_bar
 
     profile = profile or (TimingProfile.quick() if quick else TimingProfile())
     runs, skipped = plan(suite, weights, dataset)
@@ -567,7 +567,7 @@ def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None
 
 def _child_main(argv: list[str]) -> int:
     """`python -m enginesmith.benchmarks.bench JOB.json OUT.json`: measure one job, write its result."""
-    from enginesmith.pipeline.artifacts import write_json_atomic
+    from enginesmith.files import write_json_atomic
 
     job_path, out_path = Path(argv[0]), Path(argv[1])
     job = json.loads(job_path.read_text())

@@ -95,7 +95,7 @@ def render_markdown(header: dict[str, Any], r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from enginesmith.benchmarks.bench import load_images
     from enginesmith.benchmarks.machine import run_header
-    from enginesmith.pipeline.artifacts import write_json_atomic, write_text_atomic
+    from enginesmith.files import write_json_atomic, write_text_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("engine", type=Path, help="a detector engine folder (manifest.json + engine)")

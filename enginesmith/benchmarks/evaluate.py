@@ -298,7 +298,7 @@ def _run(predictor: Predictor, items: Iterable[Any], load: Callable[[Any], np.nd
     """predictor.predict over the items with a progress bar -> (predictions, seconds excluding image loading)."""
     from contextlib import nullcontext
 
-    from enginesmith.pipeline.progress import progress_bar
+    from enginesmith.progress import progress_bar
 
     timed = _Timed(items, load)
     seen = [0]

@@ -267,7 +267,7 @@ def render_markdown(model: str, size_text: str, header: dict[str, Any], trials: 
 
 def main(argv: list[str] | None = None) -> int:
     from enginesmith.benchmarks.machine import run_header
-    from enginesmith.pipeline.artifacts import write_json_atomic, write_text_atomic
+    from enginesmith.files import write_json_atomic, write_text_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="results.json of `enginesmith bench`")

@@ -147,7 +147,7 @@ def predict_split(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray
 
     from enginesmith.evaluation.detection_metrics import Predictions
     from enginesmith.evaluation.predict import EVAL_IOU_THRESHOLD, EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
-    from enginesmith.pipeline.progress import progress_bar
+    from enginesmith.progress import progress_bar
     from enginesmith.runtime.two_stage import detect_from_raw
 
     preds = []
@@ -167,7 +167,7 @@ def measure(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray] | No
             accuracy: bool = True, timing: bool = True) -> dict[str, Any]:
     """The accuracy pass (all images, cached proposals) and the timing pass (selective search live)."""
     from enginesmith.evaluation.detection_metrics import voc_metrics
-    from enginesmith.pipeline.progress import progress_bar
+    from enginesmith.progress import progress_bar
     from enginesmith.runtime.two_stage import detect_from_raw
 
     result: dict[str, Any] = {}

@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/quantizers-cpu.md"))
     args = ap.parse_args()
     from enginesmith.benchmarks.machine import run_header
-    from enginesmith.pipeline.progress import progress_bar
+    from enginesmith.progress import progress_bar
 
     header = run_header()
     work = Path(tempfile.mkdtemp(prefix="es-quant-"))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from enginesmith.benchmarks.paper import paper_order_section
-from enginesmith.pipeline.artifacts import write_json_atomic, write_text_atomic
+from enginesmith.files import write_json_atomic, write_text_atomic
 
 DASH = "—"
 

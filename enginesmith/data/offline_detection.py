@@ -465,7 +465,7 @@ def generate_offline_dataset(
     `progress(done)` is called after each image. An `out` that already holds a complete set with the
     same images/seed/version is returned as is; any other non-empty `out` is an EnginesmithError.
     """
-    from enginesmith.pipeline.artifacts import publish_folder
+    from enginesmith.files import publish_folder
 
     out = Path(out).expanduser()
     images, seed = int(images), int(seed)

@@ -229,14 +229,14 @@ def write_voc_annotation(
     path: Path, sample: DetectionSample, class_names: Sequence[str], truncated: Sequence[bool] | None = None
 ) -> None:
     """Write `sample` as a VOC xml at `path` (atomically)."""
-    from enginesmith.pipeline.artifacts import write_text_atomic
+    from enginesmith.files import write_text_atomic
 
     write_text_atomic(Path(path), annotation_xml(sample, class_names, truncated))
 
 
 def write_image_set(root: Path, split: str, ids: Sequence[str]) -> Path:
     """Write `<root>/ImageSets/Main/<split>.txt` (one id per line); returns its path."""
-    from enginesmith.pipeline.artifacts import write_text_atomic
+    from enginesmith.files import write_text_atomic
 
     path = Path(root) / "ImageSets" / "Main" / f"{split}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,7 +246,7 @@ def write_image_set(root: Path, split: str, ids: Sequence[str]) -> Path:
 
 def write_class_names(root: Path, class_names: Sequence[str]) -> Path:
     """Write `<root>/classes.txt` (one name per line, class id = line index)."""
-    from enginesmith.pipeline.artifacts import write_text_atomic
+    from enginesmith.files import write_text_atomic
 
     path = Path(root) / "classes.txt"
     write_text_atomic(path, "".join(f"{n}\n" for n in class_names))

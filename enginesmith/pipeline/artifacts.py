@@ -25,11 +25,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from enginesmith.errors import EnginesmithError
-from enginesmith.files import (file_lock, fsync_tree, publish_folder, remove_stale_temps, swap_in, temp_name,
-                               write_json_atomic, write_text_atomic)
+from enginesmith.files import file_lock, fsync_tree, remove_stale_temps, swap_in, temp_name
 
-__all__ = ["Artifact", "Cache", "StageResult", "publish_folder", "sha256_file", "sha256_json",
-           "tool_versions", "write_json_atomic", "write_text_atomic"]
+__all__ = ["Artifact", "Cache", "StageResult", "sha256_file", "sha256_json", "tool_versions"]
 
 MANIFEST = "manifest.json"
 LOCKS = ".locks"  # per-key lock files inside each stage folder

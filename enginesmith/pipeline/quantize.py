@@ -157,7 +157,7 @@ def _nncf(src: Path, calibration: Calibration, options: QuantizeOptions, tmp: Pa
 def _statistics(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
     from enginesmith.calibration.statistics import activation_ranges, quantizable_tensors
 
-    from enginesmith.pipeline.progress import progress_bar
+    from enginesmith.progress import progress_bar
 
     names = quantizable_tensors(src, QUANTIZED_OP_TYPES, (DECODE_ONNX_PATTERN,))
     passes = 1 if calibration.method == "minmax" else 2

@@ -19,6 +19,7 @@ import numpy as np
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.evaluation.latency import measure_latency
+from enginesmith.files import write_json_atomic, write_text_atomic
 from enginesmith.pipeline.export import INPUT_NAME
 from enginesmith.runtime.proposals import DEFAULT_MAX_PROPOSALS
 from enginesmith.pipeline.artifacts import (
@@ -26,8 +27,6 @@ from enginesmith.pipeline.artifacts import (
     Cache,
     StageResult,
     sha256_file,
-    write_json_atomic,
-    write_text_atomic,
 )
 from enginesmith.pipeline.inputs import stage_file
 
@@ -407,7 +406,7 @@ class _Build:
     def _accuracy(self, name: str, parents: list[Artifact], params: dict[str, Any], make_infer: Callable[[], Any],
                   batch: int | None) -> Artifact:
         from enginesmith.pipeline.accuracy import check_unchanged, measure
-        from enginesmith.pipeline.progress import progress_bar
+        from enginesmith.progress import progress_bar
 
         params = {**params, "val": self.val.fingerprint, "split": self.val.split, "metric": self.val.metric}
 

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from enginesmith.pipeline.artifacts import Cache, StageResult, publish_folder
+from enginesmith.files import publish_folder
+from enginesmith.pipeline.artifacts import Cache, StageResult
 
 
 def _writer(text: str, calls: list):
