@@ -102,7 +102,7 @@ def lenet_top1(work: Path) -> dict[str, float]:
     from enginesmith.backends import get_backend
     from enginesmith.data.digits import load_digits_32
     from enginesmith.models import registry
-    from enginesmith.models.training import train_lenet5
+    from enginesmith.training.digits import train_lenet5
     from enginesmith.backends import runner_options
     from enginesmith.pipeline.run import BuildConfig, build_engine
     from enginesmith.runtime.preprocess import preprocess_batch

@@ -19,11 +19,10 @@ import numpy as np
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
+from enginesmith.runtime.proposals import REGIONS_PER_IMAGE, ROIS_PER_IMAGE
 
 Batch = Any  # np.ndarray [N, C, H, W] or dict[str, np.ndarray]
 FEED_KINDS = ("rcnn_regions", "fast_rcnn_rois")
-REGIONS_PER_IMAGE = 32  # R-CNN calibration/verification regions per image
-ROIS_PER_IMAGE = 300  # Fast R-CNN calibration/verification rois per image (the paper's test-time count is 2,000)
 ROI_INPUT = "rois"
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.proposals import REGIONS_PER_IMAGE, ROIS_PER_IMAGE
 
 GIB = 2**30
 
@@ -126,8 +127,6 @@ def _effective_batch(spec: Any, batch: int, dynamic_batch: bool) -> int:
     """Images (or R-CNN regions) in the largest batch the build runs: verification runs 2 on a dynamic axis, but
     R-CNN's feeds carry all REGIONS_PER_IMAGE regions of an image on it (calibration/feeds.py)."""
     if spec.extra.get("feeds") == "rcnn_regions":
-        from enginesmith.calibration.feeds import REGIONS_PER_IMAGE
-
         return REGIONS_PER_IMAGE if dynamic_batch else batch
     return 2 if dynamic_batch else batch
 
@@ -138,8 +137,6 @@ def activation_bytes(spec: Any, model: Any, batch: int, size: tuple[int, int]) -
     shape = (batch, spec.preprocess.channels, *size)
     extra = ()
     if spec.extra.get("feeds") == "fast_rcnn_rois":
-        from enginesmith.calibration.feeds import ROIS_PER_IMAGE
-
         extra = (torch.zeros((ROIS_PER_IMAGE, 4), device="meta"),)
     mode = Meta()
     with torch.no_grad(), mode:

@@ -13,16 +13,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from enginesmith.runtime.engine import (Classification, Classifier, Detection, Detector, DetectorConfig,
-                                            Segmentation, Segmenter, load)
+    from enginesmith.runtime.engine import Classifier, Detector, Segmenter, load
+    from enginesmith.runtime.types import Classification, Detection, DetectorConfig, Segmentation
 
 __all__ = ["load", "Detector", "Classifier", "Segmenter", "Detection", "Classification", "Segmentation",
            "DetectorConfig"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in ("load", "Detector", "Classifier", "Segmenter"):
         from enginesmith.runtime import engine
 
         return getattr(engine, name)
+    if name in __all__:
+        from enginesmith.runtime import types
+
+        return getattr(types, name)
     raise AttributeError(f"module 'enginesmith.runtime' has no attribute {name!r}")

@@ -62,7 +62,7 @@ def detect(
 ) -> None:
     """Detect objects in images with a built engine: drawn copies, detections.json, and the FPS. Images that
     cannot be decoded are skipped and reported."""
-    from enginesmith.runtime.engine import DetectorConfig
+    from enginesmith.runtime.types import DetectorConfig
     from enginesmith.runtime.files import collect_images, detect_files
 
     def show(path: Path, dets: Any) -> None:

@@ -12,9 +12,9 @@ the conversion rule); results come back in the original image's pixels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Generic, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -24,78 +24,12 @@ from enginesmith.runtime.manifest import EngineInfo, check_runnable, engine_info
 from enginesmith.runtime.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD,
                                      nms_detections)
 from enginesmith.runtime.preprocess import Transform, preprocess
-
-if TYPE_CHECKING:  # pragma: no cover
-    from enginesmith.runtime.two_stage import TwoStageDetector
+from enginesmith.runtime.two_stage import TwoStageDetector
+from enginesmith.runtime.types import Classification, Detection, DetectorConfig, Segmentation
 
 DYNAMIC_BATCH = 8  # images per inference call for an engine with a dynamic batch axis
 
 R = TypeVar("R")
-
-
-# -- results ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Detection:
-    """One detected object. box: (x1, y1, x2, y2) in the original image's pixels (continuous, clipped)."""
-
-    box: tuple[float, float, float, float]
-    score: float
-    class_id: int
-    class_name: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"box": [round(v, 2) for v in self.box], "score": round(self.score, 5), "class_id": self.class_id,
-                "class_name": self.class_name}
-
-
-@dataclass(frozen=True)
-class Classification:
-    """One of the top-k classes: score is the softmax probability of the engine's logits."""
-
-    class_id: int
-    class_name: str
-    score: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"class_id": self.class_id, "class_name": self.class_name, "score": round(self.score, 6)}
-
-
-@dataclass(frozen=True)
-class Segmentation:
-    """A per-pixel label map in the original image's pixels.
-
-    labels: (H, W) int32 class ids; -1 where the network makes no prediction (U-Net's valid convolutions
-    leave a border of the input unlabelled). scores: (H, W) float32 softmax probability of that label.
-    """
-
-    labels: np.ndarray
-    scores: np.ndarray
-    class_names: tuple[str, ...]
-
-    def mask(self, class_id: int) -> np.ndarray:
-        """(H, W) bool: pixels labelled class_id."""
-        return self.labels == class_id
-
-    def to_dict(self) -> dict[str, Any]:
-        ids, counts = np.unique(self.labels, return_counts=True)
-        return {"shape": list(self.labels.shape), "pixels": {("unlabelled" if i < 0 else self.class_names[i]
-                if i < len(self.class_names) else f"class {i}"): int(c) for i, c in zip(ids.tolist(), counts.tolist())}}
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """Host post-processing: a (box, class) is kept when score > score_threshold; NMS suppresses a box
-    whose IoU with a kept box of the same class (any class when class_agnostic) is > iou_threshold; at
-    most max_detections per image, best first. `classes`: only those class ids are candidates (None: all).
-    engine_nms: use an engine's in-graph NMS when it gives exactly this config (False: always host NMS
-    on the raw head, which engines built with --nms engine also return)."""
-
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD
-    iou_threshold: float = DEFAULT_IOU_THRESHOLD
-    max_detections: int = DEFAULT_MAX_DETECTIONS
-    class_agnostic: bool = False
-    classes: tuple[int, ...] | None = None
-    engine_nms: bool = True
 
 
 # -- the engine wrapper -----------------------------------------------------------------------------------
@@ -365,8 +299,6 @@ def load(engine_dir: str | Path, *, config: DetectorConfig | None = None, top_k:
     info = engine_info(engine_dir)
     check_runnable(info)
     if "two_stage" in info.raw:  # R-CNN / Fast R-CNN (issue 8): proposals + host stages, runtime/two_stage.py
-        from enginesmith.runtime.two_stage import TwoStageDetector
-
         return TwoStageDetector(info, config, runner_options)
     if info.task == "detection":
         return Detector(info, config, runner_options)
@@ -382,5 +314,4 @@ def detections_to_json(dets: list[Detection]) -> list[dict[str, Any]]:
     return [d.to_dict() for d in dets]
 
 
-__all__ = ["load", "Detector", "Classifier", "Segmenter", "Detection", "Classification", "Segmentation",
-           "DetectorConfig", "detections_to_json"]
+__all__ = ["load", "Detector", "Classifier", "Segmenter", "detections_to_json"]

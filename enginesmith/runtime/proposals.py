@@ -23,6 +23,10 @@ from enginesmith.errors import EnginesmithError
 MODES = ("fast", "quality")
 DEFAULT_MAX_PROPOSALS = 2000
 DEFAULT_MIN_SIDE = 2.0
+# What a build feeds a two-stage engine per calibration/verification image (calibration/feeds.py; the memory
+# estimate, models/memory.py, sizes the batch axis with them):
+REGIONS_PER_IMAGE = 32  # R-CNN calibration/verification regions per image
+ROIS_PER_IMAGE = 300  # Fast R-CNN calibration/verification rois per image (the paper's test-time count is 2,000)
 INSTALL_HINT = "pip install opencv-contrib-python-headless (or enginesmith[proposals]); the plain opencv packages lack ximgproc"
 
 

@@ -33,6 +33,7 @@ from enginesmith.runtime.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIO
                                      greedy_nms)
 from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
 from enginesmith.runtime.region_warp import decode_deltas, region_inputs
+from enginesmith.runtime.types import Detection, DetectorConfig
 
 Infer = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -276,7 +277,6 @@ class TwoStageDetector:
                  max_proposals: int | None = None) -> None:
         from enginesmith.backends import get_backend
         from enginesmith.backends import runner_options as default_options
-        from enginesmith.runtime.engine import DetectorConfig
 
         self.info = info
         params = two_stage_params(info.raw)
@@ -364,8 +364,6 @@ class TwoStageDetector:
                              num_classes=self.num_classes, input_name=self.info.input_name, rois_name=self.rois_name)
 
     def _detect(self, image: Any, proposals: Any, channels: str, times: dict[str, float]) -> list[Any]:
-        from enginesmith.runtime.engine import Detection
-
         boxes, scores = self.raw(image, proposals, channels, times)
         c = self.config
         with _timed(times, "nms"):

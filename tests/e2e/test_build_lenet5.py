@@ -22,7 +22,7 @@ from enginesmith.runtime.preprocess import PreprocessSpec, preprocess_batch
 def trained_lenet(tmp_path_factory):
     torch = pytest.importorskip("torch")
     from enginesmith.data.digits import load_digits_32
-    from enginesmith.models.training import train_lenet5
+    from enginesmith.training.digits import train_lenet5
 
     digits = load_digits_32()
     model, test_top1 = train_lenet5(digits)

@@ -8,7 +8,7 @@ import torch
 
 from enginesmith.data.digits import load_digits_32
 from enginesmith.models import registry
-from enginesmith.models.training import train_lenet5
+from enginesmith.training.digits import train_lenet5
 from enginesmith.runtime.preprocess import preprocess_batch
 
 

@@ -337,7 +337,7 @@ def folders(models, onnx_files, tmp_path_factory) -> dict[str, Path]:
 
 def test_load_gives_a_two_stage_detector(folders, models, onnx_files) -> None:
     from enginesmith.runtime import load
-    from enginesmith.runtime.engine import Detection, DetectorConfig
+    from enginesmith.runtime.types import Detection, DetectorConfig
 
     rng = np.random.default_rng(3)
     img = _photo(96, 128)
