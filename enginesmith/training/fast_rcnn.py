@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from enginesmith.training.rcnn import box_iou, mirror_safe, split_proposal_list, validate_two_stage
+from enginesmith.training.two_stage_loop import image_batch_maker, run_epochs
 
 ROIS_PER_IMAGE = 64
 FG_FRACTION = 0.25
@@ -122,8 +123,6 @@ def train_fast_rcnn(spec, train_set, val_set, recipe, seed: int, time_budget_s: 
                     progress) -> tuple[Any, dict[str, Any]]:
     """Fast R-CNN's multi-task training on train_set, then val mAP; returns (FastRCNN in eval mode, metrics)."""
     import torch
-
-    from enginesmith.training.two_stage_loop import image_batch_maker, run_epochs
 
     net = spec.create(num_classes=len(train_set.class_names), seed=seed).to(memory_format=torch.channels_last)
     heads = make_roi_heads(net)

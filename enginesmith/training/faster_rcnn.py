@@ -42,6 +42,16 @@ from typing import Any
 
 import numpy as np
 
+from enginesmith.training.augment import to_input
+
+from enginesmith.training.common import evaluate_detector
+
+from enginesmith.training.fast_rcnn import flip_boxes
+
+from enginesmith.training.rcnn import mirror_safe
+
+from enginesmith.training.two_stage_loop import image_batch_maker, run_epochs
+
 RPN_BATCH = 256
 RPN_POS_FRACTION = 0.5
 RPN_FG_IOU = 0.7
@@ -97,9 +107,6 @@ def training_sample(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, sp
     """One image HxWx3 uint8 RGB with boxes [K, 4] x1y1x2y2 original px and labels [K] (0-based) ->
     (x [3, H, W] float32 preprocessed, boxes [K, 4] input px, labels [K] int64 = class + 1), after an
     optional horizontal flip."""
-    from enginesmith.training.augment import to_input
-    from enginesmith.training.fast_rcnn import flip_boxes
-
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     if flip:
         w = image.shape[1]
@@ -150,10 +157,6 @@ def train_faster_rcnn(spec, train_set, val_set, recipe, seed: int, time_budget_s
                       progress) -> tuple[Any, dict[str, Any]]:
     """Approximate joint training on train_set, then val mAP; returns (FasterRCNN in eval mode, metrics)."""
     import torch
-
-    from enginesmith.training.loop import evaluate_detector
-    from enginesmith.training.rcnn import mirror_safe
-    from enginesmith.training.two_stage_loop import image_batch_maker, run_epochs
 
     net = spec.create(num_classes=len(train_set.class_names), seed=seed)
     torch.manual_seed(seed)

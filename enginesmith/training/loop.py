@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import queue
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,10 +28,14 @@ from enginesmith.errors import EnginesmithError
 from enginesmith.training.augment import AugmentConfig, augment_sample, to_input
 from enginesmith.training.checkpoints import (dataset_fingerprint, default_checkpoint_path, matches, read_checkpoint,
                                               save_checkpoint)
+from enginesmith.training.common import (Bar, ProgressFn, epoch_batches, evaluate_detector, lr_at, make_optimizer,
+                                         prefetch)
+from enginesmith.training.criteria import detection_loss, init_detection_priors
+from enginesmith.training.fast_rcnn import train_fast_rcnn
+from enginesmith.training.faster_rcnn import train_faster_rcnn
+from enginesmith.training.losses import classification_loss
+from enginesmith.training.rcnn import train_rcnn
 from enginesmith.training.recipes import Recipe, recipe_for
-
-ProgressFn = Callable[[dict[str, Any]], None]
-
 
 @dataclass
 class TrainResult:
@@ -53,31 +55,6 @@ def cpu_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, final_fraction: float) -> float:
-    """Linear warm-up from lr/10 to lr over warmup_steps, then cosine from lr to lr * final_fraction."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return lr * (0.1 + 0.9 * step / warmup_steps)
-    span = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / span)
-    return lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def make_optimizer(model, recipe: Recipe):
-    """AdamW or SGD (Nesterov, momentum 0.9); weight decay on conv/linear weights only (not BN, not biases)."""
-    import torch
-
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999))
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, nesterov=True)
-    raise EnginesmithError(f"unknown optimizer {recipe.optimizer!r} in the recipe; use 'adamw' or 'sgd'")
 
 
 class EMA:
@@ -111,73 +88,6 @@ def _seeded_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
-def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Full batches only (a last batch of 1 would break BatchNorm); the remainder is dropped this epoch."""
-    n = len(order) // batch_size
-    return [order[i * batch_size:(i + 1) * batch_size] for i in range(max(1, n))]
-
-
-def _prefetch(make: Callable[[int], Any], count: int, depth: int = 2) -> Iterator[Any]:
-    """Yield make(0..count-1) computed one step ahead in a background thread (PIL and numpy release the GIL)."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for i in range(count):
-                if stop.is_set():
-                    return
-                q.put((i, make(i), None))
-        except BaseException as e:  # surfaced in the consumer
-            q.put((-1, None, e))
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    try:
-        for _ in range(count):
-            _, item, err = q.get()
-            if err is not None:
-                raise err
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(timeout=0.05)
-
-
-class _Bar:
-    """A rich progress bar on stderr (epoch, loss, img/s), or a callback, or nothing."""
-
-    def __init__(self, progress: bool | ProgressFn, description: str, total: int) -> None:
-        self.callback = progress if callable(progress) else None
-        self.bar = None
-        if progress is True:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-                TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=False)
-            self.bar.start()
-            self.task = self.bar.add_task(description, total=total, info="")
-
-    def update(self, info: dict[str, Any]) -> None:
-        if self.callback is not None:
-            self.callback(info)
-        if self.bar is not None:
-            text = (f"epoch {info['epoch']}/{info['epochs']}  loss {info['loss']:.3f}  {info['img_s']:.1f} img/s"
-                    if "loss" in info else info.get("text", ""))
-            self.bar.update(self.task, completed=info.get("step", 0), total=info.get("total"), info=text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 # ------------------------------------------------------------------------------------------- detectors
 
 
@@ -187,38 +97,8 @@ def _targets_tensor(t: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32).reshape(-1, 5))
 
 
-def evaluate_detector(net, spec_pre, dataset, images: list[np.ndarray] | None = None,
-                      progress: bool | ProgressFn = False) -> dict[str, Any]:
-    """mAP of a torch detector on a DetectionDataset, through evaluation/predict.py and detection_metrics.py."""
-    import torch
-
-    from enginesmith.evaluation.detection_metrics import evaluate_detections
-    from enginesmith.evaluation.predict import predict_detections
-
-    net.eval()
-
-    def infer(x: np.ndarray) -> dict[str, np.ndarray]:
-        with torch.no_grad():
-            boxes, scores = net(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
-        return {"boxes": boxes.numpy(), "scores": scores.numpy()}
-
-    imgs = images if images is not None else (dataset.load_image(i) for i in range(len(dataset)))
-    bar = _Bar(progress, f"evaluating {dataset.split}", len(dataset))
-    done = [0]
-
-    def tick(n: int) -> None:
-        done[0] += n
-        bar.update({"step": done[0], "total": len(dataset), "text": f"{done[0]} images"})
-
-    try:
-        preds = predict_detections(infer, imgs, spec_pre, None, progress=tick)
-    finally:
-        bar.close()
-    return evaluate_detections(preds, dataset)
-
-
 def _load_images(dataset, bar_progress: bool | ProgressFn, what: str) -> list[np.ndarray]:
-    bar = _Bar(bar_progress, f"loading {what}", len(dataset))
+    bar = Bar(bar_progress, f"loading {what}", len(dataset))
     out = []
     for i in range(len(dataset)):
         out.append(dataset.load_image(i))
@@ -234,8 +114,6 @@ def train_detector(spec, train_set, val_set, recipe: Recipe, seed: int, time_bud
     """Train spec's network on train_set with `recipe`; returns (trained module in eval mode, metrics)."""
     import torch
 
-    from enginesmith.training.criteria import detection_loss, init_detection_priors
-
     num_classes = len(train_set.class_names)
     net = spec.create(num_classes=num_classes, seed=seed)
     init_detection_priors(net)
@@ -248,11 +126,11 @@ def train_detector(spec, train_set, val_set, recipe: Recipe, seed: int, time_bud
 
     n = len(samples)
     bs = min(recipe.batch_size, n)
-    steps_per_epoch = len(_batches(np.arange(n), bs))
+    steps_per_epoch = len(epoch_batches(np.arange(n), bs))
     planned_epochs = recipe.epochs
     total_steps = planned_epochs * steps_per_epoch
     warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
-    bar = _Bar(progress, f"train {spec.name}", total_steps)
+    bar = Bar(progress, f"train {spec.name}", total_steps)
     history: list[dict[str, Any]] = []
     step = 0
     t_start = time.perf_counter()
@@ -275,11 +153,11 @@ def train_detector(spec, train_set, val_set, recipe: Recipe, seed: int, time_bud
         for epoch in range(planned_epochs):
             net.train()
             order = np.random.default_rng([seed, epoch]).permutation(n)
-            batches = _batches(order, bs)
+            batches = epoch_batches(order, bs)
             t_epoch = time.perf_counter()
             seen = 0
             sums: dict[str, float] = {}
-            for x, targets in _prefetch(make_batch(batches, epoch), len(batches)):
+            for x, targets in prefetch(make_batch(batches, epoch), len(batches)):
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, total_steps, warmup, recipe.lr, recipe.final_lr_fraction)
                 out = detection_loss(net, x, targets, recipe.yolo)
@@ -348,7 +226,6 @@ def train_classifier(spec, train_set, val_set, recipe: Recipe, seed: int, time_b
     import torch
 
     from enginesmith.runtime.preprocess import preprocess_batch
-    from enginesmith.training.losses import classification_loss
 
     names = tuple(train_set.class_names)
     net = spec.create(num_classes=len(names), seed=seed).train()
@@ -359,16 +236,16 @@ def train_classifier(spec, train_set, val_set, recipe: Recipe, seed: int, time_b
     opt = make_optimizer(net, recipe)
     n = len(x_all)
     bs = min(recipe.batch_size, n)
-    steps_per_epoch = len(_batches(np.arange(n), bs))
+    steps_per_epoch = len(epoch_batches(np.arange(n), bs))
     total = recipe.epochs * steps_per_epoch
     warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
-    bar = _Bar(progress, f"train {spec.name}", total)
+    bar = Bar(progress, f"train {spec.name}", total)
     step, t0, epochs_run = 0, time.perf_counter(), 0
     try:
         for epoch in range(recipe.epochs):
             order = np.random.default_rng([seed, epoch]).permutation(n)
             t_epoch, seen = time.perf_counter(), 0
-            for idx in _batches(order, bs):
+            for idx in epoch_batches(order, bs):
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, total, warmup, recipe.lr, recipe.final_lr_fraction)
                 ix = torch.from_numpy(idx)
@@ -463,16 +340,10 @@ def train(model: str, dataset: Path, epochs: int | None = None, out: Path | None
     try:
         two_stage = spec.extra.get("two_stage") if spec.task == "detection" else None
         if two_stage == "rcnn":
-            from enginesmith.training.rcnn import train_rcnn
-
             net, metrics = train_rcnn(spec, train_set, val_set, recipe, seed, time_budget_s, progress)
         elif two_stage == "fast-rcnn":
-            from enginesmith.training.fast_rcnn import train_fast_rcnn
-
             net, metrics = train_fast_rcnn(spec, train_set, val_set, recipe, seed, time_budget_s, progress)
         elif spec.extra.get("trainer") == "faster-rcnn":
-            from enginesmith.training.faster_rcnn import train_faster_rcnn
-
             net, metrics = train_faster_rcnn(spec, train_set, val_set, recipe, seed, time_budget_s, progress)
         elif spec.task == "detection":
             net, metrics = train_detector(spec, train_set, val_set, recipe, seed, time_budget_s, progress)
@@ -506,5 +377,5 @@ def _optional_split(read: Callable[[], Any]):
         return None
 
 
-__all__ = ["TrainResult", "train", "train_detector", "train_classifier", "evaluate_detector", "lr_at", "EMA",
+__all__ = ["TrainResult", "train", "train_detector", "train_classifier", "EMA",
            "AugmentConfig", "to_input"]

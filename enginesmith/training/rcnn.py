@@ -43,6 +43,8 @@ import numpy as np
 from enginesmith.errors import EnginesmithError
 from enginesmith.evaluation.detection_metrics import Predictions, evaluate_detections
 from enginesmith.evaluation.predict import EVAL_IOU_THRESHOLD, EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
+from enginesmith.training.common import Bar
+from enginesmith.training.two_stage_loop import run_epochs
 
 FG_IOU = 0.5  # fine-tuning: foreground when IoU >= 0.5 with a truth (Sec. 2.3)
 REGIONS_PER_IMAGE = 32
@@ -159,8 +161,6 @@ def finetune(net, dataset, regions: list[LabelledRegions], spec_pre, recipe, see
     """Stage 1: softmax cross-entropy on fc8 over sampled warped regions; updates net in place; the per-epoch
     history (seconds, regions/s, loss, fg accuracy)."""
     import torch
-
-    from enginesmith.training.two_stage_loop import run_epochs
 
     safe = mirror_safe(dataset.class_names)
     with torch.no_grad():  # the (C + 1)-way classifier starts as the paper's: Gaussian std 0.01, zero bias
@@ -430,7 +430,6 @@ def evaluate_two_stage(kind: str, net, spec, dataset, proposals: list[np.ndarray
     from dataclasses import replace as dc_replace
 
     from enginesmith.runtime.two_stage import detect_from_raw, fast_rcnn_raw, rcnn_raw
-    from enginesmith.training.loop import _Bar
 
     net.eval()
     if limit is not None and limit < len(dataset):
@@ -443,7 +442,7 @@ def evaluate_two_stage(kind: str, net, spec, dataset, proposals: list[np.ndarray
 
         infer = torch_fast_rcnn_infer(net)
     c = len(dataset.class_names)
-    bar = _Bar(progress, f"evaluating {kind} on {dataset.split}", len(dataset))
+    bar = Bar(progress, f"evaluating {kind} on {dataset.split}", len(dataset))
     times: dict[str, float] = {}
     preds = []
     try:
@@ -505,8 +504,6 @@ def train_rcnn(spec, train_set, val_set, recipe, seed: int, time_budget_s: float
     """The three stages on train_set, then val mAP; returns (RCNN in eval mode, metrics)."""
     import torch
 
-    from enginesmith.training.loop import _Bar
-
     c = len(train_set.class_names)
     net = spec.create(num_classes=c, seed=seed).to(memory_format=torch.channels_last)
     phases: dict[str, float] = {}
@@ -520,7 +517,7 @@ def train_rcnn(spec, train_set, val_set, recipe, seed: int, time_budget_s: float
     phases["finetune"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    bar = _Bar(progress, "R-CNN features (SVM/regression pool)", len(train_set))
+    bar = Bar(progress, "R-CNN features (SVM/regression pool)", len(train_set))
     try:
         pool = build_feature_pool(net, train_set, props, spec.preprocess, seed,
                                   progress=lambda i: bar.update({"step": i, "total": len(train_set),

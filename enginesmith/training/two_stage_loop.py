@@ -2,7 +2,7 @@
 Fast R-CNN (training/fast_rcnn.py) and Faster R-CNN (training/faster_rcnn.py).
 
 Per epoch: the images in a seeded order (numpy default_rng([seed, epoch]).permutation, full batches of
-recipe.batch_size images, training/loop.py _batches), each batch built one step ahead in a background
+recipe.batch_size images, training/common.py epoch_batches), each batch built one step ahead in a background
 thread (loop.py _prefetch); per step: the recipe's learning rate (loop.py lr_at: warm-up, then cosine), the
 trainer's losses, a finite-loss check (one-line EnginesmithError), backward, gradient norm clipped to
 `clip`, the optimiser step (loop.py make_optimizer). The history holds one row per epoch; a time budget
@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.training.common import Bar, epoch_batches, lr_at, make_optimizer, prefetch
 
 # make_batch(batches, epoch) -> make(j) -> (x [N, 3, H, W] tensor, payload for step_losses, images flipped)
 BatchMaker = Callable[[list[np.ndarray], int], Callable[[int], tuple[Any, Any, int]]]
@@ -83,15 +84,13 @@ def run_epochs(net, recipe, n: int, seed: int, make_batch: BatchMaker, step_loss
     what: the trainer's name in the divergence error ("Fast R-CNN"); title: the progress bar's."""
     import torch
 
-    from enginesmith.training.loop import _Bar, _batches, _prefetch, lr_at, make_optimizer
-
     ipb = max(1, min(recipe.batch_size, n))
-    steps_per_epoch = len(_batches(np.arange(n), ipb))
+    steps_per_epoch = len(epoch_batches(np.arange(n), ipb))
     planned = recipe.epochs
     total = planned * steps_per_epoch
     warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
     opt = make_optimizer(net, recipe)
-    bar = _Bar(progress, title, total)
+    bar = Bar(progress, title, total)
     history: list[dict[str, Any]] = []
     step = 0
     flips = 0
@@ -101,11 +100,11 @@ def run_epochs(net, recipe, n: int, seed: int, make_batch: BatchMaker, step_loss
         while epoch < planned:
             net.train()
             order = np.random.default_rng([seed, epoch]).permutation(n)
-            batches = _batches(order, ipb)
+            batches = epoch_batches(order, ipb)
             t_epoch = time.perf_counter()
             seen = 0
             sums: dict[str, float] = {}
-            for x, payload, flipped in _prefetch(make_batch(batches, epoch), len(batches)):
+            for x, payload, flipped in prefetch(make_batch(batches, epoch), len(batches)):
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, total, warmup, recipe.lr, recipe.final_lr_fraction)
                 losses = step_losses(x, payload)

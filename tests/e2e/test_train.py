@@ -20,7 +20,8 @@ from enginesmith.models import registry
 from enginesmith.models.classes import OFFLINE_NAMES
 from enginesmith.training.augment import AugmentConfig
 from enginesmith.training.checkpoints import dataset_fingerprint, read_checkpoint
-from enginesmith.training.loop import evaluate_detector, train
+from enginesmith.training.common import evaluate_detector
+from enginesmith.training.loop import train
 from enginesmith.training.recipes import recipe_for
 
 
