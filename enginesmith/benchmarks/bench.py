@@ -33,6 +33,8 @@ from enginesmith.benchmarks.results import empty_row, write_results
 from enginesmith.benchmarks.suite import ENGINE_TARGETS, GPU_TARGETS, Run, Skipped, Suite, plan
 from enginesmith.benchmarks.timing import TimingProfile, cpu_peak, measure, openvino_throughput, time_calls
 from enginesmith.errors import EnginesmithError
+from enginesmith.files import write_json_atomic
+from enginesmith.progress import progress_bar
 
 INPUT_NAME = "images"  # pipeline.export.INPUT_NAME (not imported: that module imports torch)
 ACCURACY_NOT_ENFORCED = 100.0  # points: the bench measures accuracy, it does not fail a build on it
@@ -501,8 +503,6 @@ def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None
     status "error" (the others go on); bad input fails before anything is built."""
     from contextlib import nullcontext
 
-    from enginesmith.progress import progress_bar
-
     profile = profile or (TimingProfile.quick() if quick else TimingProfile())
     runs, skipped = plan(suite, weights, dataset)
     check_targets(runs)
@@ -567,8 +567,6 @@ def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None
 
 def _child_main(argv: list[str]) -> int:
     """`python -m enginesmith.benchmarks.bench JOB.json OUT.json`: measure one job, write its result."""
-    from enginesmith.files import write_json_atomic
-
     job_path, out_path = Path(argv[0]), Path(argv[1])
     job = json.loads(job_path.read_text())
     try:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.files import write_json_atomic, write_text_atomic
 
 
 def _repeat(call: Callable[[], int], min_time: float) -> float:
@@ -95,7 +96,6 @@ def render_markdown(header: dict[str, Any], r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from enginesmith.benchmarks.bench import load_images
     from enginesmith.benchmarks.machine import run_header
-    from enginesmith.files import write_json_atomic, write_text_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("engine", type=Path, help="a detector engine folder (manifest.json + engine)")

@@ -22,12 +22,15 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from enginesmith.models.weights.checkpoint_info import CHECKPOINT_SUFFIXES, read_checkpoint_info
-from enginesmith.evaluation.detection_metrics import Predictions
+from enginesmith.evaluation.detection_metrics import Predictions, evaluate_detections
 # The post-processing is evaluation/predict.py's (low score threshold: mAP needs the low-confidence
 # tail), shared with the build's accuracy check so both report the same numbers.
 from enginesmith.evaluation.predict import EVAL_IOU_THRESHOLD as EVAL_NMS_IOU
-from enginesmith.evaluation.predict import EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
+from enginesmith.evaluation.predict import (EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD, predict_classes,
+                                            predict_detections)
 from enginesmith.errors import EnginesmithError
+from enginesmith.evaluation.classification_metrics import classification_metrics
+from enginesmith.progress import progress_bar
 from enginesmith.runtime.manifest import engine_info
 from enginesmith.runtime.preprocess import PreprocessSpec
 
@@ -82,8 +85,6 @@ class Predictor:
                 ) -> list[Predictions] | np.ndarray:
         """images ((H, W, 3) uint8 RGB or paths, streamed) -> detectors: a Predictions per image (boxes
         x1y1x2y2 in original-image pixels); classifiers: logits [N, C]. progress(n) after each batch of n."""
-        from enginesmith.evaluation.predict import predict_classes, predict_detections
-
         if self.task == "classification":
             return predict_classes(self._checked("logits"), images, self.preprocess, self.batch, progress)
         return predict_detections(self._checked("boxes", "scores"), images, self.preprocess, self.batch,
@@ -298,8 +299,6 @@ def _run(predictor: Predictor, items: Iterable[Any], load: Callable[[Any], np.nd
     """predictor.predict over the items with a progress bar -> (predictions, seconds excluding image loading)."""
     from contextlib import nullcontext
 
-    from enginesmith.progress import progress_bar
-
     timed = _Timed(items, load)
     seen = [0]
     with (progress_bar(f"evaluating {total} images", total) if progress else nullcontext(lambda n: None)) as update:
@@ -319,8 +318,6 @@ def evaluate_detector(predictor: Predictor, dataset: Any, progress: bool = True,
                       on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run `predictor` on every image of a DetectionDataset -> evaluate_detections' metrics plus "timing"
     (images/s over preprocessing + inference + NMS; image decoding excluded) and "warnings"."""
-    from enginesmith.evaluation.detection_metrics import evaluate_detections
-
     mapping, warnings = class_mapping(predictor.class_names, dataset.class_names, predictor.description,
                                       f"dataset {dataset.root} ({dataset.split})")
     preds, seconds = _run(predictor, range(len(dataset)), dataset.load_image, len(dataset), progress, on_progress)
@@ -337,7 +334,6 @@ def evaluate_classifier(predictor: Predictor, images: Sequence[Any], labels: Seq
                         on_progress: Callable[[int], None] | None = None, where: str = "the dataset") -> dict[str, Any]:
     """top1/top5 (+ "timing", "warnings") of `predictor` on images ((H, W, 3) uint8 arrays or image paths)
     with int labels [N] indexing class_names."""
-    from enginesmith.evaluation.classification_metrics import classification_metrics
     from enginesmith.runtime.preprocess import load_image
 
     mapping, warnings = class_mapping(predictor.class_names, class_names, predictor.description, where)
@@ -405,7 +401,6 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
 
 
 def _evaluate_two_stage(host: Any, dataset: str | Path, split: str, limit: int | None, progress: bool) -> dict[str, Any]:
-    from enginesmith.evaluation.detection_metrics import evaluate_detections
     from enginesmith.benchmarks.proposal_arc import predict_split
     from enginesmith.data.datasets import open_dataset
     from enginesmith.data.proposals import split_proposals

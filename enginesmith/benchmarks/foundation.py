@@ -24,6 +24,7 @@ import numpy as np
 
 from enginesmith.benchmarks.machine import cpu_name as _cpu_name
 from enginesmith.benchmarks.machine import git_commit as _git_commit
+from enginesmith.evaluation.latency import measure_latency
 from enginesmith.pipeline.artifacts import tool_versions
 
 
@@ -43,7 +44,6 @@ def yolov3_speed(work: Path, budget_s: float) -> dict[str, Any]:
     """yolov3 416 batch 1: OpenVINO INT8 and FP32 engines vs PyTorch eager FP32 and vs plain OpenVINO."""
     from enginesmith.backends import openvino as ovb
     from enginesmith.backends.torch import TorchRunner
-    from enginesmith.evaluation.latency import measure_latency
     from enginesmith.models import registry
     from enginesmith.pipeline.run import BuildConfig, build_engine
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from enginesmith.benchmarks.timing import TimingProfile, measure, openvino_throughput
 from enginesmith.errors import EnginesmithError
+from enginesmith.files import write_json_atomic, write_text_atomic
 
 PRECISION_HINTS = ("f32", "bf16", "f16")
 
@@ -267,7 +268,6 @@ def render_markdown(model: str, size_text: str, header: dict[str, Any], trials: 
 
 def main(argv: list[str] | None = None) -> int:
     from enginesmith.benchmarks.machine import run_header
-    from enginesmith.files import write_json_atomic, write_text_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="results.json of `enginesmith bench`")

@@ -32,6 +32,9 @@ from typing import Any, Callable
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.evaluation.detection_metrics import Predictions, voc_metrics
+from enginesmith.evaluation.predict import EVAL_IOU_THRESHOLD, EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
+from enginesmith.progress import progress_bar
 
 STAGES = ("proposals", "warp", "preprocess", "cnn", "decode", "nms")
 KIND_LABEL = {"rcnn": "R-CNN", "fast-rcnn": "Fast R-CNN", None: "single pass"}
@@ -145,9 +148,6 @@ def predict_split(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray
     image id (None: selective search live), host NMS at benchmarks/predict.py's evaluation settings."""
     from contextlib import nullcontext
 
-    from enginesmith.evaluation.detection_metrics import Predictions
-    from enginesmith.evaluation.predict import EVAL_IOU_THRESHOLD, EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
-    from enginesmith.progress import progress_bar
     from enginesmith.runtime.two_stage import detect_from_raw
 
     preds = []
@@ -166,8 +166,6 @@ def predict_split(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray
 def measure(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray] | None, timing_images: int,
             accuracy: bool = True, timing: bool = True) -> dict[str, Any]:
     """The accuracy pass (all images, cached proposals) and the timing pass (selective search live)."""
-    from enginesmith.evaluation.detection_metrics import voc_metrics
-    from enginesmith.progress import progress_bar
     from enginesmith.runtime.two_stage import detect_from_raw
 
     result: dict[str, Any] = {}

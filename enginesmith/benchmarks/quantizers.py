@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.progress import progress_bar
 
 OPENVINO_ROWS = (
     # (precision, calib method, nncf preset, overflow fix)
@@ -138,7 +139,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/quantizers-cpu.md"))
     args = ap.parse_args()
     from enginesmith.benchmarks.machine import run_header
-    from enginesmith.progress import progress_bar
 
     header = run_header()
     work = Path(tempfile.mkdtemp(prefix="es-quant-"))

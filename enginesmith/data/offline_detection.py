@@ -58,6 +58,7 @@ import numpy as np
 
 from enginesmith.data.detection import DetectionSample
 from enginesmith.errors import EnginesmithError
+from enginesmith.files import publish_folder
 from enginesmith.models.classes import OFFLINE_NAMES
 
 GENERATOR = "enginesmith-offline-detection"
@@ -465,8 +466,6 @@ def generate_offline_dataset(
     `progress(done)` is called after each image. An `out` that already holds a complete set with the
     same images/seed/version is returned as is; any other non-empty `out` is an EnginesmithError.
     """
-    from enginesmith.files import publish_folder
-
     out = Path(out).expanduser()
     images, seed = int(images), int(seed)
     split_sizes(images)  # validates

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from enginesmith.data.detection import DetectionDataset
+from enginesmith.progress import progress_bar
 from enginesmith.runtime.proposals import DEFAULT_MAX_PROPOSALS, selective_search
 
 
@@ -50,8 +51,6 @@ def split_proposals(dataset: DetectionDataset, mode: str = "fast", max_proposals
                     workers: int | None = None, cache_dir: Path | None = None) -> dict[str, np.ndarray]:
     """image_id -> proposals [P, 4] for every image of `dataset`, from the cache or computed (with a progress
     bar). The mean selective-search seconds per image are stored under the key "__seconds__" ([1])."""
-    from enginesmith.progress import progress_bar
-
     digest = proposals_digest(dataset, mode, max_proposals)
     path = (cache_dir or _cache_root()) / "proposals" / f"{dataset.split}-{mode}-p{max_proposals}-{digest[:16]}.npz"
     if path.is_file():

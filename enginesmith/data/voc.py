@@ -24,6 +24,7 @@ import numpy as np
 
 from enginesmith.data.detection import DetectionDataset, DetectionSample
 from enginesmith.errors import EnginesmithError
+from enginesmith.files import write_text_atomic
 from enginesmith.runtime.images import image_file_size
 
 BOX_TOLERANCE_PX = 1.0  # a box may poke this far past the image border (rounding in real annotations)
@@ -229,15 +230,11 @@ def write_voc_annotation(
     path: Path, sample: DetectionSample, class_names: Sequence[str], truncated: Sequence[bool] | None = None
 ) -> None:
     """Write `sample` as a VOC xml at `path` (atomically)."""
-    from enginesmith.files import write_text_atomic
-
     write_text_atomic(Path(path), annotation_xml(sample, class_names, truncated))
 
 
 def write_image_set(root: Path, split: str, ids: Sequence[str]) -> Path:
     """Write `<root>/ImageSets/Main/<split>.txt` (one id per line); returns its path."""
-    from enginesmith.files import write_text_atomic
-
     path = Path(root) / "ImageSets" / "Main" / f"{split}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, "".join(f"{i}\n" for i in ids))
@@ -246,8 +243,6 @@ def write_image_set(root: Path, split: str, ids: Sequence[str]) -> Path:
 
 def write_class_names(root: Path, class_names: Sequence[str]) -> Path:
     """Write `<root>/classes.txt` (one name per line, class id = line index)."""
-    from enginesmith.files import write_text_atomic
-
     path = Path(root) / "classes.txt"
     write_text_atomic(path, "".join(f"{n}\n" for n in class_names))
     return path

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.evaluation.coco_metrics import coco_metrics
 
 
 class Predictions(NamedTuple):
@@ -191,8 +192,6 @@ def evaluate_detections(predictions: Sequence[Any], dataset: Any, iou_threshold:
     """All detection metrics of `predictions` (one Predictions per dataset sample, same order) on a
     DetectionDataset: voc07_map, map (all-point AP at iou_threshold), per_class, classes_evaluated, and
     pycocotools' coco_ap (AP@[.5:.95]), coco_ap50, coco_ap75. Values are fractions in [0, 1]."""
-    from enginesmith.evaluation.coco_metrics import coco_metrics
-
     out = voc_metrics(predictions, dataset, iou_threshold)
     out.update(coco_metrics(predictions, dataset))
     out["images"] = len(dataset)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from enginesmith.pipeline.artifacts import Artifact, Cache, StageResult
+from enginesmith.progress import progress_bar
 from enginesmith.runtime.preprocess import PreprocessSpec
 
 DECODE_ONNX_PATTERN = "/decode/"
@@ -156,8 +157,6 @@ def _nncf(src: Path, calibration: Calibration, options: QuantizeOptions, tmp: Pa
 
 def _statistics(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
     from enginesmith.calibration.statistics import activation_ranges, quantizable_tensors
-
-    from enginesmith.progress import progress_bar
 
     names = quantizable_tensors(src, QUANTIZED_OP_TYPES, (DECODE_ONNX_PATTERN,))
     passes = 1 if calibration.method == "minmax" else 2

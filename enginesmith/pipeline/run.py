@@ -29,6 +29,7 @@ from enginesmith.pipeline.artifacts import (
     sha256_file,
 )
 from enginesmith.pipeline.inputs import stage_file
+from enginesmith.progress import progress_bar
 
 TARGETS = ("openvino", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
@@ -406,7 +407,6 @@ class _Build:
     def _accuracy(self, name: str, parents: list[Artifact], params: dict[str, Any], make_infer: Callable[[], Any],
                   batch: int | None) -> Artifact:
         from enginesmith.pipeline.accuracy import check_unchanged, measure
-        from enginesmith.progress import progress_bar
 
         params = {**params, "val": self.val.fingerprint, "split": self.val.split, "metric": self.val.metric}
 

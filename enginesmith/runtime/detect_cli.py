@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.types import DetectorConfig
 
 _err = Console(stderr=True)
 _out = Console(highlight=False, soft_wrap=True)
@@ -62,7 +63,6 @@ def detect(
 ) -> None:
     """Detect objects in images with a built engine: drawn copies, detections.json, and the FPS. Images that
     cannot be decoded are skipped and reported."""
-    from enginesmith.runtime.types import DetectorConfig
     from enginesmith.runtime.files import collect_images, detect_files
 
     def show(path: Path, dets: Any) -> None:
