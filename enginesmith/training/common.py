@@ -7,14 +7,16 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.evaluation.detection_metrics import evaluate_detections
 from enginesmith.evaluation.predict import predict_detections
-from enginesmith.training.recipes import Recipe
+
+if TYPE_CHECKING:  # pragma: no cover - recipes.py imports torch; only the annotation needs Recipe
+    from enginesmith.training.recipes import Recipe
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
