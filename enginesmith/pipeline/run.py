@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from enginesmith.backends.targets import PRECISIONS, TARGETS, engine_precision, get_precision, get_target
 from enginesmith.errors import EnginesmithError
 from enginesmith.pipeline.export import INPUT_NAME
 from enginesmith.runtime.proposals import DEFAULT_MAX_PROPOSALS
@@ -30,14 +31,8 @@ from enginesmith.pipeline.artifacts import (
 )
 from enginesmith.pipeline.inputs import stage_file
 
-TARGETS = ("openvino", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 FALLBACKS = ("none", "auto")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
-# Chosen per backend from the measured comparisons benchmarks/quantizers-{ssd-slim-256,yolov3-tiny-3l-256}-cpu.md:
-# ONNX Runtime Q/DQ percentile had the smallest mAP drop on both trained detectors (entropy lost 30 points
-# on one); OpenVINO keeps minmax with NNCF's "mixed" preset (below). TensorRT is unmeasured here: minmax.
-DEFAULT_CALIB_METHOD = {"openvino": "minmax", "onnxruntime": "percentile", "tensorrt": "minmax"}
 NNCF_PRESETS = ("performance", "mixed")
 OVERFLOW_FIX = ("enable", "disable", "first_layer_only")
 NMS_MODES = ("host", "engine")
@@ -53,7 +48,7 @@ class BuildConfig:
     precision: str = "int8"
     weights: Path | None = None
     calib: Path | None = None
-    calib_method: str | None = None  # None: DEFAULT_CALIB_METHOD[target]
+    calib_method: str | None = None  # None: the target's default_calib_method (backends/targets.py)
     calib_size: int = 64
     batch: int = 1
     dynamic_batch: bool = False
@@ -78,12 +73,13 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         if self.calib_method is None:
-            self.calib_method = DEFAULT_CALIB_METHOD.get(self.target, "minmax")
+            self.calib_method = TARGETS[self.target].default_calib_method if self.target in TARGETS else "minmax"
 
     @property
     def searches(self) -> bool:
         """True when INT8 may keep layers in float to meet the budget (mixed, or int8 --fallback auto)."""
-        return self.precision == "mixed" or (self.precision == "int8" and self.fallback == "auto")
+        p = PRECISIONS.get(self.precision)
+        return p is not None and (p.searches or (p.calibrated and self.fallback == "auto"))
 
 
 @dataclass
@@ -108,17 +104,14 @@ def parse_input_size(text: str) -> tuple[int, int]:
 
 def validate(config: BuildConfig):
     """Reject bad input before any heavy work; return the model spec."""
-    from enginesmith.backends import get_backend
     from enginesmith.models import registry
 
     spec = registry.get(config.model)
-    if config.target not in TARGETS:
-        raise EnginesmithError(f"unknown target {config.target!r}; choose one of {', '.join(TARGETS)}")
-    if config.precision not in PRECISIONS:
-        raise EnginesmithError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    target = get_target(config.target)
+    precision = get_precision(config.precision)
     if config.fallback not in FALLBACKS:
         raise EnginesmithError(f"unknown --fallback {config.fallback!r}; choose none or auto")
-    if config.fallback == "auto" and config.precision not in ("int8", "mixed"):
+    if config.fallback == "auto" and not precision.calibrated:
         raise EnginesmithError(f"--fallback auto keeps INT8 layers in float; it does nothing for {config.precision}")
     if config.searches and config.val is None:
         raise EnginesmithError("--precision mixed and --fallback auto judge each step by the task metric: give held-out "
@@ -131,10 +124,11 @@ def validate(config: BuildConfig):
         raise EnginesmithError(f"unknown --overflow-fix {config.overflow_fix!r}; choose one of {', '.join(OVERFLOW_FIX)}")
     if config.calib_method not in CALIB_METHODS:
         raise EnginesmithError(f"unknown calibration method {config.calib_method!r}; choose one of {', '.join(CALIB_METHODS)}")
-    if spec.extra.get("two_stage") == "fast-rcnn" and config.target == "tensorrt":
+    if spec.extra.get("two_stage") == "fast-rcnn" and not target.takes_max_roi_pool:
         raise EnginesmithError(f"{spec.name} pools its rois with ONNX MaxRoiPool, which TensorRT's ONNX parser does not "
-                               "support (onnx-tensorrt docs/operators.md); build it for openvino or onnxruntime")
-    ok, why = get_backend(config.target).available()
+                               "support (onnx-tensorrt docs/operators.md); build it for "
+                               f"{' or '.join(t.name for t in TARGETS.values() if t.takes_max_roi_pool)}")
+    ok, why = target.available()
     if not ok:
         raise EnginesmithError(why)
     if config.batch < 1:
@@ -429,14 +423,10 @@ class _Build:
                               None if self.config.dynamic_batch else self.config.batch)  # static-batch models take only that
 
     def engine_accuracy(self, engine: Artifact) -> Artifact:
-        from enginesmith.backends import get_backend
-        from enginesmith.backends import runner_options
-
         c = self.config
-        precision = "int8" if c.precision == "mixed" else c.precision
         return self._accuracy(
-            "accuracy", [engine], {"target": c.target, "precision": precision},
-            lambda: get_backend(c.target).Runner(engine.file, **runner_options(c.target, precision)),
+            "accuracy", [engine], {"target": c.target, "precision": engine_precision(c.precision)},
+            lambda: get_target(c.target).runner(engine.file, c.precision),
             None if c.dynamic_batch else c.batch,
         )
 
@@ -444,9 +434,7 @@ class _Build:
         """Engine vs PyTorch eager FP32, same batch, same run, same machine."""
         import platform
 
-        from enginesmith.backends import get_backend
         from enginesmith.benchmarks.latency import measure_latency
-        from enginesmith.backends import runner_options
 
         from enginesmith.calibration.feeds import as_feed, batch_len
 
@@ -457,8 +445,7 @@ class _Build:
         def produce(tmp: Path) -> StageResult:
             from enginesmith.backends.torch import TorchRunner
 
-            backend = get_backend(c.target)
-            with backend.Runner(engine.file, **runner_options(c.target, c.precision)) as runner:
+            with get_target(c.target).runner(engine.file, c.precision) as runner:
                 eng = measure_latency(lambda: runner.infer(feed), n, budget_s=c.latency_budget_s)
             with TorchRunner(self.model, self.input_names, list(self.spec.output_names)) as runner:
                 ref = measure_latency(lambda: runner.infer(feed), n, budget_s=c.latency_budget_s)
@@ -517,8 +504,9 @@ def _build_and_publish(config: BuildConfig, spec: Any, out: Path, state: Any, on
     simplified = b.simplify(exported)
     with_nms = b.nms(simplified) if config.nms == "engine" else None
     base = with_nms or simplified
-    quant_precision = "int8" if config.precision == "mixed" else config.precision
-    calibration = b.calibration if quant_precision == "int8" else None
+    quant_precision = engine_precision(config.precision)
+    calibrated = get_precision(config.precision).calibrated
+    calibration = b.calibration if calibrated else None
     reference_acc = b.reference_accuracy(exported) if config.val is not None else None
 
     def reference() -> dict[str, np.ndarray]:
@@ -537,7 +525,7 @@ def _build_and_publish(config: BuildConfig, spec: Any, out: Path, state: Any, on
             engine = engine_artifact(b.cache, config.target, quant_precision, quantized or base, INPUT_NAME,
                                      lambda: b.verify_batches, reference,
                                      judged_by_metric=(reference_acc is not None or config.record_int8_tolerance)
-                                     and quant_precision == "int8")
+                                     and calibrated)
         except EnginesmithError as e:
             if not config.searches:
                 raise
@@ -558,7 +546,7 @@ def _build_and_publish(config: BuildConfig, spec: Any, out: Path, state: Any, on
     else:
         result = SearchResult([attempt(())])
         if not within_budget(result.final):
-            hint = "" if quant_precision != "int8" else "; try --precision mixed (keeps the most sensitive layers in float)"
+            hint = "" if not calibrated else "; try --precision mixed (keeps the most sensitive layers in float)"
             raise EnginesmithError(
                 f"the {config.target} {config.precision} engine's {b.val.metric} is {result.final.metric:.2f} against "
                 f"{reference_acc.metrics['value']:.2f} for FP32 PyTorch on {len(b.val)} held-out images: a drop of "
@@ -637,8 +625,7 @@ def _rank_layers(target: str, base: Artifact, first: Any, batches: list[np.ndarr
 
     if first.quantized is None:
         raise EnginesmithError("the mixed-precision search needs an INT8 model to rank layers; none was built")
-    backend = "openvino" if target == "openvino" else "onnxruntime"
-    return layer_sensitivity(base.file, first.quantized.file, backend, batches, QUANTIZED_OP_TYPES, (DECODE_ONNX_PATTERN,))
+    return layer_sensitivity(base.file, first.quantized.file, get_target(target).layer_ranking, batches, QUANTIZED_OP_TYPES, (DECODE_ONNX_PATTERN,))
 
 
 def _class_names(spec: Any, n: int, from_checkpoint: Any = None) -> list[str]:
