@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from enginesmith.backends.targets import PRECISIONS, TARGETS
 from enginesmith.errors import EnginesmithError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="enginesmith: PyTorch CNN -> verified edge engine.")
@@ -37,12 +38,13 @@ def _os_error(e: OSError) -> EnginesmithError:
 
 def build(
     model: str = typer.Argument(..., help="registered model name (see `enginesmith models`)"),
-    target: str = typer.Option("openvino", help="openvino | onnxruntime | tensorrt"),
-    precision: str = typer.Option("int8", help="fp32 | fp16 | int8 | mixed (int8, sensitive layers in float; needs --val)"),
+    target: str = typer.Option("openvino", help=" | ".join(TARGETS)),
+    precision: str = typer.Option("int8", help=f"{' | '.join(PRECISIONS)} (mixed: int8 with the sensitive layers in "
+                                  "float; needs --val)"),
     weights: Optional[Path] = typer.Option(None, help="Darknet .weights or PyTorch state dict"),
     calib: Optional[Path] = typer.Option(None, help="folder of calibration images, or a VOC folder / COCO json (its train split); default: built-in photos"),
     calib_method: Optional[str] = typer.Option(None, help="minmax | entropy | percentile (default: the target's best, "
-                                               "see benchmarks/quantizers-cpu.md)"),
+                                               "see benchmarks/quantizers-*.md)"),
     calib_size: int = typer.Option(64, help="number of calibration images"),
     batch: int = typer.Option(1, help="static batch size"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="dynamic batch axis instead of --batch"),

@@ -1,4 +1,4 @@
-"""What every backend shares: the Runner contract (modelled on Polygraphy's runner) and the targets.
+"""What every backend shares: the Runner contract (modelled on Polygraphy's runner) and its helpers.
 
 A Runner is a context manager: entering it loads the engine, leaving it releases it, and in between
 `infer({name: array}) -> {name: array}` runs one batch. Subclasses implement `_load`, `_infer` and
@@ -15,14 +15,14 @@ import numpy as np
 
 from enginesmith.errors import EnginesmithError
 
-TARGETS = ("openvino", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8", "mixed")
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8")  # what an engine is built at (targets.PRECISIONS maps mixed to int8)
 
 
 def check_precision(precision: str, target: str) -> None:
-    if precision not in PRECISIONS:
+    """An engine backend builds fp32, fp16 or int8 ("mixed" reaches it as int8: backends/targets.py)."""
+    if precision not in ENGINE_PRECISIONS:
         raise EnginesmithError(
-            f"unknown precision {precision!r} for target {target}; choose one of: {', '.join(PRECISIONS)}"
+            f"unknown precision {precision!r} for target {target}; choose one of: {', '.join(ENGINE_PRECISIONS)}"
         )
 
 

@@ -223,9 +223,9 @@ def network_flags(trt: Any, strongly_typed: bool) -> int:
 def plan_typing(trt_version: str, precision: str, fp16_typed: bool, qdq: bool) -> tuple[bool, bool]:
     """(strongly typed network, set BuilderFlag.FP16) for a build; refuses what the TensorRT version cannot do.
 
-    The ONNX file carries the precision: fp16 -> FP16-typed, int8/mixed -> Q/DQ. Only TensorRT 10 may
+    The ONNX file carries the precision: fp16 -> FP16-typed, int8 -> Q/DQ. Only TensorRT 10 may
     turn an fp32 ONNX into fp16 with the (weakly typed) FP16 flag; TensorRT 11 removed it."""
-    if precision in ("int8", "mixed") and not qdq:
+    if precision == "int8" and not qdq:
         raise EnginesmithError(f"TensorRT {precision} needs a Q/DQ ONNX (explicit quantization) and this one has none; "
                                "run the quantize stage for tensorrt first")
     if precision == "fp16" and not fp16_typed and not qdq:

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import numpy as np
 
 from enginesmith.benchmarks.results import empty_row, write_results
-from enginesmith.benchmarks.suite import ENGINE_TARGETS, GPU_TARGETS, Run, Skipped, Suite, plan
+from enginesmith.backends.targets import TARGETS
+from enginesmith.benchmarks.suite import BASELINES, GPU_TARGETS, REFERENCE_BASELINE, Run, Skipped, Suite, plan
 from enginesmith.benchmarks.timing import TimingProfile, cpu_peak, measure, openvino_throughput, time_calls
 from enginesmith.errors import EnginesmithError
 from enginesmith.files import write_json_atomic
@@ -75,12 +76,10 @@ class BenchOutcome:
 
 def check_targets(runs: list[Run]) -> None:
     """Every target the runs need must be usable here; say which is not and how to drop it."""
-    from enginesmith.backends import get_backend
-
     for target in dict.fromkeys(r.target for r in runs):
-        if target in ENGINE_TARGETS:
-            ok, why = get_backend(target).available()
-        elif target in ("torch-cuda", "torch-compile"):
+        if target in TARGETS:
+            ok, why = TARGETS[target].available()
+        elif BASELINES[target].device == "cuda":
             import torch
 
             ok, why = torch.cuda.is_available(), f"no CUDA GPU: PyTorch {torch.__version__} sees none"
@@ -210,7 +209,7 @@ def make_job(run: Run, built: Built | None, profile: TimingProfile, throughput: 
         images = {"kind": "photos", "seed": 0}
     job: dict[str, Any] = {"key": run.key, "target": run.target, "precision": run.precision, "batch": run.batch,
                            "task": run.task, "images": images, "profile": profile.to_dict(),
-                           "throughput": bool(throughput and run.target == "openvino"), "ov_streams": ov_streams}
+                           "throughput": bool(throughput and run.target in TARGETS and TARGETS[run.target].streams_async), "ov_streams": ov_streams}
     if built is not None and built.manifest is not None:
         m = built.manifest
         job.update(engine=str(built.engine_file), input_name=m["input"]["name"], preprocess=m["preprocess"])
@@ -219,7 +218,7 @@ def make_job(run: Run, built: Built | None, profile: TimingProfile, throughput: 
                    torch={"model": run.model, "input_size": list(run.input_size), "num_classes": run.num_classes,
                           "weights": str(run.weights) if run.weights else None, "seed": 0,
                           "device": "cuda" if run.target in GPU_TARGETS else "cpu", "half": run.precision == "fp16",
-                          "compile": run.target == "torch-compile"})
+                          "compile": BASELINES[run.target].compiled})
     return job
 
 
@@ -362,10 +361,7 @@ def measure_job(job: dict[str, Any], isolated: bool = True) -> dict[str, Any]:
     if job.get("torch"):
         runner, state_bytes = _torch_runner(job["torch"])
     else:
-        from enginesmith.backends import get_backend
-        from enginesmith.backends import runner_options
-
-        runner = get_backend(job["target"]).Runner(Path(job["engine"]), **runner_options(job["target"], job["precision"]))
+        runner = TARGETS[job["target"]].runner(Path(job["engine"]), job["precision"])
     input_name = job["input_name"]
     with runner:
         load_s = time.perf_counter() - t0
@@ -454,11 +450,12 @@ def add_ratios(rows: list[dict[str, Any]], peak: Any) -> None:
     """speedup_vs_torch (CPU targets over "torch" FP32, GPU targets over "torch-cuda" FP32, same model,
     size and batch) and GMAC/s over the CPU peak for the row's precision (GPU rows: no estimate)."""
     base = {(r["model"], r["input_size"], r["batch"], r["target"]): r["fps"] for r in rows
-            if r["status"] == "ok" and r["target"] in ("torch", "torch-cuda") and r["precision"] == "fp32"}
+            if r["status"] == "ok" and r["target"] in REFERENCE_BASELINE.values() and r["precision"] == "fp32"}
     for r in rows:
         if r["status"] != "ok" or not r["fps"]:
             continue
-        ref = base.get((r["model"], r["input_size"], r["batch"], "torch-cuda" if r["target"] in GPU_TARGETS else "torch"))
+        device = "cuda" if r["target"] in GPU_TARGETS else "cpu"
+        ref = base.get((r["model"], r["input_size"], r["batch"], REFERENCE_BASELINE[device]))
         r["speedup_vs_torch"] = r["fps"] / ref if ref else None
         if r["macs"]:
             r["gmacs_per_s"] = r["macs"] * r["fps"] / 1e9
@@ -516,7 +513,7 @@ def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None
     built: dict[str, Built] = {}
     reference: dict[tuple, dict[str, Any]] = {}
     macs: dict[tuple, int | None] = {}
-    engine_runs = [r for r in runs if r.target in ENGINE_TARGETS]
+    engine_runs = [r for r in runs if r.target in TARGETS]
     with bar(f"building {len(engine_runs)} engines", max(1, len(engine_runs))) as update:
         for i, run in enumerate(engine_runs):
             try:

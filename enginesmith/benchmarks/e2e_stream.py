@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from enginesmith.backends.targets import TARGETS
 from enginesmith.errors import EnginesmithError
 from enginesmith.files import write_json_atomic, write_text_atomic
 
@@ -42,7 +43,6 @@ def _repeat(call: Callable[[], int], min_time: float) -> float:
 
 def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> dict[str, Any]:
     """The FPS of the module docstring for the detector in `engine_dir` on `images` (H, W, 3) uint8 RGB."""
-    from enginesmith.backends import get_backend, runner_options
     from enginesmith.benchmarks.timing import openvino_throughput
     from enginesmith.runtime import load
     from enginesmith.runtime.preprocess import preprocess
@@ -55,10 +55,10 @@ def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> 
     x = np.stack([preprocess(images[i % len(images)], info.preprocess)[0] for i in range(batch)]).astype(np.float32)
     result: dict[str, Any] = {"engine": str(engine_dir), "model": info.model, "target": info.target,
                               "precision": info.precision, "batch": batch, "images": len(images), "min_time_s": min_time}
-    with get_backend(info.target).Runner(info.engine_file, **runner_options(info.target, info.precision)) as runner:
+    with TARGETS[info.target].runner(info.engine_file, info.precision) as runner:
         result["inference_fps"] = _repeat(lambda: (runner.infer({info.input_name: x}), batch)[1], min_time)
-    if info.target == "openvino":
-        hint = "f16" if info.precision == "fp16" else "f32"
+    if TARGETS[info.target].streams_async:
+        hint = TARGETS[info.target].options(info.precision)["inference_precision"]
         result["inference_fps_throughput"] = openvino_throughput(Path(info.engine_file), x, hint, min_time)["fps"]
     with detector:
         sequential = detector.batch(images)

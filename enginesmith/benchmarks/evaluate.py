@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from enginesmith.backends.targets import get_target
 from enginesmith.models.weights.checkpoint_info import CHECKPOINT_SUFFIXES, read_checkpoint_info
 from enginesmith.evaluation.detection_metrics import Predictions, evaluate_detections
 # The post-processing is evaluation/predict.py's (low score threshold: mAP needs the low-confidence
@@ -115,9 +116,6 @@ def engine_predictor(folder: Path, batch_size: int = DEFAULT_BATCH, **post: Any)
     """A Predictor for an engine folder made by build-engine (manifest.json + the engine file).
 
     `post` may set score_threshold, max_detections, nms_iou."""
-    from enginesmith.backends import get_backend
-    from enginesmith.backends import runner_options
-
     folder = Path(folder)
     mpath = folder / "manifest.json"
     if not mpath.is_file():
@@ -140,13 +138,13 @@ def engine_predictor(folder: Path, batch_size: int = DEFAULT_BATCH, **post: Any)
             "and classification (top-1/top-5) models only"
         )
     target = manifest["target"]
-    backend = get_backend(target)
-    ok, why = backend.available()
+    t = get_target(target)
+    ok, why = t.available()
     if not ok:
         raise EnginesmithError(f"{folder} is a {target} engine but {target} is not usable here: {why}")
     batch_dim = manifest["input"]["shape"][0]
     static = isinstance(batch_dim, int)
-    runner = backend.Runner(folder / manifest["engine"], **runner_options(target, manifest["precision"]))
+    runner = t.runner(folder / manifest["engine"], manifest["precision"])
     return Predictor(
         runner=runner, input_name=manifest["input"]["name"], task=task,
         preprocess=PreprocessSpec.from_dict(manifest["preprocess"]), class_names=tuple(manifest["class_names"]),

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from enginesmith.backends.targets import CPU_TARGETS, TARGETS
 from enginesmith.benchmarks.machine import cpu_name as _cpu_name
 from enginesmith.benchmarks.machine import git_commit as _git_commit
 from enginesmith.evaluation.latency import measure_latency
@@ -86,7 +87,7 @@ def int8_agreement(work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     cache = work / "cache"
     for model in ("yolov3", "resnet50"):
-        for target in ("openvino", "onnxruntime"):
+        for target in CPU_TARGETS:
             res = build_engine(BuildConfig(model, target=target, precision="int8", out=work / f"{model}-{target}",
                                            cache_dir=cache, latency_budget_s=3))
             engine = next(a for a in res.stages if a.stage == "engine")
@@ -99,11 +100,9 @@ def int8_agreement(work: Path) -> dict[str, Any]:
 def lenet_top1(work: Path) -> dict[str, float]:
     import torch
 
-    from enginesmith.backends import get_backend
     from enginesmith.data.digits import load_digits_32
     from enginesmith.models import registry
     from enginesmith.training.digits import train_lenet5
-    from enginesmith.backends import runner_options
     from enginesmith.pipeline.run import BuildConfig, build_engine
     from enginesmith.runtime.preprocess import preprocess_batch
 
@@ -116,10 +115,10 @@ def lenet_top1(work: Path) -> dict[str, float]:
     with torch.inference_mode():
         ref = np.argmax(model(torch.from_numpy(x)).numpy(), 1)
     res = {"pytorch_fp32": float(np.mean(ref == digits.test_labels)), "test_images": len(x)}
-    for target in ("openvino", "onnxruntime"):
+    for target in CPU_TARGETS:
         b = build_engine(BuildConfig("lenet5", target=target, precision="int8", weights=weights, calib_size=256,
                                      out=work / f"lenet-{target}", cache_dir=work / "cache", latency_budget_s=0.5))
-        with get_backend(target).Runner(b.engine, **runner_options(target, "int8")) as r:
+        with TARGETS[target].runner(b.engine, "int8") as r:
             pred = np.array([np.argmax(r.infer({"images": x[i : i + 1]})["logits"]) for i in range(len(x))])
         res[f"{target}_int8"] = float(np.mean(pred == digits.test_labels))
     return res
@@ -154,7 +153,7 @@ def calibration_memory(work: Path, sizes: tuple[int, ...] = (64, 512)) -> dict[s
     simplified = next(a for a in fp32.stages if a.stage == "simplify")
     spec = json.dumps(json.loads((fp32.out / "manifest.json").read_text())["preprocess"])
     out: dict[str, Any] = {}
-    for target in ("openvino", "onnxruntime"):
+    for target in CPU_TARGETS:
         for n in sizes:
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(n), target, str(simplified.folder), spec,

@@ -33,6 +33,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from enginesmith.backends.targets import TARGETS
 from enginesmith.benchmarks.timing import TimingProfile, measure, openvino_throughput
 from enginesmith.errors import EnginesmithError
 from enginesmith.files import write_json_atomic, write_text_atomic
@@ -131,11 +132,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def measure_shipped(ref: EngineRef, x: np.ndarray, profile: TimingProfile) -> tuple[Trial, list[np.ndarray]]:
     """enginesmith's own Runner for `ref`, sync calls; also its flattened outputs."""
-    from enginesmith.backends import get_backend
-    from enginesmith.backends import runner_options
-
-    options = runner_options(ref.target, ref.precision)
-    with get_backend(ref.target).Runner(ref.engine, **options) as runner:
+    target = TARGETS[ref.target]
+    options = target.options(ref.precision)
+    with target.runner(ref.engine, ref.precision) as runner:
         out = runner.infer({ref.input_name: x})
         stats = measure(lambda: runner.infer({ref.input_name: x}), 1, profile)
     return Trial("enginesmith", ref.label, "sync", {"runner": ref.target, **options}, fps=stats.fps,
@@ -191,7 +190,7 @@ def tune(refs: list[EngineRef], profile: TimingProfile, cores: int, echo: Any = 
             t.cosine = min_cosine(out, reference)
         run(Trial("enginesmith", ref.label, "sync", {}), shipped)
         if ref.target == "openvino":
-            hint = "f16" if ref.precision == "fp16" else "f32"
+            hint = TARGETS[ref.target].options(ref.precision)["inference_precision"]
 
             def shipped_async(t: Trial, ref: EngineRef = ref, hint: str = hint) -> None:
                 thr = openvino_throughput(ref.engine, x, hint, profile.throughput_s)

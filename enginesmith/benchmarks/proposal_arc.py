@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from enginesmith.benchmarks.suite import BASELINES
 from enginesmith.errors import EnginesmithError
 from enginesmith.evaluation.detection_metrics import Predictions, voc_metrics
 from enginesmith.evaluation.predict import EVAL_IOU_THRESHOLD, EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
@@ -241,7 +242,7 @@ def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir
                                "target": run.target, "precision": run.precision,
                                "input_size": f"{run.input_size[0]}x{run.input_size[1]}"}
         try:
-            if run.target == "torch":
+            if run.target in BASELINES:
                 host = torch_host_model(run.model, run.weights, run.input_size)
             else:
                 built = build_engine(BuildConfig(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from enginesmith.backends.targets import TARGETS
 from enginesmith.errors import EnginesmithError
 from enginesmith.progress import progress_bar
 
@@ -56,7 +57,7 @@ class Row:
     def quantizer(self) -> str:
         if self.precision != "int8":
             return "-"
-        if self.target == "openvino":
+        if TARGETS[self.target].int8_quantizer == "nncf":
             return f"NNCF {self.preset}, overflow fix {self.overflow_fix}"
         return "Q/DQ (ORT QDQQuantizer, our statistics)"
 

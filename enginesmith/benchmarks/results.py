@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from enginesmith.benchmarks.paper import paper_order_section
+from enginesmith.benchmarks.suite import REFERENCE_BASELINE
 from enginesmith.files import write_json_atomic, write_text_atomic
 
 DASH = "—"
@@ -155,8 +156,9 @@ def summary_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     out = []
     for key in dict.fromkeys((r["method"], r["input_size"], r["batch"]) for r in ok):
         group = [r for r in ok if (r["method"], r["input_size"], r["batch"]) == key]
-        torch_row = next((r for r in group if r["target"] in ("torch", "torch-cuda") and r["precision"] == "fp32"), None)
-        engines = [r for r in group if r["target"] not in ("torch", "torch-cuda")]
+        torch_row = next((r for r in group if r["target"] in REFERENCE_BASELINE.values() and r["precision"] == "fp32"),
+                         None)
+        engines = [r for r in group if r["target"] not in REFERENCE_BASELINE.values()]
         best = max(engines, key=lambda r: r["fps"]) if engines else None
         ratio = DASH if best is None or best["speedup_vs_torch"] is None else f"{best['speedup_vs_torch']:.2f}x"
         out.append([str(key[0]), str(key[1]), str(key[2]), fmt_fps(torch_row["fps"]) if torch_row else DASH,

@@ -40,13 +40,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from enginesmith.backends.targets import PRECISIONS, TARGET_NAMES, TARGETS
 from enginesmith.errors import EnginesmithError
 
-BENCH_TARGETS = ("torch", "torch-cuda", "torch-compile", "onnxruntime", "openvino", "tensorrt")
-ENGINE_TARGETS = ("onnxruntime", "openvino", "tensorrt")
-GPU_TARGETS = ("torch-cuda", "torch-compile", "tensorrt")
-BENCH_PRECISIONS = ("fp32", "fp16", "int8", "mixed")
-TORCH_PRECISIONS = {"torch": ("fp32",), "torch-cuda": ("fp32", "fp16"), "torch-compile": ("fp32", "fp16")}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A PyTorch target of the bench (not an engine): where it runs, whether torch.compile compiles it first,
+    the precisions it runs (fp16 by autocast)."""
+
+    device: str  # "cpu" | "cuda"
+    compiled: bool
+    precisions: tuple[str, ...]
+
+
+BASELINES = {
+    "torch": Baseline("cpu", compiled=False, precisions=("fp32",)),
+    "torch-cuda": Baseline("cuda", compiled=False, precisions=("fp32", "fp16")),
+    "torch-compile": Baseline("cuda", compiled=True, precisions=("fp32", "fp16")),
+}
+# the FP32 run every speed-up on a device divides by
+REFERENCE_BASELINE = {"cpu": "torch", "cuda": "torch-cuda"}
+BENCH_TARGETS = (*BASELINES, *TARGETS)
+ENGINE_TARGETS = TARGET_NAMES
+GPU_TARGETS = (*(n for n, b in BASELINES.items() if b.device == "cuda"), *(n for n, t in TARGETS.items() if t.needs_gpu))
+BENCH_PRECISIONS = tuple(PRECISIONS)
 NMS_MODES = ("host", "engine")
 DEFAULT_TARGETS = ("torch", "onnxruntime", "openvino")
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -379,8 +398,8 @@ def _path(text: str | None, env: Mapping[str, str], what: str) -> str | None:
 def _precisions(target: str, wanted: tuple[str, ...]) -> tuple[str, ...]:
     """What `target` runs of `wanted`: PyTorch targets always run fp32 (the ratios' baseline) and
     torch-cuda / torch-compile fp16 when asked; engines run exactly `wanted`."""
-    if target in TORCH_PRECISIONS:
-        return tuple(p for p in TORCH_PRECISIONS[target] if p == "fp32" or p in wanted)
+    if target in BASELINES:
+        return tuple(p for p in BASELINES[target].precisions if p == "fp32" or p in wanted)
     return wanted
 
 
@@ -416,7 +435,7 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
         c = Path(c_text).expanduser() if c_text else None
         if c is not None and not c.exists():
             raise EnginesmithError(f"{e.where}: calibration data not found: {c}")
-        if "mixed" in e.precisions and (d is None or w is None):
+        if any(PRECISIONS[p].searches for p in e.precisions) and (d is None or w is None):
             raise EnginesmithError(f"{e.where}: precision mixed searches by the task metric; give weights and a dataset")
         for size in e.input_sizes or (tuple(spec.input_size),):
             size = (int(size[0]), int(size[1]))
@@ -434,11 +453,11 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
                             continue
                         runs.append(run)
         for target in e.targets:
-            if target in TORCH_PRECISIONS:
-                left = [p for p in e.precisions if p not in TORCH_PRECISIONS[target]]
+            if target in BASELINES:
+                left = [p for p in e.precisions if p not in BASELINES[target].precisions]
                 if left:
                     skipped.append(Skipped(f"{e.model}/{target}/{','.join(left)}",
-                                           f"{target} runs {' and '.join(TORCH_PRECISIONS[target])} only (PyTorch)"))
+                                           f"{target} runs {' and '.join(BASELINES[target].precisions)} only (PyTorch)"))
     if not runs:
         raise EnginesmithError(f"suite {suite.name} has nothing to run"
                                + (f": {skipped[0].key} skipped ({skipped[0].reason})" if skipped else ""))
@@ -446,5 +465,5 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
 
 
 __all__ = ["Suite", "ModelEntry", "Run", "Skipped", "load_suite", "suite_from_args", "override", "plan",
-           "parse_weights", "parse_size", "split_list", "parse_batches", "expand_vars", "BENCH_TARGETS",
+           "parse_weights", "parse_size", "split_list", "parse_batches", "expand_vars", "BASELINES", "BENCH_TARGETS",
            "ENGINE_TARGETS", "GPU_TARGETS", "DEFAULT_TARGETS", "DEFAULT_PRECISIONS", "DEFAULT_BATCHES"]

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from enginesmith.backends.targets import engine_precision
 from enginesmith.errors import EnginesmithError
 
 PERCENTILES = (50, 90, 99)
@@ -199,11 +200,7 @@ class PeakEstimate:
 
     def for_precision(self, precision: str) -> float:
         """The peak a `precision` engine can reach: fp16 -> fp16, int8/mixed -> int8, else fp32."""
-        if precision == "fp16":
-            return self.fp16_gmacs
-        if precision in ("int8", "mixed"):
-            return self.int8_gmacs
-        return self.fp32_gmacs
+        return {"fp16": self.fp16_gmacs, "int8": self.int8_gmacs}.get(engine_precision(precision), self.fp32_gmacs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

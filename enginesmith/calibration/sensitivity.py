@@ -190,8 +190,10 @@ def layer_sensitivity(
     nodes = quantizable_nodes(float_onnx, op_types, exclude_patterns)
     tensors = sorted({t for n in nodes for t in (n.input, n.output)})
     graph_inputs = [i.name for i in onnx.load(str(float_onnx), load_external_data=False).graph.input]
-    if backend == "openvino":
-        run_float, run_quant = openvino_tap(float_onnx, tensors), openvino_tap(quantized, tensors)
-    else:
-        run_float, run_quant = onnx_tap(float_onnx, tensors), onnx_tap(quantized, tensors)  # type: ignore[arg-type]
+    tap = TAPS[backend]
+    run_float, run_quant = tap(float_onnx, tensors), tap(quantized, tensors)  # type: ignore[operator]
     return rank_layers(nodes, tensor_sqnr(run_float, run_quant, batches, tensors), graph_inputs)
+
+
+# the runtime that runs the quantized model (backends/targets.py Target.layer_ranking) -> its tensor tap
+TAPS = {"openvino": openvino_tap, "onnxruntime": onnx_tap}

@@ -12,20 +12,27 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from enginesmith.backends.targets import engine_precision, get_target
 from enginesmith.errors import EnginesmithError
 from enginesmith.evaluation.classification_metrics import classification_metrics
 from enginesmith.evaluation.detection_metrics import evaluate_detections
 from enginesmith.evaluation.predict import predict_classes, predict_detections
+from enginesmith.files import write_json_atomic
+from enginesmith.pipeline.artifacts import Artifact, StageResult
+from enginesmith.progress import progress_bar
 from enginesmith.runtime.preprocess import PreprocessSpec
 
 DEFAULT_BUDGET = {"detection": 1.0, "classification": 0.5}
 METRIC_NAME = {"detection": "voc07_map", "classification": "top1"}
 
 Infer = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+if TYPE_CHECKING:
+    from enginesmith.pipeline.context import BuildContext
 
 
 @dataclass(frozen=True)
@@ -115,3 +122,35 @@ def measure(infer: Infer, batch: int | None, val: ValidationSet, preprocess: Pre
     logits = predict_classes(infer, val.data.images, preprocess, batch, progress=progress)
     m = classification_metrics(logits, np.asarray(val.data.labels))
     return {"metric": val.metric, "value": 100.0 * float(m["top1"]), "top5": 100.0 * float(m["top5"]), "images": len(val)}
+
+
+def reference_accuracy_stage(exported: Artifact, ctx: BuildContext) -> Artifact:
+    """The task metric of the FP32 PyTorch model on ctx.val: what every engine is judged against."""
+    from enginesmith.backends.torch import TorchRunner
+
+    return _accuracy_stage("accuracy-fp32", [exported], {"runner": "pytorch-eager-fp32"},
+                           lambda: TorchRunner(ctx.model, "images", list(ctx.spec.output_names)), ctx)
+
+
+def engine_accuracy_stage(engine: Artifact, ctx: BuildContext) -> Artifact:
+    """The task metric of the engine on ctx.val, run by its own backend."""
+    c = ctx.config
+    return _accuracy_stage("accuracy", [engine], {"target": c.target, "precision": engine_precision(c.precision)},
+                           lambda: get_target(c.target).runner(engine.file, c.precision), ctx)
+
+
+def _accuracy_stage(name: str, parents: list[Artifact], params: dict[str, Any], make_runner: Callable[[], Any],
+                    ctx: BuildContext) -> Artifact:
+    """Measure what `make_runner()` gives on ctx.val (keyed by the data's fingerprint, split and metric)."""
+    val = ctx.val
+    batch = None if ctx.config.dynamic_batch else ctx.config.batch  # static-batch models take only that
+    params = {**params, "val": val.fingerprint, "split": val.split, "metric": val.metric}
+
+    def produce(tmp: Path) -> StageResult:
+        with make_runner() as runner, progress_bar(f"{val.metric} on {len(val)} held-out images", len(val)) as update:
+            result = measure(lambda x: runner.infer({"images": x}), batch, val, ctx.preprocess, update)
+        check_unchanged(val)  # the images measured are the ones the cache key names
+        write_json_atomic(tmp / "accuracy.json", result)
+        return StageResult(["accuracy.json"], result)
+
+    return ctx.record(ctx.cache.run(name, parents, params, produce))

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from enginesmith.backends import get_backend, runner_options
+from enginesmith.backends.targets import get_target
 from enginesmith.errors import EnginesmithError
 from enginesmith.pipeline.artifacts import Artifact, Cache, StageResult
 from enginesmith.pipeline.verify import TOLERANCES, check, compare
@@ -53,12 +53,13 @@ def engine_artifact(
 
     judged_by_metric: an INT8 build measured on held-out data (--val) is judged by the task metric, so
     a cosine below tolerance is recorded (metrics["tolerance_exceeded"]) instead of failing the build."""
-    backend = get_backend(target)
-    build_kwargs, build_params = _build_options(target, backend, cache)
+    t = get_target(target)
+    # TensorRT: the device, optimization profile, workspace and timing cache (backends.tensorrt.stage_options)
+    build_kwargs, build_params = t.build_options(cache.root)
 
     def produce(tmp: Path) -> StageResult:
-        engine = Path(backend.build(_engine_source(source.file), tmp, precision, **build_kwargs))
-        with backend.Runner(engine, **runner_options(target, precision)) as runner:
+        engine = Path(t.backend.build(_engine_source(source.file), tmp, precision, **build_kwargs))
+        with t.runner(engine, precision) as runner:
             got = run_batches(runner, input_name, verify_batches())
         cmp = compare(reference(), got)
         extra: dict[str, Any] = {}
@@ -84,11 +85,3 @@ def engine_artifact(
     return cache.run("engine", [source], {"target": target, "precision": precision, "judged_by_metric": judged_by_metric,
                                           **build_params}, produce)
 
-
-def _build_options(target: str, backend: Any, cache: Cache) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(extra keyword arguments for backend.build, extra cache-key parameters): TensorRT's device, optimization
-    profile, workspace and timing cache (backends.tensorrt.stage_options); nothing for the CPU backends, whose
-    keys stay as they were."""
-    if target != "tensorrt":
-        return {}, {}
-    return backend.stage_options(cache.root)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.pipeline.artifacts import Artifact, StageResult, sha256_file
+
+if TYPE_CHECKING:
+    from enginesmith.pipeline.context import BuildContext
 
 INPUT_NAME = "images"
 OPSET = 17
@@ -66,3 +71,46 @@ def node_count(path: Path) -> int:
     import onnx
 
     return len(onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def export_stage(ctx: BuildContext) -> Artifact:
+    """Stage 1: the PyTorch model -> model.onnx, verified on ONNX Runtime against PyTorch on ctx.verify_batches.
+
+    The key holds the model, class count, input shape, batch axis, extra inputs, opset, the weights' sha256
+    (or the seed) and the model's source file."""
+    from enginesmith.backends.onnxruntime import Runner
+    from enginesmith.backends.torch import TorchRunner
+    from enginesmith.pipeline.build import run_batches
+    from enginesmith.pipeline.verify import TOLERANCES, check, compare
+
+    c = ctx.config
+    batch_dim = 1 if c.dynamic_batch else c.batch
+    shape = (batch_dim, ctx.preprocess.channels, *ctx.size)
+    params = {
+        "model": ctx.spec.name,
+        "num_classes": ctx.num_classes,
+        "input_shape": list(shape),
+        "dynamic_batch": c.dynamic_batch,
+        **({"extra_inputs": {k: ax for k, ax in ctx.extra_axes.items()}} if ctx.extra_inputs else {}),
+        "opset": OPSET,
+        "weights": ctx.weights_id,
+        "model_source": sha256_file(Path(ctx.spec.source_file)) if ctx.spec.source_file else "",
+    }
+
+    def produce(tmp: Path) -> StageResult:
+        path = tmp / "model.onnx"
+        export_onnx(ctx.model, path, shape, ctx.spec.output_names, c.dynamic_batch, extra_inputs=ctx.extra_inputs,
+                    extra_axes=ctx.extra_axes)
+        with TorchRunner(ctx.model, ctx.input_names, list(ctx.spec.output_names)) as torch_runner:
+            ref = run_batches(torch_runner, INPUT_NAME, ctx.verify_batches)
+        bad = [k for k, v in ref.items() if not np.all(np.isfinite(v))]
+        if bad and ctx.weights is not None:
+            raise EnginesmithError(f"the model loaded from {ctx.weights.source} gives NaN or Inf in output {bad[0]!r} "
+                                   "on the calibration images: the weights file does not hold trained weights for "
+                                   f"{ctx.spec.name} (random or corrupt values?); give the right checkpoint")
+        with Runner(path) as onnx_runner:
+            cmp = compare(ref, run_batches(onnx_runner, INPUT_NAME, ctx.verify_batches))
+        check(cmp, TOLERANCES["export"], "ONNX export (ONNX Runtime vs PyTorch)")
+        return StageResult(["model.onnx"], {"nodes": node_count(path), "verify": cmp.to_dict(), "opset": OPSET})
+
+    return ctx.record(ctx.cache.run("export", [], params, produce))

@@ -17,14 +17,19 @@ The appended graph produces exactly what runtime/nms.py's `nms_detections` (`--n
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.pipeline.artifacts import Artifact, StageResult
 from enginesmith.runtime.nms import DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
 
 NMS_OPSET = 17
 PREFIX = "nms/"  # node and tensor names of the appended subgraph
+
+if TYPE_CHECKING:
+    from enginesmith.pipeline.context import BuildContext
 
 
 def _const(name: str, value: np.ndarray):
@@ -216,3 +221,26 @@ def nms_parity(outputs: dict[str, np.ndarray], iou_threshold: float = DEFAULT_IO
 
 __all__ = ["append_nms", "nms_parity", "append_nms_model", "NMS_OPSET", "DEFAULT_IOU_THRESHOLD", "DEFAULT_SCORE_THRESHOLD",
            "DEFAULT_MAX_DETECTIONS"]
+
+
+def nms_stage(simplified: Artifact, ctx: BuildContext) -> Artifact:
+    """Stage 3 (`--nms engine`): append ONNX NonMaxSuppression (detections, num_detections; the raw boxes/scores
+    stay outputs) and check it against host NMS on the same raw outputs (nms_parity)."""
+    import onnx
+
+    from enginesmith.backends.onnxruntime import Runner
+    from enginesmith.calibration.onnx_io import save_onnx_atomic
+    from enginesmith.pipeline.build import run_batches
+    from enginesmith.pipeline.export import INPUT_NAME
+
+    params = {"iou": DEFAULT_IOU_THRESHOLD, "score": DEFAULT_SCORE_THRESHOLD, "max_detections": DEFAULT_MAX_DETECTIONS}
+
+    def produce(tmp: Path) -> StageResult:
+        model = append_nms_model(onnx.load(str(simplified.file)), params["iou"], params["score"],
+                                 params["max_detections"], keep_raw_outputs=True)
+        save_onnx_atomic(model, tmp / "model.onnx")
+        with Runner(tmp / "model.onnx") as runner:
+            parity = nms_parity(run_batches(runner, INPUT_NAME, ctx.verify_batches), params["iou"], params["score"])
+        return StageResult(["model.onnx"], {"nms_parity": parity, **params})
+
+    return ctx.record(ctx.cache.run("nms", [simplified], params, produce))

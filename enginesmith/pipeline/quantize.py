@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from enginesmith.backends.targets import Target, get_precision, get_target
 from enginesmith.pipeline.artifacts import Artifact, Cache, StageResult
 from enginesmith.progress import progress_bar
 from enginesmith.runtime.preprocess import PreprocessSpec
@@ -83,11 +84,10 @@ class QuantizeOptions:
     nncf_preset: str = "mixed"
     overflow_fix: str = "enable"
 
-    def params(self, target: str) -> dict[str, object]:
-        p: dict[str, object] = {"keep_float": list(self.keep_float)}
-        if target == "openvino":
-            p.update(nncf_preset=self.nncf_preset, overflow_fix=self.overflow_fix)
-        return p
+    def params(self, target: Target) -> dict[str, object]:
+        """What enters the precision stage's cache key: the kept-float nodes, and the options `target`'s
+        quantizer takes (Target.quantize_options)."""
+        return {"keep_float": list(self.keep_float), **{k: getattr(self, k) for k in target.quantize_options}}
 
 
 def precision_artifacts(
@@ -97,16 +97,17 @@ def precision_artifacts(
     """Run the precision stage(s) for (target, precision); return the artifact the engine is built
     from, or None when the engine is built straight from the simplified ONNX. "mixed" is INT8 with
     `options.keep_float` left in float."""
-    if precision == "fp32" or (precision == "fp16" and target == "openvino"):
+    t, p = get_target(target), get_precision(precision)
+    if p.engine == "fp32" or (p.engine == "fp16" and t.fp16_model == "engine"):
         return None
-    if precision == "fp16":
+    if p.engine == "fp16":
         art = cache.run("fp16", [simplified], {"keep_io_types": True}, lambda tmp: _fp16(simplified.file, tmp))
         on_stage(art)
         return art
     assert calibration is not None
-    if target == "openvino":
+    if t.int8_quantizer == "nncf":
         art = cache.run(
-            "quantize-nncf", [simplified], {"calibration": calibration.fingerprint(), **options.params(target)},
+            "quantize-nncf", [simplified], {"calibration": calibration.fingerprint(), **options.params(t)},
             lambda tmp: _nncf(simplified.file, calibration, options, tmp),
         )
         on_stage(art)
@@ -116,10 +117,10 @@ def precision_artifacts(
         lambda tmp: _statistics(simplified.file, calibration, tmp),
     )
     on_stage(stats)
-    symmetric = target == "tensorrt"
+    symmetric = t.int8_symmetric  # TensorRT's explicit quantization takes zero points 0 only
     art = cache.run(
         "quantize-qdq", [simplified, stats],
-        {"symmetric": symmetric, "op_types": list(QUANTIZED_OP_TYPES), **options.params(target)},
+        {"symmetric": symmetric, "op_types": list(QUANTIZED_OP_TYPES), **options.params(t)},
         lambda tmp: _qdq(simplified.file, stats.file, symmetric, options.keep_float, tmp),
     )
     on_stage(art)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from enginesmith.backends.targets import get_precision
 from enginesmith.pipeline.artifacts import Artifact
 
 STAGE_CHECKS = {
@@ -56,7 +57,7 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
         f"outputs {', '.join(f'`{n}`' for n in spec.output_names)})",
         f"- weights: {config.weights if trained else 'none given: seeded, untrained'}",
     ]
-    if config.precision in ("int8", "mixed"):
+    if get_precision(config.precision).calibrated:
         src = config.calib or f"built-in offline set ({spec.default_calibration})"
         lines.append(f"- calibration: {src}, {calibration_images} images, method {config.calib_method}")
         if calibration_warning:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.pipeline.artifacts import Artifact, StageResult
+
+if TYPE_CHECKING:
+    from enginesmith.pipeline.context import BuildContext
 
 
 def simplify_onnx(src: Path, dst: Path) -> dict[str, int]:
@@ -23,3 +28,21 @@ def simplify_onnx(src: Path, dst: Path) -> dict[str, int]:
         raise EnginesmithError(f"onnxsim reported the simplified {src.name} as invalid")
     onnx.save(simplified, str(dst))
     return {"nodes_before": before, "nodes_after": len(simplified.graph.node)}
+
+
+def simplify_stage(exported: Artifact, ctx: BuildContext) -> Artifact:
+    """Stage 2: onnxsim on the exported ONNX, verified against it on ONNX Runtime (ctx.verify_batches)."""
+    from enginesmith.backends.onnxruntime import Runner
+    from enginesmith.pipeline.build import run_batches
+    from enginesmith.pipeline.export import INPUT_NAME
+    from enginesmith.pipeline.verify import TOLERANCES, check, compare
+
+    def produce(tmp: Path) -> StageResult:
+        counts = simplify_onnx(exported.file, tmp / "model.onnx")
+        with Runner(exported.file) as before, Runner(tmp / "model.onnx") as after:
+            cmp = compare(run_batches(before, INPUT_NAME, ctx.verify_batches),
+                          run_batches(after, INPUT_NAME, ctx.verify_batches))
+        check(cmp, TOLERANCES["simplify"], "onnxsim simplification")
+        return StageResult(["model.onnx"], {**counts, "verify": cmp.to_dict()})
+
+    return ctx.record(ctx.cache.run("simplify", [exported], {"tool": "onnxsim"}, produce))

@@ -20,6 +20,7 @@ import numpy as np
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.runtime.images import Channels, ImageLike, to_rgb
+from enginesmith.backends.targets import TARGETS
 from enginesmith.runtime.manifest import EngineInfo, check_runnable, engine_info
 from enginesmith.runtime.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD,
                                      nms_detections)
@@ -38,12 +39,10 @@ class _Engine(Generic[R]):
     call close() to free the engine."""
 
     def __init__(self, info: EngineInfo, runner_options: dict[str, Any] | None = None) -> None:
-        from enginesmith.backends import get_backend
-        from enginesmith.backends import runner_options as default_options
-
+        target = TARGETS[info.target]
         self.info = info
-        self._options = {**default_options(info.target, info.precision), **(runner_options or {})}
-        self._runner = get_backend(info.target).Runner(info.engine_file, **self._options)
+        self._options = target.options(info.precision, **(runner_options or {}))
+        self._runner = target.backend.Runner(info.engine_file, **self._options)
         self._runner.activate()
         self._async: Any = None
         missing = [o for o in self._needed_outputs() if o not in self._runner.output_names]
@@ -120,7 +119,7 @@ class _Engine(Generic[R]):
         """Results for a stream of images, in order. OpenVINO engines run an async queue of `requests`
         infer requests on a THROUGHPUT-compiled model (0: OpenVINO's optimal number; compiled on first
         use), so preprocessing of the next images overlaps inference; other backends run batch by batch."""
-        if self.info.target != "openvino":
+        if not TARGETS[self.info.target].streams_async:
             for group in _chunks(images, self.batch_size):
                 yield from self._run_group(group, channels)
             return

@@ -13,19 +13,16 @@ import errno
 import importlib.util
 import json
 import math
-import shutil
-import subprocess
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from enginesmith.backends.targets import PRECISIONS, TARGETS
 from enginesmith.errors import EnginesmithError
 from enginesmith.runtime.preprocess import PreprocessSpec
 
 MANIFEST = "manifest.json"
 TASKS = ("detection", "classification", "dense")
-DISPLAY = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 
 # The engine-folder marker the build writes at the top level of every engine manifest.json: what tells an
 # engine folder from any other folder holding a manifest.json (a stage cache entry, a user's folder), and
@@ -33,7 +30,6 @@ DISPLAY = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime", "tensorrt": "T
 ENGINE_SCHEMA = "enginesmith-engine"
 SCHEMA_VERSION = 1
 
-PRECISIONS = ("fp32", "fp16", "int8", "mixed")  # pipeline/run.py PRECISIONS (not imported: build side)
 NMS_MODES = ("host", "engine")
 RESIZE_MODES = ("letterbox", "stretch", "center_crop")
 COLOR_ORDERS = ("RGB", "BGR", "GRAY")
@@ -41,12 +37,6 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a real manifest is a few KB; refuse bef
 MAX_SIDE = 16384  # largest input height/width accepted (an absurd size would only exhaust memory)
 MAX_BATCH = 4096  # largest static batch accepted (the runtime pads every call to it)
 
-# target -> (Python module the backend needs, install hint)
-BACKEND_PACKAGES = {
-    "openvino": ("openvino", "pip install 'enginesmith[runtime-openvino]' (or: pip install openvino)"),
-    "onnxruntime": ("onnxruntime", "pip install 'enginesmith[runtime-onnxruntime]' (or: pip install onnxruntime)"),
-    "tensorrt": ("tensorrt", "install NVIDIA TensorRT 10+ and cuda-python on a machine with an NVIDIA GPU"),
-}
 
 
 @dataclass(frozen=True)
@@ -391,11 +381,11 @@ def validate_manifest(raw: dict[str, Any], where: Path) -> None:
     if not isinstance(task, str) or task not in TASKS:
         shown = repr(task) if isinstance(task, str) else _show(task)
         raise EnginesmithError(f"{folder}: unknown task {shown} in {MANIFEST}; this runtime knows {', '.join(TASKS)}")
-    if not isinstance(target, str) or target not in BACKEND_PACKAGES:
+    if not isinstance(target, str) or target not in TARGETS:
         shown = repr(target) if isinstance(target, str) else _show(target)
         raise EnginesmithError(f"{folder}: unknown target {shown} in {MANIFEST}; this runtime runs "
-                               f"{', '.join(BACKEND_PACKAGES)} engines")
-    c.string(raw["precision"], "precision", PRECISIONS)
+                               f"{', '.join(TARGETS)} engines")
+    c.string(raw["precision"], "precision", tuple(PRECISIONS))
     if "model" in raw:
         c.string(raw["model"], "model")
     spec = _check_preprocess(c, raw["preprocess"])
@@ -429,10 +419,10 @@ def validate_manifest(raw: dict[str, Any], where: Path) -> None:
     if not engine_file.is_file():
         raise EnginesmithError(f"engine file missing: {engine_file} (named in {MANIFEST}); copy the whole engine "
                                "folder, or rebuild it")
-    if target == "openvino":
-        weights = engine_file.with_suffix(".bin")
-        if weights.exists() or weights.is_symlink():
-            _contained(c, str(Path(str(raw["engine"])).with_suffix(".bin")), "engine (its .bin weights)")
+    for suffix in TARGETS[target].engine_companions:  # OpenVINO: model.bin, the weights beside model.xml
+        companion = engine_file.with_suffix(suffix)
+        if companion.exists() or companion.is_symlink():
+            _contained(c, str(Path(str(raw["engine"])).with_suffix(suffix)), f"engine (its {suffix} weights)")
 
 
 def _nms_params(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -466,95 +456,21 @@ def engine_info(folder: str | Path) -> EngineInfo:
 # -- can this machine run it? -------------------------------------------------------------------------
 def check_backend_installed(info: EngineInfo) -> None:
     """The engine's backend library must be importable; found without importing it (no side effects)."""
-    module, hint = BACKEND_PACKAGES[info.target]
+    target = TARGETS[info.target]
+    module, hint = target.runtime_package, target.install_hint
     try:
         found = importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a broken install, or an import hook that refuses it
         found = False
     if not found:
-        raise EnginesmithError(f"{info.folder}: this engine runs on {DISPLAY[info.target]}, which is not installed "
+        raise EnginesmithError(f"{info.folder}: this engine runs on {target.display}, which is not installed "
                                f"here (no module {module!r}); {hint}")
 
 
-def recorded_tensorrt(manifest: dict[str, Any]) -> dict[str, str | None]:
-    """What a TensorRT engine was built with: {"tensorrt", "gpu", "compute_capability"} (None when unrecorded).
-
-    Read from manifest["device"] when present, else from the engine stage's recorded tools."""
-    device = dict(manifest.get("device") or {})
-    tools: dict[str, Any] = {}
-    for stage in manifest.get("stages") or []:
-        if stage.get("stage") == "engine":
-            tools = stage.get("tools") or {}
-    def pick(key: str, *alts: str) -> str | None:
-        for src in (device, tools):
-            for k in (key, *alts):
-                if src.get(k) not in (None, ""):
-                    return str(src[k])
-        return None
-    return {"tensorrt": pick("tensorrt"), "gpu": pick("gpu", "gpu_name"),
-            "compute_capability": pick("compute_capability", "gpu_compute_capability")}
-
-
-def _same_version(a: str, b: str) -> bool:
-    """TensorRT plans load only in the TensorRT release that built them: compare major.minor.patch."""
-    return a.split("+")[0].split(".")[:3] == b.split("+")[0].split(".")[:3]
-
-
-def check_tensorrt_compat(recorded: dict[str, str | None], installed_version: str | None,
-                          gpu: str | None, compute_capability: str | None) -> None:
-    """Refuse a TensorRT engine built with another TensorRT version or for another GPU.
-
-    recorded: `recorded_tensorrt(manifest)`; the rest describe this machine (None: unknown here, not
-    checked). A manifest that records no TensorRT version cannot be trusted and is refused too."""
-    if installed_version is None:
-        raise EnginesmithError(f"this is a TensorRT engine, but TensorRT is not installed here; "
-                               f"{BACKEND_PACKAGES['tensorrt'][1]}")
-    built = recorded.get("tensorrt")
-    if not built:
-        raise EnginesmithError("this TensorRT engine's manifest does not record the TensorRT version that built "
-                               "it, so it may not load here: rebuild for this device with `enginesmith build "
-                               "--target tensorrt`")
-    if not _same_version(built, installed_version):
-        raise EnginesmithError(f"this engine was built with TensorRT {built}, this machine has TensorRT "
-                               f"{installed_version}: rebuild for this device with `enginesmith build --target tensorrt`")
-    rec_cc, rec_gpu = recorded.get("compute_capability"), recorded.get("gpu")
-    if rec_cc and compute_capability and str(rec_cc) != str(compute_capability):
-        raise EnginesmithError(f"this engine was built for compute capability {rec_cc} ({rec_gpu or 'unknown GPU'}), "
-                               f"this GPU is {compute_capability} ({gpu or 'unknown'}): rebuild for this device "
-                               "with `enginesmith build --target tensorrt`")
-    if rec_gpu and gpu and rec_gpu.strip() != gpu.strip():
-        raise EnginesmithError(f"this engine was built on a {rec_gpu}, this GPU is a {gpu}: rebuild for this device "
-                               "with `enginesmith build --target tensorrt`")
-
-
-def local_tensorrt_version() -> str | None:
-    """The installed TensorRT version from package metadata (TensorRT is not imported)."""
-    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_libs"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def local_gpu() -> tuple[str | None, str | None]:
-    """(GPU name, compute capability "8.9") of GPU 0 from nvidia-smi; (None, None) when it cannot be asked."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None, None
-    try:
-        out = subprocess.run([exe, "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-    first = next((ln for ln in out.splitlines() if ln.strip()), "")
-    parts = [p.strip() for p in first.split(",")]
-    return (parts[0] or None, parts[1] if len(parts) > 1 and parts[1] else None) if parts[0] else (None, None)
-
-
 def check_runnable(info: EngineInfo) -> None:
-    """Everything this machine must have for `info`'s engine, checked before loading it."""
-    if info.target == "tensorrt":
-        gpu, cc = local_gpu()
-        check_tensorrt_compat(recorded_tensorrt(info.raw), local_tensorrt_version(), gpu, cc)
+    """Everything this machine must have for `info`'s engine, checked before loading it: a plan tied to its
+    device (TensorRT) must meet the same tool version and GPU, and the backend library must be installed."""
+    target = TARGETS[info.target]
+    if target.check_device is not None:
+        target.check_device(info.raw)
     check_backend_installed(info)

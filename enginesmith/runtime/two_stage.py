@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from enginesmith.backends.targets import TARGETS
 from enginesmith.errors import EnginesmithError
 from enginesmith.runtime.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD,
                                      greedy_nms)
@@ -275,9 +276,6 @@ class TwoStageDetector:
     def __init__(self, info: Any, config: Any = None, runner_options: dict[str, Any] | None = None, *,
                  chunk: int | None = None, max_rois: int | None = None, proposal_mode: str | None = None,
                  max_proposals: int | None = None) -> None:
-        from enginesmith.backends import get_backend
-        from enginesmith.backends import runner_options as default_options
-
         self.info = info
         params = two_stage_params(info.raw)
         self.kind: str = params["kind"]
@@ -297,8 +295,9 @@ class TwoStageDetector:
             raise EnginesmithError(f"{info.folder}: a Fast R-CNN engine takes one image per call, this one has batch "
                                    f"{info.batch}; rebuild it with --batch 1")
         self.last_times: dict[str, float] = {}
-        self._options = {**default_options(info.target, info.precision), **(runner_options or {})}
-        self._runner = get_backend(info.target).Runner(info.engine_file, **self._options)
+        target = TARGETS[info.target]
+        self._options = target.options(info.precision, **(runner_options or {}))
+        self._runner = target.backend.Runner(info.engine_file, **self._options)
         self._runner.activate()
         need = ["scores", "deltas"] if self.kind == "rcnn" else ["boxes", "scores"]
         missing = [o for o in need if o not in self._runner.output_names]

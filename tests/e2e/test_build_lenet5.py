@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from enginesmith.backends import get_backend
-from enginesmith.backends import runner_options
+from enginesmith.backends.targets import TARGETS
 from enginesmith.pipeline.run import BuildConfig, build_engine
 from enginesmith.runtime.preprocess import PreprocessSpec, preprocess_batch
 
@@ -34,12 +33,11 @@ def trained_lenet(tmp_path_factory):
 def _engine_top1(out: Path, images: np.ndarray, labels: np.ndarray) -> float:
     manifest = json.loads((out / "manifest.json").read_text())
     spec = PreprocessSpec.from_dict(manifest["preprocess"])
-    backend = get_backend(manifest["target"])
     batch = manifest["input"]["shape"][0]
     assert isinstance(batch, int)
     x = preprocess_batch(list(images), spec)
     preds = []
-    with backend.Runner(out / manifest["engine"], **runner_options(manifest["target"], manifest["precision"])) as r:
+    with TARGETS[manifest["target"]].runner(out / manifest["engine"], manifest["precision"]) as r:
         for i in range(0, len(x) - len(x) % batch, batch):
             preds.append(np.argmax(r.infer({"images": x[i : i + batch]})["logits"], axis=1))
     preds = np.concatenate(preds)
@@ -135,8 +133,7 @@ def _check_speedup_against_timing_here(report: str, manifest: dict, out: Path) -
     assert shown == pytest.approx(lat["pytorch_eager_fp32"]["p50_ms"] / lat["engine"]["p50_ms"], abs=0.006)
     x = preprocess_batch([np.full((32, 32, 3), 128, np.uint8)], PreprocessSpec.from_dict(manifest["preprocess"]))
     model = registry.get("lenet5").create(seed=0)
-    backend = get_backend(manifest["target"])
-    with backend.Runner(out / manifest["engine"], **runner_options(manifest["target"], manifest["precision"])) as r, \
+    with TARGETS[manifest["target"]].runner(out / manifest["engine"], manifest["precision"]) as r, \
             torch.inference_mode():
         xt = torch.from_numpy(x)
         engine_ms, torch_ms = _median_call_ms([lambda: r.infer({"images": x}), lambda: model(xt).numpy()])

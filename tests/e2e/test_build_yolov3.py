@@ -9,8 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from enginesmith.backends import get_backend
-from enginesmith.backends import runner_options
+from enginesmith.backends.targets import TARGETS
 from enginesmith.pipeline.run import BuildConfig, build_engine
 
 SIZE = (64, 64)
@@ -38,7 +37,7 @@ def test_yolov3_int8_contract_agreement_and_float_decode(target, cache_dir, tmp_
     photos = preprocess_batch(colour, PreprocessSpec.from_dict(manifest["preprocess"]))
     with torch.inference_mode():
         want = [t.double().numpy() for t in registry.get("yolov3").create(input_size=SIZE)(torch.from_numpy(photos))]
-    with get_backend(target).Runner(result.engine, **runner_options(target, "int8")) as r:
+    with TARGETS[target].runner(result.engine, "int8") as r:
         outs = [r.infer({"images": photos[i : i + 1]}) for i in range(len(photos))]  # static batch 1
     got = [np.concatenate([o[k] for o in outs]).astype(np.float64) for k in ("boxes", "scores")]
     for name, w, g in zip(("boxes", "scores"), want, got):
@@ -46,7 +45,7 @@ def test_yolov3_int8_contract_agreement_and_float_decode(target, cache_dir, tmp_
         pearson = float(wc @ gc / (np.linalg.norm(wc) * np.linalg.norm(gc)))
         assert pearson >= 0.99, (name, pearson)
     x = np.random.default_rng(0).random((1, 3, *SIZE), dtype=np.float32)
-    with get_backend(target).Runner(result.engine, **runner_options(target, "int8")) as r:
+    with TARGETS[target].runner(result.engine, "int8") as r:
         y = r.infer({"images": x})
     assert y["boxes"].shape == (1, ANCHORS, 4) and y["scores"].shape == (1, ANCHORS, 80)
     assert np.all(y["boxes"][..., 2] >= y["boxes"][..., 0]) and np.all(y["boxes"][..., 3] >= y["boxes"][..., 1])
@@ -86,7 +85,7 @@ def test_yolov3_darknet_weights_dynamic_batch_engine_matches_pytorch(cache_dir, 
     x = np.random.default_rng(1).random((3, 3, *SIZE), dtype=np.float32)
     with torch.inference_mode():
         boxes, scores = (t.numpy() for t in model(torch.from_numpy(x)))
-    with get_backend("openvino").Runner(result.engine) as r:
+    with TARGETS["openvino"].backend.Runner(result.engine) as r:
         y = r.infer({"images": x})
     assert np.allclose(y["scores"], scores, atol=1e-4)
     assert np.allclose(y["boxes"], boxes, rtol=1e-4, atol=1e-2)
@@ -106,7 +105,7 @@ def test_nms_in_engine_equals_host_nms(target, precision, cache_dir, tmp_path):
     assert manifest["nms"] == "engine" and manifest["outputs"][:2] == ["detections", "num_detections"]
     assert "nms" in {a.stage for a in result.stages}
     x = np.random.default_rng(2).random((1, 3, *SIZE), dtype=np.float32)
-    with get_backend(target).Runner(result.engine, **runner_options(target, precision)) as r:
+    with TARGETS[target].runner(result.engine, precision) as r:
         y = r.infer({"images": x})
     host, host_n = nms_detections(y["boxes"], y["scores"])
     assert int(y["num_detections"][0]) == int(host_n[0]) > 0

@@ -152,7 +152,7 @@ def test_same_inputs_elsewhere_rebuild_nothing(lenet_base, tmp_path):
 def test_weights_bytes_rebuild_everything(lenet_base, tmp_path):
     """One float of the state dict changed: every stage rebuilds, and the new engine is the new weights' network."""
     torch = pytest.importorskip("torch")
-    from enginesmith.backends import get_backend
+    from enginesmith.backends.targets import TARGETS
     from enginesmith.calibration.sources import calibration_batches, calibration_source
     from enginesmith.models import registry
 
@@ -172,7 +172,7 @@ def test_weights_bytes_rebuild_everything(lenet_base, tmp_path):
     x = np.concatenate(list(calibration_batches(calibration_source(None, "digits", 4), spec.preprocess, 4)))
     with torch.inference_mode():
         want = net(torch.from_numpy(x)).numpy()
-    with get_backend("onnxruntime").Runner(rec.artifacts["simplify"].file) as r:
+    with TARGETS["onnxruntime"].backend.Runner(rec.artifacts["simplify"].file) as r:
         got = np.concatenate([r.infer({"images": x[i : i + 1]})["logits"] for i in range(len(x))])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 

@@ -253,9 +253,9 @@ def test_clear_errors(tmp_path, voc, yolo, lenet, monkeypatch):
     with pytest.raises(EnginesmithError, match="10 classes but .* has 4"):
         with predictor_for(lenet) as p:
             evaluate_classifier(p, [np.zeros((32, 32, 3), np.uint8)] * 4, [0, 1, 2, 3], CLASSES, progress=False)
-    from enginesmith.backends import get_backend
+    from enginesmith.backends.targets import TARGETS
 
-    monkeypatch.setattr(get_backend("onnxruntime"), "available", lambda: (False, "onnxruntime cannot be imported"))
+    monkeypatch.setattr(TARGETS["onnxruntime"].backend, "available", lambda: (False, "onnxruntime cannot be imported"))
     with pytest.raises(EnginesmithError, match="onnxruntime engine but onnxruntime is not usable"):
         predictor_for(engine)
     monkeypatch.undo()

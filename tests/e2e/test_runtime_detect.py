@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from enginesmith.backends import get_backend
+from enginesmith.backends.targets import TARGETS
 from enginesmith.evaluation.predict import predict_detections
 from enginesmith.data.offline_photos import base_photos
 from enginesmith.errors import EnginesmithError
-from enginesmith.backends import runner_options
 from enginesmith.pipeline.run import BuildConfig, build_engine
 from enginesmith.runtime import Classifier, Detector, DetectorConfig, Segmenter, load
 from enginesmith.runtime.nms import greedy_nms, nms_detections
@@ -105,8 +104,7 @@ def test_detector_equals_pipeline_prediction_and_pytorch(engine, photos, request
 
     # 1. the pipeline's own prediction path (evaluation/predict.py, used by eval and the build's accuracy stage)
     #    with the backend's Runner: identical raw outputs, so identical detections
-    backend = get_backend(det.info.target)
-    with backend.Runner(det.info.engine_file, **runner_options(det.info.target, "fp32")) as r:
+    with TARGETS[det.info.target].runner(det.info.engine_file, "fp32") as r:
         ref = predict_detections(lambda x: r.infer({"images": x}), photos, det.info.preprocess, det.info.batch,
                                  score_threshold=0.25, iou_threshold=0.45, max_detections=100)
     for dets, p, im in zip(got, ref, photos):

@@ -321,7 +321,7 @@ def test_int8_build_that_cannot_hold_fails_or_records_as_asked(register_model, t
     manifest and the report, and the published engine really is that far off PyTorch (measured here, on whole
     photographs, not the build's augmented crops). The FP32 build of the same network passes."""
     torch = pytest.importorskip("torch")
-    from enginesmith.backends import get_backend, runner_options
+    from enginesmith.backends.targets import TARGETS
     from enginesmith.data.offline_photos import base_photos
     from enginesmith.runtime.preprocess import preprocess_batch
 
@@ -343,7 +343,7 @@ def test_int8_build_that_cannot_hold_fails_or_records_as_asked(register_model, t
     x = preprocess_batch(list(base_photos())[:4], spec.preprocess)
     with torch.inference_mode():
         want = spec.create(seed=0)(torch.from_numpy(x)).numpy()
-    with get_backend(target).Runner(result.engine, **runner_options(target, "int8")) as runner:  # static batch 1
+    with TARGETS[target].runner(result.engine, "int8") as runner:  # static batch 1
         got = np.concatenate([runner.infer({"images": x[i : i + 1]})["logits"] for i in range(len(x))])
     _, cos = deviation({"logits": want}, {"logits": got})
     assert cos < TOLERANCES["int8"].min_cosine

@@ -60,7 +60,7 @@ def _own_feed(manifest: dict, spec, size: tuple[int, int]) -> dict[str, np.ndarr
 @pytest.mark.parametrize("name,size", list(_cases()))
 def test_model_builds_a_verified_openvino_engine(name, size, tmp_path):
     torch = pytest.importorskip("torch")
-    from enginesmith.backends import get_backend, runner_options
+    from enginesmith.backends.targets import TARGETS
 
     result = build_engine(BuildConfig(name, target="openvino", precision="fp32", input_size=size, calib_size=2,
                                       out=tmp_path / "engine", cache_dir=tmp_path / "cache", latency_budget_s=0.05))
@@ -74,7 +74,7 @@ def test_model_builds_a_verified_openvino_engine(name, size, tmp_path):
     with torch.inference_mode():
         want = model(*(torch.from_numpy(feed[k]) for k in feed))
     want = [want] if isinstance(want, torch.Tensor) else list(want)
-    with get_backend("openvino").Runner(result.engine, **runner_options("openvino", "fp32")) as runner:
+    with TARGETS["openvino"].runner(result.engine, "fp32") as runner:
         got = runner.infer(feed)
     for out_name, ref in zip(spec.output_names, want):
         r = ref.double().numpy().ravel()

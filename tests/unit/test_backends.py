@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from enginesmith.backends import TARGETS, get_backend
+from enginesmith.backends.targets import TARGETS, get_target
 from enginesmith.backends import onnxruntime as ort_backend
 from enginesmith.backends import openvino as ov_backend
 from enginesmith.backends import tensorrt as trt_backend
@@ -75,18 +75,19 @@ def ov_engines(onnx_path, tmp_path_factory) -> dict[str, Path]:
 
 
 # -- registry -------------------------------------------------------------------------------------
-def test_get_backend_and_targets():
-    assert TARGETS == ("openvino", "onnxruntime", "tensorrt")
-    assert get_backend("openvino") is ov_backend
-    assert get_backend("onnxruntime").ENGINE_FILE == "model.onnx"
-    assert get_backend("tensorrt").ENGINE_FILE == "model.plan"
-    with pytest.raises(EnginesmithError, match="openvino, onnxruntime, tensorrt"):
-        get_backend("foo")
+def test_target_table_names_each_backend_module():
+    assert tuple(TARGETS) == ("openvino", "onnxruntime", "tensorrt")
+    assert TARGETS["openvino"].backend is ov_backend
+    assert TARGETS["onnxruntime"].backend is ort_backend and TARGETS["tensorrt"].backend is trt_backend
+    assert [t.engine_file for t in TARGETS.values()] == ["model.xml", "model.onnx", "model.plan"]
+    with pytest.raises(EnginesmithError, match="unknown target 'foo'; choose one of openvino, onnxruntime, tensorrt"):
+        get_target("foo")
 
 
 def test_engine_modules_do_not_import_torch():
     code = (
-        "import enginesmith.backends, enginesmith.backends.openvino, enginesmith.backends.onnxruntime, "
+        "import enginesmith.backends, enginesmith.backends.targets, enginesmith.backends.openvino, "
+        "enginesmith.backends.onnxruntime, "
         "enginesmith.backends.tensorrt, sys; "
         "bad = [m for m in ('torch', 'openvino', 'onnxruntime', 'tensorrt') if m in sys.modules]; "
         "assert not bad, bad"
@@ -243,7 +244,7 @@ def test_tensorrt_absent_fails_fast(onnx_path, tmp_path):
     assert not ok and reason
     t0 = time.perf_counter()
     with pytest.raises(EnginesmithError, match="target tensorrt needs NVIDIA TensorRT 10\\+ and a CUDA GPU.*--target openvino"):
-        get_backend("tensorrt").build(onnx_path, tmp_path, "fp16")
+        TARGETS["tensorrt"].backend.build(onnx_path, tmp_path, "fp16")
     with pytest.raises(EnginesmithError, match="cannot run a TensorRT engine here"):
         trt_backend.Runner(tmp_path / "model.plan").activate()
     assert time.perf_counter() - t0 < 5

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from enginesmith.errors import EnginesmithError
-from enginesmith.runtime.manifest import (ENGINE_SCHEMA, SCHEMA_VERSION, check_runnable, check_tensorrt_compat,
-                                          engine_info, is_engine_folder, read_manifest, recorded_tensorrt)
+from enginesmith.backends.tensorrt_device import check_tensorrt_compat, recorded_tensorrt
+from enginesmith.runtime.manifest import ENGINE_SCHEMA, SCHEMA_VERSION, check_runnable, engine_info, is_engine_folder, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 PREPROCESS = {"color": "RGB", "crop_fraction": 0.875, "input_size": [64, 64], "mean": [0, 0, 0], "pad_value": 114,

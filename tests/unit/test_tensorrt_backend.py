@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from enginesmith.backends import tensorrt as trt_backend
 from enginesmith.errors import EnginesmithError
-from enginesmith.runtime.manifest import check_tensorrt_compat, recorded_tensorrt
+from enginesmith.backends.tensorrt_device import check_tensorrt_compat, recorded_tensorrt
 
 REPO = Path(__file__).resolve().parents[2]
 HAS_GPU = trt_backend.gpu_count()[0] > 0
@@ -54,10 +54,8 @@ def test_typed_onnx_builds_strongly_typed_on_10_and_11(version):
     assert trt_backend.plan_typing(version, "fp32", False, False) == (True, False)
     assert trt_backend.plan_typing(version, "fp16", True, False) == (True, False)
     assert trt_backend.plan_typing(version, "int8", False, True) == (True, False)
-    assert trt_backend.plan_typing(version, "mixed", True, True) == (True, False)
-    for precision in ("int8", "mixed"):
-        with pytest.raises(EnginesmithError, match=f"TensorRT {precision} needs a Q/DQ ONNX.*quantize stage"):
-            trt_backend.plan_typing(version, precision, True, False)
+    with pytest.raises(EnginesmithError, match="TensorRT int8 needs a Q/DQ ONNX.*quantize stage"):
+        trt_backend.plan_typing(version, "int8", True, False)
 
 
 def test_fp16_from_an_fp32_onnx_only_on_tensorrt_10():
@@ -137,12 +135,10 @@ def test_device_keys_are_what_the_runtime_reads():
 
 
 def test_cpu_backends_keep_their_engine_stage_key():
-    from enginesmith.backends import get_backend
-    from enginesmith.pipeline.artifacts import Cache
-    from enginesmith.pipeline.build import _build_options
+    from enginesmith.backends.targets import TARGETS
 
     for target in ("onnxruntime", "openvino"):
-        assert _build_options(target, get_backend(target), Cache(Path("/nonexistent"))) == ({}, {})
+        assert TARGETS[target].build_options(Path("/nonexistent")) == ({}, {})
 
 
 # -- no GPU: fail fast, before any TensorRT object ----------------------------------------------------

@@ -101,10 +101,10 @@ def test_channels_last_on_the_cpu_matches_numpy():
 
 # -- bench plumbing ---------------------------------------------------------------------------------
 def test_bench_accepts_the_gpu_targets():
-    from enginesmith.benchmarks.suite import BENCH_TARGETS, GPU_TARGETS, TORCH_PRECISIONS, override, plan, suite_from_args
+    from enginesmith.benchmarks.suite import BASELINES, BENCH_TARGETS, GPU_TARGETS, override, plan, suite_from_args
 
     assert {"torch-cuda", "torch-compile", "tensorrt"} <= set(GPU_TARGETS) <= set(BENCH_TARGETS)
-    assert TORCH_PRECISIONS["torch-compile"] == ("fp32", "fp16")
+    assert BASELINES["torch-compile"].precisions == ("fp32", "fp16")
     suite = override(suite_from_args(["lenet5"]), targets=("torch-cuda", "torch-compile"), precisions=("fp32", "fp16", "int8"))
     runs, skipped = plan(suite, env={})
     got = sorted({(r.target, r.precision) for r in runs})

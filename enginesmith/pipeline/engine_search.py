@@ -1,0 +1,100 @@
+"""The precision and engine stages of a build, once or as the mixed-precision search, held to the budget.
+
+An attempt runs the precision stage (quantize.py) with some nodes kept in float, then the engine stage
+(build.py) verified against the FP32 ONNX, then, with `--val`, the engine's task metric (accuracy.py). A
+plain build makes one attempt and fails when its drop exceeds the budget; `--precision mixed` (or int8
+`--fallback auto`) runs the search of mixed.py over attempts until the budget holds.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from enginesmith.backends.targets import engine_precision, get_precision, get_target
+from enginesmith.errors import EnginesmithError
+from enginesmith.pipeline.accuracy import engine_accuracy_stage
+from enginesmith.pipeline.artifacts import Artifact
+from enginesmith.pipeline.build import engine_artifact, run_batches
+from enginesmith.pipeline.export import INPUT_NAME
+from enginesmith.pipeline.mixed import Attempt, SearchResult, search
+from enginesmith.pipeline.quantize import QuantizeOptions, precision_artifacts
+
+if TYPE_CHECKING:
+    from enginesmith.pipeline.context import BuildContext
+
+
+def precision_and_engine(base: Artifact, reference_acc: Artifact | None, ctx: BuildContext,
+                         on_search_step: Callable[[int, int, Any], None] | None = None) -> SearchResult:
+    """The attempts that led to the engine (the last one is it). `base`: the simplified ONNX (with NMS when
+    asked); `reference_acc`: the FP32 PyTorch metric, or None without `--val`."""
+    config = ctx.config
+    calibrated = get_precision(config.precision).calibrated
+
+    def attempt(keep_float: tuple[str, ...]) -> Attempt:
+        return _attempt(base, reference_acc, keep_float, ctx)
+
+    def within_budget(a: Attempt) -> bool:
+        return a.ok and (a.drop is None or a.drop <= ctx.budget + 1e-9)
+
+    if config.searches:
+        return search(attempt, lambda first: _rank_layers(config.target, base, first, ctx.verify_batches),
+                      within_budget, on_step=on_search_step or (lambda i, n, a: None))
+    result = SearchResult([attempt(())])
+    if not within_budget(result.final):
+        assert reference_acc is not None  # without --val every verified attempt is within budget
+        hint = "" if not calibrated else "; try --precision mixed (keeps the most sensitive layers in float)"
+        raise EnginesmithError(
+            f"the {config.target} {config.precision} engine's {ctx.val.metric} is {result.final.metric:.2f} against "
+            f"{reference_acc.metrics['value']:.2f} for FP32 PyTorch on {len(ctx.val)} held-out images: a drop of "
+            f"{result.final.drop:.2f} points exceeds --accuracy-budget {ctx.budget:g}{hint}"
+        )
+    return result
+
+
+def _attempt(base: Artifact, reference_acc: Artifact | None, keep_float: tuple[str, ...], ctx: BuildContext) -> Attempt:
+    """Build (precision stage + engine) with `keep_float` in float; measure it when --val is given."""
+    config = ctx.config
+    precision = engine_precision(config.precision)
+    calibrated = get_precision(config.precision).calibrated
+    quantized = precision_artifacts(ctx.cache, config.target, precision, base, ctx.calibration if calibrated else None,
+                                    ctx.on_stage, QuantizeOptions(keep_float=keep_float, nncf_preset=config.nncf_preset,
+                                                                  overflow_fix=config.overflow_fix))
+    try:
+        engine = engine_artifact(ctx.cache, config.target, precision, quantized or base, INPUT_NAME,
+                                 lambda: ctx.verify_batches, lambda: _reference_outputs(base, ctx),
+                                 judged_by_metric=(reference_acc is not None or config.record_int8_tolerance)
+                                 and calibrated)
+    except EnginesmithError as e:
+        if not config.searches:
+            raise
+        return Attempt(keep_float, None, None, error=str(e), quantized=quantized)
+    ctx.record(engine)
+    if reference_acc is None:
+        return Attempt(keep_float, None, None, engine=engine, quantized=quantized)
+    acc = engine_accuracy_stage(engine, ctx).metrics
+    return Attempt(keep_float, acc["value"], reference_acc.metrics["value"] - acc["value"], engine=engine,
+                   quantized=quantized)
+
+
+def _reference_outputs(base: Artifact, ctx: BuildContext) -> dict[str, np.ndarray]:
+    """The model's own outputs (raw head for detectors) from the FP32 ONNX on ONNX Runtime: what every engine
+    is verified against."""
+    from enginesmith.backends.onnxruntime import Runner
+
+    with Runner(base.file) as runner:
+        outs = run_batches(runner, INPUT_NAME, ctx.verify_batches)
+    return {k: v for k, v in outs.items() if k in ctx.spec.output_names}
+
+
+def _rank_layers(target: str, base: Artifact, first: Any, batches: list[np.ndarray]) -> list[Any]:
+    """Layers by added quantization noise, measured on the first attempt's quantized model run by
+    the engine's own backend (ONNX Runtime stands in for TensorRT's Q/DQ)."""
+    from enginesmith.calibration.sensitivity import layer_sensitivity
+    from enginesmith.pipeline.quantize import DECODE_ONNX_PATTERN, QUANTIZED_OP_TYPES
+
+    if first.quantized is None:
+        raise EnginesmithError("the mixed-precision search needs an INT8 model to rank layers; none was built")
+    return layer_sensitivity(base.file, first.quantized.file, get_target(target).layer_ranking, batches,
+                             QUANTIZED_OP_TYPES, (DECODE_ONNX_PATTERN,))
