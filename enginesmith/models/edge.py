@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.models.classes import OFFLINE_NAMES
+from enginesmith.models.layers import SLIM_BASE, conv_bn_relu
 from enginesmith.models.registry import ModelSpec, register
 from enginesmith.models.ssd import VARIANCES, SSDConfig, SSDDecode, multibox_heads
 from enginesmith.models.weights import load_weights
@@ -180,8 +181,7 @@ TINY3L_SPEC = _register_tiny(
 # SSD, slim VGG16 base, 256x256
 # ---------------------------------------------------------------------------------------------
 
-# VGG16 conv1_1..conv5_3 at 1/4 width; "M" max-pool 2/2. Sources: conv4_3 (stride 8), conv7 (16).
-SLIM_BASE = (16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 128, 128, 128, "M", 128, 128, 128)
+# The base is models/layers.py SLIM_BASE (VGG16 at 1/4 width). Sources: conv4_3 (stride 8), conv7 (16).
 SLIM_CONV4_3 = 12  # index in SLIM_BASE of conv4_3's last entry (3 pools before it: stride 8)
 SLIM_FC = 256  # conv6 (3x3, dilation 6 in the paper; 3 here at the 16x16 map) and conv7 (1x1) width
 # extras (in, out, kernel, stride, padding): 1x1 then 3x3/2 pairs; every second output is a source.
@@ -192,13 +192,6 @@ SLIM_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
 # default-box sizes as fractions of the input side (s_k of the paper; SSD300's are 0.1 .. 0.88).
 SLIM_MIN = (0.06, 0.15, 0.33, 0.51, 0.69, 0.87)
 SLIM_MAX = (0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
-
-
-def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, padding: int | None = None,
-                 dilation: int = 1) -> nn.Sequential:
-    pad = k // 2 * dilation if padding is None else padding
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad, dilation=dilation, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
 
 
 def slim_feature_maps(size: int) -> tuple[int, ...]:

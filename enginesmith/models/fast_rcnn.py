@@ -13,7 +13,7 @@ weights 10, 10, 5, 5) and scores [1, R, C] (softmax, background dropped). Host N
 Networks:
 - fast-rcnn-vgg16: the paper's VGG16 model (conv5_3 stride 16, RoI pool 7x7, fc6/fc7 4096, 21 classes
   for VOC), input 600x600 (the paper scales the shorter side to 600; engines take one fixed size).
-- fast-rcnn-vgg16-slim: quarter-width VGG16 with BatchNorm (models/rcnn.py slim_vgg16_features, the base
+- fast-rcnn-vgg16-slim: quarter-width VGG16 with BatchNorm (models/layers.py slim_vgg16_features, the base
   of rcnn-vgg16-slim and ssd-slim-256) without pool5, at 320x320; RoI pool 7x7 over 128 channels, fc6/fc7
   1024; the offline set's 16 classes; trained here (`enginesmith train fast-rcnn-vgg16-slim`).
 """
@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.models.classes import OFFLINE_NAMES, VOC_NAMES
-from enginesmith.models.faster_rcnn import DetectionDecode, RoIPoolSingle, init_box_head
+from enginesmith.models.faster_rcnn import DetectionDecode
+from enginesmith.models.layers import RoIPoolSingle, init_box_head, slim_vgg16_features, vgg16_conv5_3
 from enginesmith.models.registry import ModelSpec, register
 from enginesmith.models.weights import load_weights
 from enginesmith.runtime.preprocess import PreprocessSpec
@@ -73,15 +74,11 @@ class FastRCNN(nn.Module):
 
 
 def build_fast_rcnn_vgg16(num_classes: int = 20, input_size: tuple[int, int] = (600, 600)) -> FastRCNN:
-    from enginesmith.models.faster_rcnn import vgg16_conv5_3
-
     _check("fast-rcnn-vgg16", input_size)
     return FastRCNN(vgg16_conv5_3(), 512, 4096, num_classes, input_size).eval()
 
 
 def build_fast_rcnn_vgg16_slim(num_classes: int = 16, input_size: tuple[int, int] = (320, 320)) -> FastRCNN:
-    from enginesmith.models.rcnn import slim_vgg16_features
-
     _check("fast-rcnn-vgg16-slim", input_size)
     return FastRCNN(slim_vgg16_features(pool5=False), 128, 1024, num_classes, input_size).eval()
 

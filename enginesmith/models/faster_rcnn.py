@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.models.classes import VOC_NAMES
+from enginesmith.models.layers import RoIPoolSingle, slim_vgg16_features, vgg16_conv5_3
 from enginesmith.models.registry import ModelSpec, register
 from enginesmith.models.weights import load_weights
 from enginesmith.runtime.preprocess import PreprocessSpec
@@ -262,19 +263,6 @@ class FasterRCNN(nn.Module):
         return self.decode.detections(p["proposals"], p["valid"], p["class_logits"], p["box_regression"])
 
 
-class RoIPoolSingle(nn.Module):
-    """torchvision.ops.RoIPool for a single-level backbone: (features dict, [boxes], image sizes) -> pooled."""
-
-    def __init__(self, output_size: int, spatial_scale: float) -> None:
-        super().__init__()
-        from torchvision.ops import RoIPool
-
-        self.pool = RoIPool((output_size, output_size), spatial_scale)
-
-    def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
-        return self.pool(features["0"], boxes)
-
-
 def _feature_layers(model: FasterRCNN) -> list[nn.Module]:
     """The layers whose outputs are the features the heads see (the FPN output convs, or conv5_3)."""
     if hasattr(model.backbone, "fpn"):
@@ -329,27 +317,6 @@ def init_two_stage(model: FasterRCNN, size: int = 128) -> None:
         hidden = model.roi_heads.box_head(model.roi_heads.box_roi_pool(feat_dict, [rois], [(size, size)]))
         _rescale([pred.cls_score], 2.0 / pred.cls_score(hidden).std().item())
         _rescale([pred.bbox_pred], 1.0 / pred.bbox_pred(hidden).std().item())
-
-
-def init_box_head(roi_heads: nn.Module) -> None:
-    """The Fast R-CNN paper's init of roi_heads.box_head (fc6/fc7: Kaiming fan_in) and box_predictor (cls_score
-    N(0, 0.01), bbox_pred N(0, 0.001), zero biases), in that order (seeded builders depend on it)."""
-    for m in roi_heads.box_head.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-    pred = roi_heads.box_predictor
-    nn.init.normal_(pred.cls_score.weight, std=0.01)
-    nn.init.normal_(pred.bbox_pred.weight, std=0.001)
-    nn.init.zeros_(pred.cls_score.bias)
-    nn.init.zeros_(pred.bbox_pred.bias)
-
-
-def vgg16_conv5_3() -> nn.Sequential:
-    """VGG16 (configuration D) conv1_1 .. conv5_3 + ReLU, without pool5: stride 16, 512 channels."""
-    from torchvision.models import vgg16
-
-    return vgg16(weights=None).features[:30]
 
 
 def _check(name: str, multiple: int, size: tuple[int, int]) -> None:
@@ -495,7 +462,7 @@ SPEC_R50_FPN = register(
 # ------------------------------------------------------------------------------------------- slim (issue 8)
 # faster-rcnn-vgg16-slim: the learned-proposal row of the R-CNN -> Fast R-CNN -> Faster R-CNN arc on the
 # offline set (16 classes), with exactly fast-rcnn-vgg16-slim's network: quarter-width VGG16 with BatchNorm
-# without pool5 (models/rcnn.py slim_vgg16_features: stride 16, 128 channels), 320x320 stretched, RoI max
+# without pool5 (models/layers.py slim_vgg16_features: stride 16, 128 channels), 320x320 stretched, RoI max
 # pooling 7x7 at 1/16, fc6/fc7 1024, 17 outputs (background at 0). The RPN (3x3 conv, 128 channels) has 12
 # anchors per location: sizes 16, 32, 64, 128 x aspect ratios (h/w) 1, 2, 3. Fitted to the offline set: in
 # 320x320 input pixels its train boxes have sqrt(w*h) 8.8 .. 98 (5th .. 95th percentile, median 31) and
@@ -521,8 +488,6 @@ def check_input_size_vgg16_slim(size: tuple[int, int]) -> None:
 
 def build_faster_rcnn_vgg16_slim(num_classes: int = 16, input_size: tuple[int, int] = (320, 320)) -> FasterRCNN:
     """Quarter-width VGG16-BN Faster R-CNN (num_classes foreground classes + background), seeded init."""
-    from enginesmith.models.rcnn import slim_vgg16_features
-
     check_input_size_vgg16_slim(input_size)
     # the backbone is built first: for a seed, fast-rcnn-vgg16-slim's initial backbone
     return build_stride16("faster-rcnn-vgg16-slim", slim_vgg16_features(pool5=False), 128, 1024, num_classes,

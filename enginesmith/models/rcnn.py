@@ -29,7 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.models.alexnet import AlexNet
 from enginesmith.models.classes import OFFLINE_NAMES, VOC_NAMES
+from enginesmith.models.layers import slim_vgg16_features
 from enginesmith.models.registry import ModelSpec, register
 from enginesmith.models.weights import load_weights
 from enginesmith.runtime.preprocess import PreprocessSpec
@@ -83,27 +85,6 @@ class RCNN(nn.Module):
         return self.decode(self.svm(fc7), self.bbox_reg(pool5))
 
 
-def slim_vgg16_features(pool5: bool = True) -> nn.Sequential:
-    """Quarter-width VGG16 with BatchNorm (edge.py SLIM_BASE): conv1_1 .. conv5_3 (+ pool5). 128 channels,
-    stride 32 with pool5, 16 without."""
-    from enginesmith.models.edge import SLIM_BASE, conv_bn_relu
-
-    layers: list[nn.Module] = []
-    cin = 3
-    for v in SLIM_BASE:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers.append(conv_bn_relu(cin, int(v)))
-            cin = int(v)
-    if pool5:
-        layers.append(nn.MaxPool2d(2, 2))
-    for m in nn.Sequential(*layers).modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    return nn.Sequential(*layers)
-
-
 def _check_exact(name: str, size_wanted: tuple[int, int], size: tuple[int, int]) -> None:
     if tuple(int(s) for s in size) != size_wanted:
         raise EnginesmithError(f"{name} warps every region to exactly {size_wanted[0]}x{size_wanted[1]} (fc6 is sized "
@@ -111,8 +92,6 @@ def _check_exact(name: str, size_wanted: tuple[int, int], size: tuple[int, int])
 
 
 def build_rcnn_alexnet(num_classes: int = 20, input_size: tuple[int, int] = (227, 227)) -> RCNN:
-    from enginesmith.models.alexnet import AlexNet
-
     _check_exact("rcnn-alexnet", (227, 227), input_size)
     return RCNN(AlexNet(1000).features, 256 * 6 * 6, 4096, num_classes).eval()
 

@@ -39,7 +39,7 @@ def check_input_side(size: tuple[int, ...], native: tuple[int, ...] | None = Non
 
 # Modules of enginesmith.models that are not model families; every other module is imported (once,
 # the first time the registry is read) and registers its models itself.
-NOT_FAMILIES = {"registry", "ops", "profile", "catalog", "training", "weights", "classes", "memory"}
+NOT_FAMILIES = {"registry", "ops", "profile", "catalog", "layers", "weights", "classes", "memory"}
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.models.classes import COCO_NAMES
+from enginesmith.models.layers import ConvBNLeaky
 from enginesmith.models.ops import make_grid, yolo_decode
 from enginesmith.models.registry import ModelSpec, register
 from enginesmith.models.weights import load_weights
@@ -81,19 +82,6 @@ YOLOV3_CFG: tuple[Layer, ...] = tuple(
     + [("route", (-4,)), ("conv", 128, 1, 1), ("upsample", 2), ("route", (-1, 36))]  # 95..98
     + _head(128, 2)  # 99..106, stride 8
 )
-
-
-class ConvBNLeaky(nn.Module):
-    """Darknet convolutional layer with batch_normalize=1, activation=leaky: conv (no bias), BN, LeakyReLU(0.1)."""
-
-    def __init__(self, cin: int, cout: int, k: int, stride: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=False)
-        self.bn = nn.BatchNorm2d(cout)  # darknet's BN epsilon (1e-5 in its CUDNN path; .00001 on CPU)
-        self.act = nn.LeakyReLU(0.1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.bn(self.conv(x)))
 
 
 class Passthrough(nn.Module):

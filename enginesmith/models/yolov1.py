@@ -47,9 +47,9 @@ from torchvision.models import vgg16
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.models.classes import VOC_NAMES
+from enginesmith.models.layers import ConvBNLeaky
 from enginesmith.models.registry import ModelSpec, register
 from enginesmith.models.weights import load_weights
-from enginesmith.models.yolo import ConvBNLeaky
 from enginesmith.runtime.preprocess import PreprocessSpec
 
 INPUT_SIZE = (448, 448)

@@ -89,7 +89,7 @@ def init_for_training(net) -> None:
     """Re-initialise the RPN and box heads as the papers (see the module docstring); the backbone is kept."""
     from torch import nn
 
-    from enginesmith.models.faster_rcnn import init_box_head
+    from enginesmith.models.layers import init_box_head
 
     rpn_head = net.rpn.head
     for m in rpn_head.conv.modules():

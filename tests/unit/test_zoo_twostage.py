@@ -15,6 +15,7 @@ import torch
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.models import faster_rcnn as frcnn
+from enginesmith.models import layers
 from enginesmith.models import registry
 from enginesmith.models import retinanet as retina
 from enginesmith.models.profile import count_macs, count_parameters
@@ -59,7 +60,7 @@ def _tv_two_stage_reference(model: frcnn.FasterRCNN, name: str, num_classes: int
     if name == "faster-rcnn-r50-fpn":
         tv = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes + 1, **kw)
     else:
-        backbone = frcnn.vgg16_conv5_3()
+        backbone = layers.vgg16_conv5_3()
         backbone.out_channels = 512
         from torchvision.models.detection.anchor_utils import AnchorGenerator
         from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -67,7 +68,7 @@ def _tv_two_stage_reference(model: frcnn.FasterRCNN, name: str, num_classes: int
         tv = TVFasterRCNN(backbone, rpn_anchor_generator=AnchorGenerator(cfg["anchor_sizes"], cfg["aspect_ratios"]),
                           box_head=TwoMLPHead(512 * 49, 4096), box_predictor=FastRCNNPredictor(4096, num_classes + 1),
                           **kw)
-        tv.roi_heads.box_roi_pool = frcnn.RoIPoolSingle(7, 1 / 16)  # its constructor only takes MultiScaleRoIAlign
+        tv.roi_heads.box_roi_pool = layers.RoIPoolSingle(7, 1 / 16)  # its constructor only takes MultiScaleRoIAlign
     tv.load_state_dict(model.state_dict(), strict=True)  # same module names as torchvision
     return tv.eval()
 
