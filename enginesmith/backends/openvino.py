@@ -14,6 +14,7 @@ import numpy as np
 from enginesmith.backends.base import Runner as _BaseRunner
 from enginesmith.backends.base import check_engine_file, check_precision, first_line
 from enginesmith.backends.isolation import run_isolated
+from enginesmith.backends.onnxruntime import validate_onnx
 from enginesmith.errors import EnginesmithError
 
 ENGINE_FILE = "model.xml"
@@ -63,8 +64,6 @@ def build(source: Any, out_dir: Path, precision: str) -> Path:
     if isinstance(source, ov.Model):
         model = source
     elif isinstance(source, (str, Path)):
-        from enginesmith.backends.onnxruntime import validate_onnx
-
         validate_onnx(source)
         try:
             model = ov.convert_model(str(source))
@@ -218,8 +217,6 @@ class PlainRunner(_OpenVINORunnerBase):
 
     def _compile(self) -> Any:
         import openvino as ov
-
-        from enginesmith.backends.onnxruntime import validate_onnx
 
         validate_onnx(self.onnx_path)
         try:

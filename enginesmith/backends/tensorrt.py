@@ -31,6 +31,7 @@ import numpy as np
 
 from enginesmith.backends.base import Runner as _BaseRunner
 from enginesmith.backends.base import check_engine_file, check_precision, first_line
+from enginesmith.backends.onnxruntime import validate_onnx
 from enginesmith.errors import EnginesmithError
 
 ENGINE_FILE = "model.plan"
@@ -324,8 +325,6 @@ def build(source: Any, out_dir: Path, precision: str, *, options: BuildOptions |
     if not ok:
         raise EnginesmithError(reason)
     import tensorrt as trt
-
-    from enginesmith.backends.onnxruntime import validate_onnx
 
     src = Path(source)
     validate_onnx(src)

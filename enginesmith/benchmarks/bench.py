@@ -29,13 +29,25 @@ from typing import Any, Callable
 
 import numpy as np
 
+from enginesmith.backends.base import first_line
 from enginesmith.benchmarks.results import empty_row, write_results
 from enginesmith.backends.targets import TARGETS
+from enginesmith.backends.torch import TorchRunner
+from enginesmith.backends.torch_compile import TorchCompileRunner
+from enginesmith.benchmarks.evaluate import evaluate
+from enginesmith.benchmarks.machine import run_header as machine_header
 from enginesmith.benchmarks.suite import BASELINES, GPU_TARGETS, REFERENCE_BASELINE, Run, Skipped, Suite, plan
 from enginesmith.benchmarks.timing import TimingProfile, cpu_peak, measure, openvino_throughput, time_calls
+from enginesmith.data.classification import classification_samples
+from enginesmith.data.datasets import open_dataset
+from enginesmith.data.offline_photos import offline_photos
 from enginesmith.errors import EnginesmithError
 from enginesmith.files import write_json_atomic
+from enginesmith.models import registry
+from enginesmith.pipeline.run import BuildConfig, build_engine
 from enginesmith.progress import progress_bar
+from enginesmith.runtime.nms import DEFAULT_SCORE_THRESHOLD, nms_detections
+from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
 
 INPUT_NAME = "images"  # pipeline.export.INPUT_NAME (not imported: that module imports torch)
 ACCURACY_NOT_ENFORCED = 100.0  # points: the bench measures accuracy, it does not fail a build on it
@@ -124,8 +136,6 @@ def _points(metrics: dict[str, Any], task: str, fractions: bool) -> dict[str, An
 def build_run(run: Run, engines: Path, cache_dir: Path, quick: bool, calib_size: int,
               reference: dict[tuple, dict[str, Any]]) -> Built:
     """Build (or reuse) the engine of an engine run; record the PyTorch FP32 accuracy in `reference`."""
-    from enginesmith.pipeline.run import BuildConfig, build_engine
-
     accuracy = run.measures_accuracy and run.task in ("detection", "classification")
     calib = run.calib
     if calib is None and run.task == "detection" and isinstance(run.dataset, Path):
@@ -166,8 +176,6 @@ def torch_accuracy(run: Run, reference: dict[tuple, dict[str, Any]]) -> dict[str
         return None
     key = _reference_key(run)
     if key not in reference:
-        from enginesmith.benchmarks.evaluate import evaluate
-
         metrics = evaluate(run.model, run.dataset, split=run.split, weights=run.weights,  # type: ignore[arg-type]
                            num_classes=run.num_classes, input_size=run.input_size, batch_size=run.batch,
                            progress=True)
@@ -179,7 +187,6 @@ def model_macs(model: str, size: tuple[int, int], num_classes: int | None) -> in
     """MACs of one image (conv + linear, models/profile.py), on torch's meta device where it can."""
     import torch
 
-    from enginesmith.models import registry
     from enginesmith.models.profile import profile_forward
 
     spec = registry.get(model)
@@ -200,8 +207,6 @@ def model_macs(model: str, size: tuple[int, int], num_classes: int | None) -> in
 
 def make_job(run: Run, built: Built | None, profile: TimingProfile, throughput: bool, ov_streams: int | None) -> dict[str, Any]:
     """What the measuring process needs, as JSON."""
-    from enginesmith.models import registry
-
     spec = registry.get(run.model)
     if isinstance(run.dataset, (Path, str)) and run.task in ("detection", "classification"):
         images = {"kind": run.task, "path": str(run.dataset), "split": run.split}
@@ -238,16 +243,10 @@ def load_images(spec: dict[str, Any], n: int) -> list[np.ndarray]:
     the offline photos (data/offline_photos.py)."""
     kind = spec["kind"]
     if kind == "photos":
-        from enginesmith.data.offline_photos import offline_photos
-
         return list(offline_photos(n, seed=int(spec.get("seed", 0))))
     if kind == "detection":
-        from enginesmith.data.datasets import open_dataset
-
         ds: Any = open_dataset(Path(spec["path"]), spec["split"])
     else:
-        from enginesmith.data.classification import classification_samples
-
         path = spec["path"]
         ds = classification_samples(path if path == "digits" and not Path(path).exists() else Path(path), spec["split"])
     if not len(ds):
@@ -260,9 +259,6 @@ def _torch_runner(t: dict[str, Any]) -> tuple[Any, int]:
     ("torch-cuda") or torch.compile ("torch-compile"), channels_last, FP16 by autocast."""
     import torch
 
-    from enginesmith.backends.torch import TorchRunner
-    from enginesmith.models import registry
-
     spec = registry.get(t["model"])
     model = spec.create(num_classes=t["num_classes"], input_size=tuple(t["input_size"]), seed=int(t["seed"]))
     if t["weights"]:
@@ -270,8 +266,6 @@ def _torch_runner(t: dict[str, Any]) -> tuple[Any, int]:
     size = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     precision = "fp16" if t["half"] else "fp32"
     if t.get("compile"):
-        from enginesmith.backends.torch_compile import TorchCompileRunner
-
         return TorchCompileRunner(model, INPUT_NAME, list(spec.output_names), device=t["device"], precision=precision), size
     if str(t["device"]).startswith("cuda"):
         return TorchRunner(model, INPUT_NAME, list(spec.output_names), device=t["device"], precision=precision), size
@@ -295,8 +289,6 @@ def _torch_runner(t: dict[str, Any]) -> tuple[Any, int]:
 
 def _postprocess(task: str, out: dict[str, np.ndarray], transforms: list[Any]) -> None:
     """Deployment post-processing of one batch: detectors -> NMS'd boxes in original pixels; classifiers -> top-5."""
-    from enginesmith.runtime.nms import nms_detections
-
     n = len(transforms)
     if task == "detection":
         if "detections" in out:
@@ -317,8 +309,6 @@ def end_to_end(runner: Any, input_name: str, images: list[np.ndarray], pre_spec:
                profile: TimingProfile) -> dict[str, float]:
     """Decoded images in, results out, over batches of `batch` images cycled from `images`: mean ms per
     image for preprocessing, inference and post-processing, and fps_e2e over their sum."""
-    from enginesmith.runtime.preprocess import preprocess
-
     state = {"k": 0}
     parts = np.zeros(3)
 
@@ -348,9 +338,6 @@ def end_to_end(runner: Any, input_name: str, images: list[np.ndarray], pre_spec:
 
 def measure_job(job: dict[str, Any], isolated: bool = True) -> dict[str, Any]:
     """Measure one engine (or PyTorch model) as `job` says; see the module docstring for what."""
-    from enginesmith.runtime.nms import DEFAULT_SCORE_THRESHOLD
-    from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
-
     profile = TimingProfile(**job["profile"])
     batch, task = int(job["batch"]), job["task"]
     pre_spec = PreprocessSpec.from_dict(job["preprocess"])
@@ -469,15 +456,12 @@ def _error_text(e: Exception) -> str:
     library failure the pipeline did not explain: worth reporting)."""
     if isinstance(e, EnginesmithError):
         return str(e)
-    from enginesmith.backends.base import first_line
 
     return f"{type(e).__name__}: {first_line(e)} (unexpected; please report it with the command)"
 
 
 def run_header(suite: Suite, command: str, profile: TimingProfile, peak: Any, isolate: bool,
                quick: bool = False) -> dict[str, Any]:
-    from enginesmith.benchmarks.machine import run_header as machine_header
-
     return {**machine_header(), "command": command, "suite": suite.name, "description": suite.description,
             "suite_file": str(suite.source) if suite.source else None, "gpu": gpu_name(),
             "peak": peak.to_dict() if peak else None, "timing": profile.to_dict(),

@@ -26,15 +26,18 @@ from typing import Any, Callable
 import numpy as np
 
 from enginesmith.backends.targets import TARGETS
+from enginesmith.benchmarks.bench import load_images
+from enginesmith.benchmarks.machine import run_header
+from enginesmith.benchmarks.timing import TimingProfile, openvino_throughput, time_calls
 from enginesmith.errors import EnginesmithError
 from enginesmith.files import write_json_atomic, write_text_atomic
+from enginesmith.runtime import load
+from enginesmith.runtime.preprocess import preprocess
 
 
 def _repeat(call: Callable[[], int], min_time: float) -> float:
     """Images per second over repeated calls of `call` (which returns how many images it did): one
     warm-up call, then timing.time_calls until `min_time` seconds."""
-    from enginesmith.benchmarks.timing import TimingProfile, time_calls
-
     counts: list[int] = []
     ms = time_calls(lambda: counts.append(call()), TimingProfile(warmup_iterations=1, warmup_s=0.0,
                                                                  min_iterations=1, min_time_s=min_time))
@@ -43,10 +46,6 @@ def _repeat(call: Callable[[], int], min_time: float) -> float:
 
 def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> dict[str, Any]:
     """The FPS of the module docstring for the detector in `engine_dir` on `images` (H, W, 3) uint8 RGB."""
-    from enginesmith.benchmarks.timing import openvino_throughput
-    from enginesmith.runtime import load
-    from enginesmith.runtime.preprocess import preprocess
-
     detector = load(engine_dir)
     info = detector.info
     if info.task != "detection":
@@ -94,9 +93,6 @@ def render_markdown(header: dict[str, Any], r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from enginesmith.benchmarks.bench import load_images
-    from enginesmith.benchmarks.machine import run_header
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("engine", type=Path, help="a detector engine folder (manifest.json + engine)")
     parser.add_argument("--images", type=int, default=32)

@@ -22,6 +22,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from enginesmith.backends.targets import get_target
+from enginesmith.backends.torch import TorchRunner
+from enginesmith.benchmarks.proposal_arc import predict_split, two_stage_target
+from enginesmith.data.classification import classification_samples
+from enginesmith.data.datasets import open_dataset
+from enginesmith.data.proposals import split_proposals
 from enginesmith.models.weights.checkpoint_info import CHECKPOINT_SUFFIXES, read_checkpoint_info
 from enginesmith.evaluation.detection_metrics import Predictions, evaluate_detections
 # The post-processing is evaluation/predict.py's (low score threshold: mAP needs the low-confidence
@@ -31,9 +36,11 @@ from enginesmith.evaluation.predict import (EVAL_MAX_DETECTIONS, EVAL_SCORE_THRE
                                             predict_detections)
 from enginesmith.errors import EnginesmithError
 from enginesmith.evaluation.classification_metrics import classification_metrics
+from enginesmith.models import registry
+from enginesmith.pipeline.export import INPUT_NAME
 from enginesmith.progress import progress_bar
 from enginesmith.runtime.manifest import engine_info
-from enginesmith.runtime.preprocess import PreprocessSpec
+from enginesmith.runtime.preprocess import PreprocessSpec, load_image
 
 DEFAULT_BATCH = 8
 TASKS = ("detection", "classification")
@@ -157,9 +164,6 @@ def torch_predictor(model: Any, task: str, preprocess_spec: PreprocessSpec, clas
                     output_names: Sequence[str], batch_size: int = DEFAULT_BATCH, description: str = "PyTorch model",
                     **post: Any) -> Predictor:
     """A Predictor for an in-memory torch.nn.Module (eval mode, CPU) with the given preprocessing."""
-    from enginesmith.backends.torch import TorchRunner
-    from enginesmith.pipeline.export import INPUT_NAME
-
     if task not in TASKS:
         raise EnginesmithError(f"{description} is a {task} model; evaluate measures detection and classification models only")
     return Predictor(runner=TorchRunner(model, INPUT_NAME, list(output_names)), input_name=INPUT_NAME, task=task,
@@ -174,8 +178,6 @@ def model_predictor(name: str, weights: Path | None = None, num_classes: int | N
 
     num_classes / input_size / class names come from the arguments, else from the checkpoint's metadata
     ("num_classes", "input_size", "class_names" in a training checkpoint), else from the model spec."""
-    from enginesmith.models import registry
-
     spec = registry.get(name)
     if spec.task not in TASKS:
         raise EnginesmithError(f"{spec.name} is a {spec.task} model; evaluate measures detection and classification models only")
@@ -332,8 +334,6 @@ def evaluate_classifier(predictor: Predictor, images: Sequence[Any], labels: Seq
                         on_progress: Callable[[int], None] | None = None, where: str = "the dataset") -> dict[str, Any]:
     """top1/top5 (+ "timing", "warnings") of `predictor` on images ((H, W, 3) uint8 arrays or image paths)
     with int labels [N] indexing class_names."""
-    from enginesmith.runtime.preprocess import load_image
-
     mapping, warnings = class_mapping(predictor.class_names, class_names, predictor.description, where)
     if mapping is not None:
         raise EnginesmithError(f"{predictor.description} predicts {predictor.num_classes} classes but {where} has "
@@ -362,8 +362,6 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
     "digits"). `limit` keeps the first N images. Returns the metrics dict (fractions in [0, 1]) with
     "timing" (images/s), "dataset", "split" and "warnings". R-CNN / Fast R-CNN run with their host stages
     (benchmarks/proposal_arc.py) on the split's selective-search proposals (data/proposals.py, cached)."""
-    from enginesmith.benchmarks.proposal_arc import two_stage_target
-
     if (Path(target) / "manifest.json").is_file():
         engine_info(target)  # an engine folder is checked before anything reads it (two_stage_target too)
     host = two_stage_target(target, weights)
@@ -376,8 +374,6 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
                               max_detections, seed=seed)
     with predictor:
         if predictor.task == "detection":
-            from enginesmith.data.datasets import open_dataset
-
             ds = open_dataset(Path(dataset), split)
             if limit is not None:
                 ds = type(ds)(ds.root, ds.split, ds.class_names, list(ds.samples[: max(0, limit)]))
@@ -385,8 +381,6 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
                 raise EnginesmithError(f"dataset {dataset} ({split}) has no images to evaluate")
             metrics = evaluate_detector(predictor, ds, progress)
         else:
-            from enginesmith.data.classification import classification_samples
-
             cs = classification_samples(dataset, split)
             images, labels, names = cs.images, np.asarray(cs.labels), cs.class_names
             if limit is not None:
@@ -399,10 +393,6 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
 
 
 def _evaluate_two_stage(host: Any, dataset: str | Path, split: str, limit: int | None, progress: bool) -> dict[str, Any]:
-    from enginesmith.benchmarks.proposal_arc import predict_split
-    from enginesmith.data.datasets import open_dataset
-    from enginesmith.data.proposals import split_proposals
-
     ds = open_dataset(Path(dataset), split)
     if limit is not None:
         ds = type(ds)(ds.root, ds.split, ds.class_names, list(ds.samples[: max(0, limit)]))

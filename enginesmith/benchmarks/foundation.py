@@ -22,11 +22,17 @@ from typing import Any
 
 import numpy as np
 
+from enginesmith.backends import openvino as ovb
 from enginesmith.backends.targets import CPU_TARGETS, TARGETS
+from enginesmith.backends.torch import TorchRunner
 from enginesmith.benchmarks.machine import cpu_name as _cpu_name
 from enginesmith.benchmarks.machine import git_commit as _git_commit
+from enginesmith.data.digits import load_digits_32
 from enginesmith.evaluation.latency import measure_latency
+from enginesmith.models import registry
 from enginesmith.pipeline.artifacts import tool_versions
+from enginesmith.pipeline.run import BuildConfig, build_engine
+from enginesmith.runtime.preprocess import preprocess_batch
 
 
 def _cli(args: list[str], cache: Path, cwd: Path) -> float:
@@ -43,11 +49,6 @@ def _cli(args: list[str], cache: Path, cwd: Path) -> float:
 
 def yolov3_speed(work: Path, budget_s: float) -> dict[str, Any]:
     """yolov3 416 batch 1: OpenVINO INT8 and FP32 engines vs PyTorch eager FP32 and vs plain OpenVINO."""
-    from enginesmith.backends import openvino as ovb
-    from enginesmith.backends.torch import TorchRunner
-    from enginesmith.models import registry
-    from enginesmith.pipeline.run import BuildConfig, build_engine
-
     cache = work / "cache"
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -82,8 +83,6 @@ def yolov3_speed(work: Path, budget_s: float) -> dict[str, Any]:
 def int8_agreement(work: Path) -> dict[str, Any]:
     """INT8 vs FP32 cosine on the calibration images, per backend, for untrained yolov3 and resnet50
     (the engine stage's own verification figures), and trained LeNet-5 top-1 per backend."""
-    from enginesmith.pipeline.run import BuildConfig, build_engine
-
     out: dict[str, Any] = {}
     cache = work / "cache"
     for model in ("yolov3", "resnet50"):
@@ -100,11 +99,7 @@ def int8_agreement(work: Path) -> dict[str, Any]:
 def lenet_top1(work: Path) -> dict[str, float]:
     import torch
 
-    from enginesmith.data.digits import load_digits_32
-    from enginesmith.models import registry
     from enginesmith.training.digits import train_lenet5
-    from enginesmith.pipeline.run import BuildConfig, build_engine
-    from enginesmith.runtime.preprocess import preprocess_batch
 
     digits = load_digits_32()
     model, _ = train_lenet5(digits)
@@ -146,8 +141,6 @@ print(json.dumps({"peak_rss_mb": hwm(), "peak_rss_before_calibration_mb": before
 def calibration_memory(work: Path, sizes: tuple[int, ...] = (64, 512)) -> dict[str, Any]:
     """Peak RSS of the calibration + quantization stage alone (resnet50 224, minmax, fresh cache, one
     child process per run, its own VmHWM) per calibration-set size and backend."""
-    from enginesmith.pipeline.run import BuildConfig, build_engine
-
     fp32 = build_engine(BuildConfig("resnet50", target="onnxruntime", precision="fp32", out=work / "mem-fp32",
                                     cache_dir=work / "cache", latency_budget_s=0.2))
     simplified = next(a for a in fp32.stages if a.stage == "simplify")

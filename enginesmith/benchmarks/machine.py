@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from enginesmith.pipeline.artifacts import tool_versions
+
 
 def cpu_name() -> str:
     """Model name plus the ISA flags that decide INT8/BF16 kernels (VNNI, AMX, AVX512-FP16)."""
@@ -37,8 +39,6 @@ def git_commit() -> str:
 
 def run_header() -> dict[str, Any]:
     """date, machine, versions and commit, for a results file."""
-    from enginesmith.pipeline.artifacts import tool_versions
-
     return {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",

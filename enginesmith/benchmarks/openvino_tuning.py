@@ -34,9 +34,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from enginesmith.backends.targets import TARGETS
+from enginesmith.benchmarks.bench import load_images
+from enginesmith.benchmarks.machine import run_header
 from enginesmith.benchmarks.timing import TimingProfile, measure, openvino_throughput
 from enginesmith.errors import EnginesmithError
 from enginesmith.files import write_json_atomic, write_text_atomic
+from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
 
 PRECISION_HINTS = ("f32", "bf16", "f16")
 
@@ -163,9 +166,6 @@ def _outputs(xml: Path, x: np.ndarray, config: dict[str, Any]) -> list[np.ndarra
 
 def tune(refs: list[EngineRef], profile: TimingProfile, cores: int, echo: Any = print) -> list[Trial]:
     """Every trial (module docstring): enginesmith's engines first, then the hand-tuned grid."""
-    from enginesmith.benchmarks.bench import load_images
-    from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
-
     image = load_images({"kind": "photos", "seed": 0}, 1)[0]
     x = preprocess(image, PreprocessSpec.from_dict(refs[0].preprocess))[0][None].astype(np.float32)
     reference_ref = next((r for r in refs if r.target == "openvino" and r.precision == "fp32"), None)
@@ -266,8 +266,6 @@ def render_markdown(model: str, size_text: str, header: dict[str, Any], trials: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from enginesmith.benchmarks.machine import run_header
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="results.json of `enginesmith bench`")
     parser.add_argument("model")

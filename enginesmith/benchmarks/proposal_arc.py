@@ -31,11 +31,25 @@ from typing import Any, Callable
 
 import numpy as np
 
-from enginesmith.benchmarks.suite import BASELINES
+from enginesmith.backends.torch import TorchRunner
+from enginesmith.benchmarks.machine import run_header
+from enginesmith.benchmarks.suite import BASELINES, load_suite, parse_weights, plan
+from enginesmith.calibration.feeds import extra_inputs
+from enginesmith.data.datasets import open_dataset
+from enginesmith.data.offline_photos import base_photos
+from enginesmith.data.proposals import split_proposals
 from enginesmith.errors import EnginesmithError
 from enginesmith.evaluation.detection_metrics import Predictions, voc_metrics
 from enginesmith.evaluation.predict import EVAL_IOU_THRESHOLD, EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
+from enginesmith.models import registry
+from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
+from enginesmith.pipeline.run import BuildConfig, build_engine
 from enginesmith.progress import progress_bar
+from enginesmith.runtime import load, two_stage
+from enginesmith.runtime.manifest import engine_info
+from enginesmith.runtime.preprocess import preprocess as prep
+from enginesmith.runtime.proposals import selective_search
+from enginesmith.runtime.two_stage import TwoStageDetector, detect_from_raw
 
 STAGES = ("proposals", "warp", "preprocess", "cnn", "decode", "nms")
 KIND_LABEL = {"rcnn": "R-CNN", "fast-rcnn": "Fast R-CNN", None: "single pass"}
@@ -63,10 +77,6 @@ def host_model_from_infer(kind: str | None, infer: Callable[[dict], dict], prepr
                           input_names: list[str], description: str, close: Callable[[], None] = lambda: None,
                           chunk: int = 128) -> HostModel:
     """A HostModel around any `infer(feed) -> outputs` (PyTorch, or an engine Runner)."""
-    from enginesmith.runtime import two_stage
-    from enginesmith.runtime.preprocess import preprocess as prep
-    from enginesmith.runtime.proposals import selective_search
-
     def proposals(image: np.ndarray, given: np.ndarray | None, times: dict[str, float]) -> np.ndarray:
         return given if given is not None else _timed(times, "proposals", lambda: selective_search(image))
 
@@ -87,13 +97,8 @@ def host_model_from_infer(kind: str | None, infer: Callable[[dict], dict], prepr
 def two_stage_target(target: str | Path, weights: Path | None = None) -> HostModel | None:
     """A HostModel when `target` (engine folder, checkpoint or registered name, as `enginesmith eval` takes) is
     an R-CNN / Fast R-CNN; None otherwise."""
-    from enginesmith.models import registry
-    from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
-
     path = Path(target)
     if (path / "manifest.json").is_file():
-        from enginesmith.runtime.manifest import engine_info
-
         return engine_host_model(path) if engine_info(path).raw.get("two_stage") else None  # validated manifest
     if path.is_file():
         name = str(read_checkpoint_info(path).get("model") or "")
@@ -107,11 +112,6 @@ def two_stage_target(target: str | Path, weights: Path | None = None) -> HostMod
 
 def torch_host_model(model_name: str, weights: Path | None, input_size: tuple[int, int] | None) -> HostModel:
     """PyTorch eager FP32 through the same host code."""
-    from enginesmith.backends.torch import TorchRunner
-    from enginesmith.calibration.feeds import extra_inputs
-    from enginesmith.models import registry
-    from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
-
     spec = registry.get(model_name)
     info = read_checkpoint_info(weights) if weights else {}
     size = tuple(input_size or info.get("input_size") or spec.input_size)
@@ -128,9 +128,6 @@ def torch_host_model(model_name: str, weights: Path | None, input_size: tuple[in
 
 def engine_host_model(engine_dir: Path) -> HostModel:
     """A built engine folder: R-CNN / Fast R-CNN through runtime.two_stage, others through their Runner."""
-    from enginesmith.runtime import load
-    from enginesmith.runtime.two_stage import TwoStageDetector
-
     det = load(engine_dir)
     if isinstance(det, TwoStageDetector):
         def raw(image: np.ndarray, given: np.ndarray | None, times: dict[str, float]):
@@ -149,8 +146,6 @@ def predict_split(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray
     image id (None: selective search live), host NMS at benchmarks/predict.py's evaluation settings."""
     from contextlib import nullcontext
 
-    from enginesmith.runtime.two_stage import detect_from_raw
-
     preds = []
     bar = progress_bar(f"predict: {host.description}", len(dataset)) if progress else nullcontext(lambda n: None)
     with bar as update:
@@ -167,8 +162,6 @@ def predict_split(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray
 def measure(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray] | None, timing_images: int,
             accuracy: bool = True, timing: bool = True) -> dict[str, Any]:
     """The accuracy pass (all images, cached proposals) and the timing pass (selective search live)."""
-    from enginesmith.runtime.two_stage import detect_from_raw
-
     result: dict[str, Any] = {}
     if accuracy:
         preds = predict_split(host, dataset, proposals)
@@ -208,13 +201,6 @@ def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir
 
     passes: "both", "accuracy" (mAP only: may share the machine) or "timing" (times only, on a quiet machine;
     the mAP of an earlier accuracy pass in `out`/results.json is kept)."""
-    from enginesmith.benchmarks.machine import run_header
-    from enginesmith.benchmarks.suite import load_suite, plan
-    from enginesmith.data.datasets import open_dataset
-    from enginesmith.data.proposals import split_proposals
-    from enginesmith.models import registry
-    from enginesmith.pipeline.run import BuildConfig, build_engine
-
     suite = load_suite(suite_path)
     runs, skipped = plan(suite, weights, dataset_dir, allow_two_stage=True)
     rows: list[dict[str, Any]] = []
@@ -273,8 +259,6 @@ def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir
 def photos(n: int) -> list[np.ndarray]:
     """The first n of scikit-image's photographs as they ship (no augmentation; astronaut 512x512, chelsea
     300x451, coffee 400x600, rocket 427x640, ...), HxWx3 uint8 RGB."""
-    from enginesmith.data.offline_photos import base_photos
-
     return [np.ascontiguousarray(p) for p in base_photos()[:n]]
 
 
@@ -315,8 +299,6 @@ def render_markdown(rows: list[dict[str, Any]], header: dict[str, Any], suite_pa
 
 
 def main(argv: list[str] | None = None) -> None:
-    from enginesmith.benchmarks.suite import parse_weights
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)

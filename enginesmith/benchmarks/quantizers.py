@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from enginesmith.backends.targets import TARGETS
+from enginesmith.benchmarks.machine import run_header
 from enginesmith.errors import EnginesmithError
+from enginesmith.pipeline.run import BuildConfig, build_engine
 from enginesmith.progress import progress_bar
 
 OPENVINO_ROWS = (
@@ -68,8 +70,6 @@ def rows_for(targets: list[str]) -> list[Row]:
 
 
 def run_row(row: Row, model: str, weights: Path, dataset: Path, calib_size: int, cache: Path, work: Path) -> dict[str, Any]:
-    from enginesmith.pipeline.run import BuildConfig, build_engine
-
     config = BuildConfig(model, target=row.target, precision=row.precision, weights=weights, calib=dataset,
                          calib_size=calib_size, val=dataset, val_split="test", accuracy_budget=100.0,
                          cache_dir=cache, out=work / "engine", latency_budget_s=3.0)
@@ -139,7 +139,6 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/quantizers-cpu.md"))
     args = ap.parse_args()
-    from enginesmith.benchmarks.machine import run_header
 
     header = run_header()
     work = Path(tempfile.mkdtemp(prefix="es-quant-"))

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from enginesmith.benchmarks.paper import paper_order_section
 from enginesmith.benchmarks.suite import REFERENCE_BASELINE
+from enginesmith.errors import EnginesmithError
 from enginesmith.files import write_json_atomic, write_text_atomic
 
 DASH = "—"
@@ -272,8 +273,6 @@ def plot_fps_vs_map(rows: list[dict[str, Any]], path: Path, title: str = "") -> 
     try:
         import matplotlib
     except ImportError:
-        from enginesmith.errors import EnginesmithError
-
         raise EnginesmithError(f"writing {path.name} needs matplotlib (results.json/csv/md are written); "
                                "pip install 'enginesmith[data]'") from None
     matplotlib.use("Agg")

@@ -42,6 +42,7 @@ from typing import Any, Mapping
 
 from enginesmith.backends.targets import PRECISIONS, TARGET_NAMES, TARGETS
 from enginesmith.errors import EnginesmithError
+from enginesmith.models import registry
 
 
 
@@ -226,8 +227,6 @@ def _str(value: Any, key: str, where: str) -> str | None:
 
 
 def _entry(table: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -> ModelEntry:
-    from enginesmith.models import registry
-
     _check_keys(table, MODEL_KEYS, where)
     if "model" not in table:
         raise EnginesmithError(f"{where}: every [[model]] needs model = \"NAME\" (a registered model)")
@@ -376,8 +375,6 @@ def expand_vars(text: str, env: Mapping[str, str], what: str) -> str:
 
 def parse_weights(items: list[str] | None, models: list[str]) -> dict[str, Path]:
     """--weights values: 'PATH' (only with one model) or 'MODEL=PATH' -> {model: path}."""
-    from enginesmith.models import registry
-
     out: dict[str, Path] = {}
     for item in items or []:
         if "=" in item and not Path(item).exists():
@@ -407,8 +404,6 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
          env: Mapping[str, str] | None = None, allow_two_stage: bool = False) -> tuple[list[Run], list[Skipped]]:
     """Expand `suite` into runs (order: model entry, size, batch, target, precision) and the skipped
     combinations with their reasons. `weights`/`dataset` (the command line) override the suite's."""
-    from enginesmith.models import registry
-
     env = os.environ if env is None else env
     weights = dict(weights or {})
     runs: list[Run] = []

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from enginesmith.backends.base import first_line
 from enginesmith.backends.targets import engine_precision
 from enginesmith.errors import EnginesmithError
 
@@ -165,7 +166,6 @@ def openvino_throughput(engine: Path, feed: np.ndarray, inference_precision: str
         queue.wait_all()
         elapsed = time.perf_counter() - start
     except Exception as e:  # a native error: say what was being done
-        from enginesmith.backends.base import first_line
 
         raise EnginesmithError(f"OpenVINO throughput mode failed on {engine}: {first_line(e)}; "
                                "rerun without it (--no-throughput) or rebuild the engine") from None

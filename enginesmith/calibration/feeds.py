@@ -19,7 +19,8 @@ import numpy as np
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
-from enginesmith.runtime.proposals import REGIONS_PER_IMAGE, ROIS_PER_IMAGE
+from enginesmith.runtime.proposals import REGIONS_PER_IMAGE, ROIS_PER_IMAGE, selective_search
+from enginesmith.runtime.region_warp import region_inputs
 
 Batch = Any  # np.ndarray [N, C, H, W] or dict[str, np.ndarray]
 FEED_KINDS = ("rcnn_regions", "fast_rcnn_rois")
@@ -74,8 +75,6 @@ class FeedMaker:
     def proposals(self, image: np.ndarray) -> np.ndarray:
         import hashlib
 
-        from enginesmith.runtime.proposals import selective_search
-
         key = hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest() + bytes(str(image.shape), "ascii")
         if key not in self._proposals:
             self._proposals[key] = selective_search(image, self.mode)
@@ -87,8 +86,6 @@ class FeedMaker:
         if len(props) == 0:  # a flat image: its whole frame is the one region
             props = np.array([[0, 0, w0, h0]], dtype=np.float32)
         if self.kind == "rcnn_regions":
-            from enginesmith.runtime.region_warp import region_inputs
-
             # evenly through the list (repeating when the image has fewer proposals than regions)
             pick = np.linspace(0, len(props) - 1, self.regions).round().astype(np.int64)
             crops = region_inputs(image, props[pick], self.spec)

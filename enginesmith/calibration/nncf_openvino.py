@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from enginesmith.calibration.feeds import as_feed
 from enginesmith.errors import EnginesmithError
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -199,8 +200,6 @@ def quantize_openvino(
     input_name = model.inputs[0].get_any_name()
 
     def transform(batch: Any):
-        from enginesmith.calibration.feeds import as_feed
-
         return as_feed(batch, [input_name])
 
     class _Reiterable:

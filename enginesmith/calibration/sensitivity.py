@@ -23,6 +23,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from enginesmith.calibration.feeds import as_feed
+
+from enginesmith.calibration.statistics import decode_node_names
+
 SQNR_CAP_DB = 100.0
 
 
@@ -57,8 +61,6 @@ def quantizable_nodes(onnx_path: str | Path, op_types: Sequence[str], exclude_pa
     """The nodes of `op_types` outside the decode subgraph, in graph order, with their first
     non-constant input (the activation) and their output."""
     import onnx
-
-    from enginesmith.calibration.statistics import decode_node_names
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     g = model.graph
@@ -141,8 +143,6 @@ def onnx_tap(onnx_path: str | Path, tensors: Sequence[str]) -> Callable[[np.ndar
     names = [o.name for o in session.get_outputs()]
 
     def run(batch: Any) -> dict[str, np.ndarray]:
-        from enginesmith.calibration.feeds import as_feed
-
         return dict(zip(names, session.run(names, as_feed(batch, [input_name]))))
 
     return run

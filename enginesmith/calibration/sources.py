@@ -20,7 +20,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from enginesmith.data.datasets import open_dataset
+from enginesmith.data.digits import load_digits_32
+from enginesmith.data.image_folder import list_images
+from enginesmith.data.offline_photos import offline_photos, photo_fingerprint
 from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.images import decode_image_bytes
 from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
 
 DEFAULT_KINDS = ("photos", "digits")
@@ -82,8 +87,6 @@ class _HashedFiles:
         return h.hexdigest()
 
     def images(self) -> Iterator[np.ndarray]:
-        from enginesmith.runtime.images import decode_image_bytes
-
         digests = self.digests()
         for p in self.paths:
             data = _read(p)
@@ -101,8 +104,6 @@ def _read(path: Path) -> bytes:
 
 
 def _folder_source(folder: Path, size: int) -> CalibrationSource:
-    from enginesmith.data.image_folder import list_images
-
     folder = Path(folder).expanduser()
     found = list_images(folder)
     paths = tuple(found[:size])
@@ -128,8 +129,6 @@ def is_detection_dataset(path: Path) -> bool:
 
 
 def _dataset_source(path: Path, size: int) -> CalibrationSource:
-    from enginesmith.data.datasets import open_dataset
-
     data = open_dataset(path, "train")
     paths = tuple(Path(s.image_path) for s in data.samples[:size])
     if not paths:
@@ -145,8 +144,6 @@ def _dataset_source(path: Path, size: int) -> CalibrationSource:
 
 
 def _photos_source(size: int, seed: int) -> CalibrationSource:
-    from enginesmith.data.offline_photos import offline_photos, photo_fingerprint
-
     return CalibrationSource(
         name="photos (scikit-image sample images, augmented)",
         kind="photos",
@@ -157,8 +154,6 @@ def _photos_source(size: int, seed: int) -> CalibrationSource:
 
 
 def _digits_source(size: int, seed: int) -> CalibrationSource:
-    from enginesmith.data.digits import load_digits_32  # written alongside; imported lazily
-
     split = load_digits_32(seed)
     train = split.train_images
     n = min(size, len(train))

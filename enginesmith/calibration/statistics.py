@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
+from enginesmith.calibration.feeds import as_feed
 from enginesmith.errors import EnginesmithError
 
 Method = Literal["minmax", "entropy", "percentile"]
@@ -154,8 +155,6 @@ class _Session:
                     os.remove(p)
     def run(self, batch: Any) -> Iterator[tuple[str, np.ndarray]]:
         """batch: an array for the first input, or a feed dict (calibration/feeds.py) for every input."""
-        from enginesmith.calibration.feeds import as_feed
-
         feed = as_feed(batch, self.input_names)
         if set(feed) != set(self.input_names):
             raise EnginesmithError(f"calibration fed {sorted(feed)} but the model takes {self.input_names}")

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from enginesmith.data.datasets import open_dataset
+from enginesmith.data.digits import load_digits_32
 from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.preprocess import IMAGE_SUFFIXES, load_image
 
 CROP_MARGIN = 0.1
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -40,7 +43,6 @@ class ClassificationSet:
         item = self.images[i]
         if isinstance(item, np.ndarray):
             return item
-        from enginesmith.runtime.preprocess import load_image
 
         return load_image(item)
 
@@ -61,8 +63,6 @@ def classification_samples(source: str | Path, split: str = "test") -> Classific
 
 def digits_set(split: str) -> ClassificationSet:
     """scikit-learn's digits (32x32x3 uint8) from data/digits.py's fixed split."""
-    from enginesmith.data.digits import load_digits_32
-
     d = load_digits_32()
     if split == "train":
         images, labels = d.train_images, d.train_labels
@@ -84,8 +84,6 @@ def crop_box(box: np.ndarray, width: int, height: int, margin: float = CROP_MARG
 
 def detection_crops(path: Path, split: str) -> ClassificationSet:
     """One crop per non-difficult object of the detection dataset's split (see module docstring)."""
-    from enginesmith.data.datasets import open_dataset
-
     ds = open_dataset(path, split)
     images: list[np.ndarray | Path] = []
     labels: list[int] = []
@@ -110,8 +108,6 @@ def _subfolders(folder: Path) -> list[Path]:
 
 def class_folders(path: Path, split: str) -> ClassificationSet:
     """A folder of class folders (ImageNet style; see module docstring) -> paths + labels."""
-    from enginesmith.runtime.preprocess import IMAGE_SUFFIXES
-
     if not path.is_dir():
         raise EnginesmithError(f"{path} is not a folder of class folders")
     root = path

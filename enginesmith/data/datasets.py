@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from enginesmith.data.coco import read_coco
 from enginesmith.data.detection import DetectionDataset
+from enginesmith.data.voc import read_voc
 from enginesmith.errors import EnginesmithError
 
 
@@ -19,9 +21,6 @@ def open_dataset(path: Path, split: str = "test") -> DetectionDataset:
 
     For a `.json` file `split` is not used: the file is the split.
     """
-    from enginesmith.data.coco import read_coco
-    from enginesmith.data.voc import read_voc
-
     path = Path(path).expanduser()
     if not path.exists():
         raise EnginesmithError(f"dataset not found: {path}")

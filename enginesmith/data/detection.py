@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.preprocess import load_image
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,6 @@ class DetectionDataset:
     def load_image(self, i: int) -> np.ndarray:
         """Image i as HxWx3 uint8 RGB; an image whose decoded size is not the width x height its annotation states
         (which its boxes were checked against) is a one-line EnginesmithError naming both."""
-        from enginesmith.runtime.preprocess import load_image
-
         s = self.samples[i]
         image = load_image(s.image_path)
         h, w = image.shape[:2]

@@ -56,7 +56,10 @@ from typing import Callable
 
 import numpy as np
 
+from enginesmith.data.coco import write_coco
 from enginesmith.data.detection import DetectionSample
+from enginesmith.data.offline_photos import PHOTO_FILES, base_photos
+from enginesmith.data.voc import annotation_xml, write_class_names, write_image_set
 from enginesmith.errors import EnginesmithError
 from enginesmith.files import publish_folder
 from enginesmith.models.classes import OFFLINE_NAMES
@@ -159,8 +162,6 @@ class _Object:
 @lru_cache(maxsize=1)
 def _photos_pil() -> tuple:
     from PIL import Image
-
-    from enginesmith.data.offline_photos import base_photos
 
     return tuple(Image.fromarray(p) for p in base_photos())
 
@@ -479,9 +480,6 @@ def generate_offline_dataset(
 def _build(root: Path, images: int, seed: int, progress: Callable[[int], None] | None) -> None:
     from PIL import Image
 
-    from enginesmith.data.coco import write_coco
-    from enginesmith.data.voc import annotation_xml
-
     ann_dir, img_dir = root / "Annotations", root / "JPEGImages"
     ann_dir.mkdir()
     img_dir.mkdir()
@@ -512,8 +510,6 @@ def _build(root: Path, images: int, seed: int, progress: Callable[[int], None] |
         if progress is not None:
             progress(done)
 
-    from enginesmith.data.voc import write_class_names, write_image_set
-
     write_class_names(root, OFFLINE_NAMES)
     splits = {**per_split, "trainval": per_split["train"] + per_split["val"]}
     for split, samples in splits.items():
@@ -542,7 +538,6 @@ def _metadata(images: int, seed: int, per_split: dict[str, list[DetectionSample]
     libs = library_versions()
     params = _parameters(images, seed)
     key = json.dumps({**params, "libraries": libs}, sort_keys=True)
-    from enginesmith.data.offline_photos import PHOTO_FILES
 
     return {
         **params,

@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.images import read_image_file
 
 # Natural photographs only (no synthetic charts, logos or binary silhouettes). Gray ones are
 # replicated to RGB.
@@ -69,8 +70,6 @@ def base_photos() -> tuple[np.ndarray, ...]:
     """The base photographs, each (H, W, 3) uint8 RGB, read from the installed wheel (cached) by the runtime's
     decoder (runtime/images.py: the same pixels as Pillow's convert("RGB") for these RGB and gray files, and its
     refusals of unreadable files and decompression bombs)."""
-    from enginesmith.runtime.images import read_image_file
-
     folder = _data_dir()
     out = []
     for name in PHOTO_FILES:

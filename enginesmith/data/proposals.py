@@ -19,6 +19,7 @@ import numpy as np
 
 from enginesmith.data.detection import DetectionDataset
 from enginesmith.progress import progress_bar
+from enginesmith.runtime.images import read_image_file
 from enginesmith.runtime.proposals import DEFAULT_MAX_PROPOSALS, selective_search
 
 
@@ -27,8 +28,6 @@ def _cache_root() -> Path:
 
 
 def _one(args: tuple[str, str, int]) -> tuple[np.ndarray, float]:
-    from enginesmith.runtime.images import read_image_file
-
     path, mode, max_proposals = args
     image = read_image_file(path)
     t0 = time.perf_counter()

@@ -25,6 +25,7 @@ import numpy as np
 from enginesmith.data.detection import DetectionDataset, DetectionSample
 from enginesmith.errors import EnginesmithError
 from enginesmith.files import write_text_atomic
+from enginesmith.models.classes import VOC_NAMES
 from enginesmith.runtime.images import image_file_size
 
 BOX_TOLERANCE_PX = 1.0  # a box may poke this far past the image border (rounding in real annotations)
@@ -35,8 +36,6 @@ def read_class_names(root: Path) -> tuple[str, ...]:
     """Class names from `<root>/classes.txt` (one per line, blank lines skipped), else VOC's 20."""
     path = Path(root) / "classes.txt"
     if not path.is_file():
-        from enginesmith.models.classes import VOC_NAMES
-
         return VOC_NAMES
     try:
         names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from enginesmith.errors import EnginesmithError
-from enginesmith.models.classes import VOC_NAMES
+from enginesmith.models.classes import OFFLINE_NAMES, VOC_NAMES
 from enginesmith.models.layers import RoIPoolSingle, slim_vgg16_features, vgg16_conv5_3
 from enginesmith.models.registry import ModelSpec, register
 from enginesmith.models.weights import load_weights
@@ -495,8 +495,6 @@ def build_faster_rcnn_vgg16_slim(num_classes: int = 16, input_size: tuple[int, i
 
 
 def _offline_names() -> tuple[str, ...]:
-    from enginesmith.models.classes import OFFLINE_NAMES
-
     return tuple(OFFLINE_NAMES)
 
 

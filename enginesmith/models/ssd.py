@@ -28,6 +28,7 @@ from enginesmith.errors import EnginesmithError
 from enginesmith.models.ops import decode_boxes, ssd_priors
 from enginesmith.models.classes import VOC_NAMES
 from enginesmith.models.registry import ModelSpec, register
+from enginesmith.models.weights.ssd_checkpoint import load_ssd_checkpoint
 from enginesmith.runtime.preprocess import PreprocessSpec
 
 NUM_CLASSES = 21  # 20 VOC classes + background (index 0) in the conf head
@@ -225,8 +226,6 @@ def num_priors(size: int) -> int:
 
 
 def _load(model: object, path) -> None:
-    from enginesmith.models.weights.ssd_checkpoint import load_ssd_checkpoint
-
     load_ssd_checkpoint(model, path)  # type: ignore[arg-type]
 
 

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from enginesmith.backends.targets import engine_precision, get_target
+from enginesmith.backends.torch import TorchRunner
+from enginesmith.data.classification import classification_samples
+from enginesmith.data.datasets import open_dataset
 from enginesmith.errors import EnginesmithError
 from enginesmith.evaluation.classification_metrics import classification_metrics
 from enginesmith.evaluation.detection_metrics import evaluate_detections
@@ -59,15 +62,11 @@ def load_validation(path: Path | str, task: str, split: str) -> ValidationSet:
         raise EnginesmithError(f"--val measures mAP for detectors and top-1 for classifiers; a {task} model has no "
                                "metric here yet, drop --val")
     if task == "detection":
-        from enginesmith.data.datasets import open_dataset
-
         data = open_dataset(Path(path), split)
         if not len(data):
             raise EnginesmithError(f"the {split!r} split of {path} has no images; give a dataset with held-out images")
         digest = _detection_fingerprint(data)
     else:
-        from enginesmith.data.classification import classification_samples
-
         data = classification_samples("digits" if str(path) == "digits" else Path(path), split)
         digest = _classification_fingerprint(data)
     return ValidationSet(task, Path(path), split, data, digest)
@@ -126,8 +125,6 @@ def measure(infer: Infer, batch: int | None, val: ValidationSet, preprocess: Pre
 
 def reference_accuracy_stage(exported: Artifact, ctx: BuildContext) -> Artifact:
     """The task metric of the FP32 PyTorch model on ctx.val: what every engine is judged against."""
-    from enginesmith.backends.torch import TorchRunner
-
     return _accuracy_stage("accuracy-fp32", [exported], {"runner": "pytorch-eager-fp32"},
                            lambda: TorchRunner(ctx.model, "images", list(ctx.spec.output_names)), ctx)
 

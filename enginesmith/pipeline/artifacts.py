@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from enginesmith import __version__
 from enginesmith.errors import EnginesmithError
 from enginesmith.files import file_lock, fsync_tree, remove_stale_temps, swap_in, temp_name
 
@@ -61,8 +62,6 @@ def tool_versions(packages: Iterable[str] = TOOL_PACKAGES) -> dict[str, str]:
 @functools.lru_cache(maxsize=1)
 def _own_version() -> str:
     """Package version plus a hash of its source, so a code change invalidates cached stages."""
-    from enginesmith import __version__
-
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
     for p in sorted(root.rglob("*.py")):

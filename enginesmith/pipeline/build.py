@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 
 from enginesmith.backends.targets import get_target
+from enginesmith.calibration.feeds import as_feed
 from enginesmith.errors import EnginesmithError
 from enginesmith.pipeline.artifacts import Artifact, Cache, StageResult
 from enginesmith.pipeline.verify import TOLERANCES, check, compare
@@ -17,8 +18,6 @@ def run_batches(runner: Any, input_name: str, batches: list[Any]) -> dict[str, n
     """Run every batch ((N, C, H, W) array fed to `input_name`, or a feed dict: calibration/feeds.py) through
     `runner`; concatenate each output along the batch axis, or flattened when the batches' outputs differ in
     their other dimensions (Fast R-CNN: one row per proposal)."""
-    from enginesmith.calibration.feeds import as_feed
-
     outs: dict[str, list[np.ndarray]] = {}
     for b in batches:
         for name, value in runner.infer(as_feed(b, [input_name])).items():

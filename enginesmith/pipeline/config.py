@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from enginesmith.backends.targets import PRECISIONS, TARGETS, get_precision, get_target
+from enginesmith.calibration.sources import is_detection_dataset
+from enginesmith.data.datasets import open_dataset
+from enginesmith.data.digits import load_digits_32
+from enginesmith.data.image_folder import list_images
+from enginesmith.data.offline_photos import MAX_CALIBRATION_PHOTOS
 from enginesmith.errors import EnginesmithError
+from enginesmith.models import registry
+from enginesmith.models.memory import check_build_fits, meta_model
+from enginesmith.models.weights import check_weights_file
+from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
+from enginesmith.runtime.images import image_file_size
 
 FALLBACKS = ("none", "auto")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -81,8 +91,6 @@ def parse_input_size(text: str) -> tuple[int, int]:
 
 def validate(config: BuildConfig) -> Any:
     """Reject bad input before any heavy work; return the model spec (models/registry.py ModelSpec)."""
-    from enginesmith.models import registry
-
     spec = registry.get(config.model)
     _check_choices(config, spec)
     _check_model_options(config, spec)
@@ -162,16 +170,9 @@ def _check_calibration_size(config: BuildConfig, spec: Any) -> None:
     # --calib-size against what the calibration source can give: a finite source's image count, the generated
     # photos' MAX_CALIBRATION_PHOTOS. The default size (64) on a smaller folder stays "use them all" (a warning in
     # the report): only an explicit larger number is refused (explicit 64 cannot be told apart from the default).
-    from enginesmith.data.offline_photos import MAX_CALIBRATION_PHOTOS
 
     if config.calib is not None:
-        from enginesmith.calibration.sources import is_detection_dataset
-        from enginesmith.data.image_folder import list_images
-        from enginesmith.runtime.images import image_file_size
-
         if is_detection_dataset(Path(config.calib)):
-            from enginesmith.data.datasets import open_dataset
-
             paths = [Path(s.image_path) for s in open_dataset(Path(config.calib), "train").samples]
             source = f"the train split of {config.calib}"
         else:
@@ -181,8 +182,6 @@ def _check_calibration_size(config: BuildConfig, spec: Any) -> None:
         for path in paths[: config.calib_size]:  # headers only: unreadable files and decompression bombs, now
             image_file_size(path)
     elif spec.default_calibration == "digits":
-        from enginesmith.data.digits import load_digits_32
-
         available, source = len(load_digits_32(config.seed).train_images), "the built-in digits training split"
         fix = f"give --calib-size {available} or fewer, or --calib FOLDER with more images"
     else:
@@ -198,7 +197,6 @@ def _check_weights_and_memory(config: BuildConfig, spec: Any) -> None:
     """The weights file against the model built on PyTorch's meta device, then the build's peak memory."""
     # the checkpoint's metadata (one line naming the file and the field when malformed), then the size and class
     # count the build will use (the same precedence as BuildContext: option, checkpoint, model)
-    from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
 
     if config.weights is not None and not Path(config.weights).exists():
         raise EnginesmithError(f"weights file not found: {config.weights}")
@@ -209,7 +207,6 @@ def _check_weights_and_memory(config: BuildConfig, spec: Any) -> None:
 
     # the network on PyTorch's meta device (shapes only, no memory): the weights file is checked against it and
     # the build's peak memory estimated from it, before anything is allocated (models/memory.py)
-    from enginesmith.models.memory import check_build_fits, meta_model
 
     try:
         meta = meta_model(spec, num_classes, size)
@@ -220,7 +217,5 @@ def _check_weights_and_memory(config: BuildConfig, spec: Any) -> None:
         raise EnginesmithError(f"cannot build {spec.name} with {num_classes} classes at {size[0]}x{size[1]}: {first}; "
                                "check --num-classes and --input-size") from None
     if config.weights is not None:
-        from enginesmith.models.weights import check_weights_file
-
         check_weights_file(meta, Path(config.weights), spec.load_weights)
     check_build_fits(spec, size, config.batch, num_classes, config.dynamic_batch, model=meta)

@@ -9,11 +9,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from enginesmith.calibration.feeds import extra_inputs, feed_maker
+from enginesmith.calibration.sources import calibration_batches, calibration_source
 from enginesmith.errors import EnginesmithError
+from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
+from enginesmith.pipeline.accuracy import DEFAULT_BUDGET, check_classes, load_validation
 from enginesmith.pipeline.artifacts import Artifact, Cache
 from enginesmith.pipeline.config import BuildConfig
 from enginesmith.pipeline.export import INPUT_NAME
 from enginesmith.pipeline.inputs import stage_file
+from enginesmith.pipeline.quantize import Calibration
 
 VERIFY_IMAGES = 8  # calibration images every stage is verified on
 
@@ -22,11 +27,6 @@ class BuildContext:
     """The state of one build: the model (built lazily), calibration and verification data."""
 
     def __init__(self, config: BuildConfig, spec: Any, on_stage: Callable[[Artifact], None]) -> None:
-        from enginesmith.calibration.sources import calibration_source
-        from enginesmith.pipeline.quantize import Calibration
-
-        from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
-
         self.config, self.spec, self.on_stage = config, spec, on_stage
         # the weights are read once: hashed while copied into the cache, and the copy is what gets loaded
         self.weights = stage_file(Path(config.weights), Path(config.cache_dir)) if config.weights else None
@@ -40,7 +40,6 @@ class BuildContext:
         self.source = calibration_source(
             Path(config.calib) if config.calib else None, spec.default_calibration, config.calib_size, seed=config.seed
         )
-        from enginesmith.calibration.feeds import extra_inputs, feed_maker
 
         static = None if config.dynamic_batch else config.batch
         # proposal-driven detectors (calibration/feeds.py): each calibration image becomes engine feeds
@@ -72,8 +71,6 @@ class BuildContext:
     @cached_property
     def verify_batches(self) -> list[Any]:
         """Up to VERIFY_IMAGES calibration images, as batches the engine takes (feed dicts for models with feeds)."""
-        from enginesmith.calibration.sources import calibration_batches
-
         if self.feeds is not None:
             from itertools import islice
 
@@ -90,16 +87,12 @@ class BuildContext:
     # -- accuracy -------------------------------------------------------------------------------
     @cached_property
     def val(self) -> Any:
-        from enginesmith.pipeline.accuracy import check_classes, load_validation
-
         val = load_validation(self.config.val, self.spec.task, self.config.val_split)  # type: ignore[arg-type]
         check_classes(val, self.num_classes)
         return val
 
     @property
     def budget(self) -> float:
-        from enginesmith.pipeline.accuracy import DEFAULT_BUDGET
-
         c = self.config
         return c.accuracy_budget if c.accuracy_budget is not None else DEFAULT_BUDGET[self.spec.task]
 

@@ -12,14 +12,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from enginesmith.backends.onnxruntime import Runner
 from enginesmith.backends.targets import engine_precision, get_precision, get_target
+from enginesmith.calibration.sensitivity import layer_sensitivity
 from enginesmith.errors import EnginesmithError
 from enginesmith.pipeline.accuracy import engine_accuracy_stage
 from enginesmith.pipeline.artifacts import Artifact
 from enginesmith.pipeline.build import engine_artifact, run_batches
 from enginesmith.pipeline.export import INPUT_NAME
 from enginesmith.pipeline.mixed import Attempt, SearchResult, search
-from enginesmith.pipeline.quantize import QuantizeOptions, precision_artifacts
+from enginesmith.pipeline.quantize import DECODE_ONNX_PATTERN, QUANTIZED_OP_TYPES, QuantizeOptions, precision_artifacts
 
 if TYPE_CHECKING:
     from enginesmith.pipeline.context import BuildContext
@@ -81,8 +83,6 @@ def _attempt(base: Artifact, reference_acc: Artifact | None, keep_float: tuple[s
 def _reference_outputs(base: Artifact, ctx: BuildContext) -> dict[str, np.ndarray]:
     """The model's own outputs (raw head for detectors) from the FP32 ONNX on ONNX Runtime: what every engine
     is verified against."""
-    from enginesmith.backends.onnxruntime import Runner
-
     with Runner(base.file) as runner:
         outs = run_batches(runner, INPUT_NAME, ctx.verify_batches)
     return {k: v for k, v in outs.items() if k in ctx.spec.output_names}
@@ -91,9 +91,6 @@ def _reference_outputs(base: Artifact, ctx: BuildContext) -> dict[str, np.ndarra
 def _rank_layers(target: str, base: Artifact, first: Any, batches: list[np.ndarray]) -> list[Any]:
     """Layers by added quantization noise, measured on the first attempt's quantized model run by
     the engine's own backend (ONNX Runtime stands in for TensorRT's Q/DQ)."""
-    from enginesmith.calibration.sensitivity import layer_sensitivity
-    from enginesmith.pipeline.quantize import DECODE_ONNX_PATTERN, QUANTIZED_OP_TYPES
-
     if first.quantized is None:
         raise EnginesmithError("the mixed-precision search needs an INT8 model to rank layers; none was built")
     return layer_sensitivity(base.file, first.quantized.file, get_target(target).layer_ranking, batches,

@@ -13,8 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from enginesmith.backends.onnxruntime import Runner
+from enginesmith.backends.torch import TorchRunner
 from enginesmith.errors import EnginesmithError
 from enginesmith.pipeline.artifacts import Artifact, StageResult, sha256_file
+from enginesmith.pipeline.build import run_batches
+from enginesmith.pipeline.verify import TOLERANCES, check, compare
 
 if TYPE_CHECKING:
     from enginesmith.pipeline.context import BuildContext
@@ -78,11 +82,6 @@ def export_stage(ctx: BuildContext) -> Artifact:
 
     The key holds the model, class count, input shape, batch axis, extra inputs, opset, the weights' sha256
     (or the seed) and the model's source file."""
-    from enginesmith.backends.onnxruntime import Runner
-    from enginesmith.backends.torch import TorchRunner
-    from enginesmith.pipeline.build import run_batches
-    from enginesmith.pipeline.verify import TOLERANCES, check, compare
-
     c = ctx.config
     batch_dim = 1 if c.dynamic_batch else c.batch
     shape = (batch_dim, ctx.preprocess.channels, *ctx.size)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from enginesmith.backends.targets import get_target
+from enginesmith.backends.torch import TorchRunner
+from enginesmith.calibration.feeds import as_feed, batch_len
 from enginesmith.evaluation.latency import measure_latency
 from enginesmith.files import write_json_atomic
 from enginesmith.pipeline.artifacts import Artifact, StageResult
@@ -24,15 +26,11 @@ if TYPE_CHECKING:
 def latency_stage(engine: Artifact, ctx: BuildContext) -> Artifact:
     """p50/p90 latency of the engine and of the PyTorch model on the first verification batch, and the speed-up
     (PyTorch p50 / engine p50); keyed by batch, time budget, machine, core count and weights."""
-    from enginesmith.calibration.feeds import as_feed, batch_len
-
     c = ctx.config
     feed = as_feed(ctx.verify_batches[0], [INPUT_NAME])
     n = batch_len(feed)
 
     def produce(tmp: Path) -> StageResult:
-        from enginesmith.backends.torch import TorchRunner
-
         with get_target(c.target).runner(engine.file, c.precision) as runner:
             eng = measure_latency(lambda: runner.infer(feed), n, budget_s=c.latency_budget_s)
         with TorchRunner(ctx.model, ctx.input_names, list(ctx.spec.output_names)) as runner:

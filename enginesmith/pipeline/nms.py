@@ -21,9 +21,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from enginesmith.backends.onnxruntime import Runner
+from enginesmith.calibration.onnx_io import save_onnx_atomic
 from enginesmith.errors import EnginesmithError
 from enginesmith.pipeline.artifacts import Artifact, StageResult
-from enginesmith.runtime.nms import DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
+from enginesmith.pipeline.build import run_batches
+from enginesmith.pipeline.export import INPUT_NAME
+from enginesmith.runtime.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD,
+                                     nms_detections)
 
 NMS_OPSET = 17
 PREFIX = "nms/"  # node and tensor names of the appended subgraph
@@ -198,8 +203,6 @@ def nms_parity(outputs: dict[str, np.ndarray], iou_threshold: float = DEFAULT_IO
     """Engine NMS vs host NMS on the same raw outputs: `outputs` holds detections, num_detections, boxes
     and scores from one run. Returns {"count_mismatches", "max_abs"}; raises EnginesmithError if the
     two disagree (different counts, or detections further apart than float rounding)."""
-    from enginesmith.runtime.nms import nms_detections
-
     dets, counts = outputs["detections"], outputs["num_detections"]
     host, host_counts = nms_detections(outputs["boxes"], outputs["scores"], iou_threshold, score_threshold,
                                        dets.shape[1])
@@ -227,11 +230,6 @@ def nms_stage(simplified: Artifact, ctx: BuildContext) -> Artifact:
     """Stage 3 (`--nms engine`): append ONNX NonMaxSuppression (detections, num_detections; the raw boxes/scores
     stay outputs) and check it against host NMS on the same raw outputs (nms_parity)."""
     import onnx
-
-    from enginesmith.backends.onnxruntime import Runner
-    from enginesmith.calibration.onnx_io import save_onnx_atomic
-    from enginesmith.pipeline.build import run_batches
-    from enginesmith.pipeline.export import INPUT_NAME
 
     params = {"iou": DEFAULT_IOU_THRESHOLD, "score": DEFAULT_SCORE_THRESHOLD, "max_detections": DEFAULT_MAX_DETECTIONS}
 

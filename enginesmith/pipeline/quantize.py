@@ -19,6 +19,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from enginesmith.backends.targets import Target, get_precision, get_target
+from enginesmith.calibration.fp16 import onnx_to_fp16
+from enginesmith.calibration.nncf_openvino import quantize_openvino
+from enginesmith.calibration.qdq import quantize_qdq
+from enginesmith.calibration.sources import calibration_batches
+from enginesmith.calibration.statistics import activation_ranges, quantizable_tensors
 from enginesmith.pipeline.artifacts import Artifact, Cache, StageResult
 from enginesmith.progress import progress_bar
 from enginesmith.runtime.preprocess import PreprocessSpec
@@ -55,8 +60,6 @@ class Calibration:
 
     def batches(self) -> Iterator[np.ndarray | dict[str, np.ndarray]]:
         """(batch, C, H, W) arrays; for a model with feeds, one feed dict per calibration image."""
-        from enginesmith.calibration.sources import calibration_batches
-
         if self.feeds is not None:
             for image in self.source.images():  # type: ignore[attr-defined]
                 yield from self.feeds(image)
@@ -128,16 +131,12 @@ def precision_artifacts(
 
 
 def _fp16(src: Path, tmp: Path) -> StageResult:
-    from enginesmith.calibration.fp16 import onnx_to_fp16
-
     onnx_to_fp16(src, tmp / "model.onnx", keep_io_types=True)
     return StageResult(["model.onnx"], {"precision": "fp16"})
 
 
 def _nncf(src: Path, calibration: Calibration, options: QuantizeOptions, tmp: Path) -> StageResult:
     import openvino as ov
-
-    from enginesmith.calibration.nncf_openvino import quantize_openvino
 
     result = quantize_openvino(
         ov.convert_model(str(src)),
@@ -157,8 +156,6 @@ def _nncf(src: Path, calibration: Calibration, options: QuantizeOptions, tmp: Pa
 
 
 def _statistics(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
-    from enginesmith.calibration.statistics import activation_ranges, quantizable_tensors
-
     names = quantizable_tensors(src, QUANTIZED_OP_TYPES, (DECODE_ONNX_PATTERN,))
     passes = 1 if calibration.method == "minmax" else 2
     with progress_bar(f"activation statistics ({calibration.method})", len(calibration) * calibration.batch,
@@ -169,8 +166,6 @@ def _statistics(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
 
 
 def _qdq(src: Path, ranges_file: Path, symmetric: bool, keep_float: tuple[str, ...], tmp: Path) -> StageResult:
-    from enginesmith.calibration.qdq import quantize_qdq
-
     ranges = {k: (lo, hi) for k, (lo, hi) in json.loads(ranges_file.read_text()).items()}
     info = quantize_qdq(src, tmp / "model.onnx", ranges, symmetric=symmetric, exclude_patterns=(DECODE_ONNX_PATTERN,),
                         keep_float=keep_float)

@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from enginesmith.backends.onnxruntime import Runner
 from enginesmith.errors import EnginesmithError
 from enginesmith.pipeline.artifacts import Artifact, StageResult
+from enginesmith.pipeline.build import run_batches
+from enginesmith.pipeline.export import INPUT_NAME
+from enginesmith.pipeline.verify import TOLERANCES, check, compare
 
 if TYPE_CHECKING:
     from enginesmith.pipeline.context import BuildContext
@@ -32,11 +36,6 @@ def simplify_onnx(src: Path, dst: Path) -> dict[str, int]:
 
 def simplify_stage(exported: Artifact, ctx: BuildContext) -> Artifact:
     """Stage 2: onnxsim on the exported ONNX, verified against it on ONNX Runtime (ctx.verify_batches)."""
-    from enginesmith.backends.onnxruntime import Runner
-    from enginesmith.pipeline.build import run_batches
-    from enginesmith.pipeline.export import INPUT_NAME
-    from enginesmith.pipeline.verify import TOLERANCES, check, compare
-
     def produce(tmp: Path) -> StageResult:
         counts = simplify_onnx(exported.file, tmp / "model.onnx")
         with Runner(exported.file) as before, Runner(tmp / "model.onnx") as after:

@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from enginesmith.errors import EnginesmithError
-from enginesmith.runtime.types import DetectorConfig
 
 _err = Console(stderr=True)
 _out = Console(highlight=False, soft_wrap=True)
@@ -64,6 +63,7 @@ def detect(
     """Detect objects in images with a built engine: drawn copies, detections.json, and the FPS. Images that
     cannot be decoded are skipped and reported."""
     from enginesmith.runtime.files import collect_images, detect_files
+    from enginesmith.runtime.types import DetectorConfig
 
     def show(path: Path, dets: Any) -> None:
         names = ", ".join(f"{d.class_name} {d.score:.2f}" for d in dets[:3]) + (", ..." if len(dets) > 3 else "")

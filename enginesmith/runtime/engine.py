@@ -24,6 +24,7 @@ from enginesmith.backends.targets import TARGETS
 from enginesmith.runtime.manifest import EngineInfo, check_runnable, engine_info
 from enginesmith.runtime.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD,
                                      nms_detections)
+from enginesmith.runtime.openvino_async import AsyncEngine
 from enginesmith.runtime.preprocess import Transform, preprocess
 from enginesmith.runtime.two_stage import TwoStageDetector
 from enginesmith.runtime.types import Classification, Detection, DetectorConfig, Segmentation
@@ -123,7 +124,6 @@ class _Engine(Generic[R]):
             for group in _chunks(images, self.batch_size):
                 yield from self._run_group(group, channels)
             return
-        from enginesmith.runtime.openvino_async import AsyncEngine
 
         if self._async is None or self._async.requests_asked != requests:
             self._async = AsyncEngine(self.info.engine_file, self._options.get("inference_precision", "f32"), requests)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.draw import draw_classification, draw_detections
 from enginesmith.runtime.images import read_image_file
 from enginesmith.runtime.preprocess import IMAGE_SUFFIXES
 
@@ -256,8 +257,6 @@ def detect_files(detector: Any, files: Sequence[Path], out_dir: Path,
                  on_skip: Callable[[Path, str], None] = lambda p, why: None) -> RunSummary:
     """Detections for each file: `<name>` drawn copies and detections.json (boxes x1,y1,x2,y2 original pixels);
     undecodable images are skipped (on_skip, the JSON's "skipped")."""
-    from enginesmith.runtime.draw import draw_detections
-
     return run_files(detector, files, out_dir, DETECTIONS_JSON, draw_detections,
                      lambda dets: [d.to_dict() for d in dets], "detections", {"config": asdict(detector.config),
                      "nms": "engine" if detector.uses_engine_nms() else "host"}, on_image, on_skip)
@@ -267,7 +266,5 @@ def classify_files(classifier: Any, files: Sequence[Path], out_dir: Path,
                    on_image: Callable[[Path, Any], None] = lambda p, r: None,
                    on_skip: Callable[[Path, str], None] = lambda p, why: None) -> RunSummary:
     """Top-k classes for each file: drawn copies and classifications.json; undecodable images are skipped."""
-    from enginesmith.runtime.draw import draw_classification
-
     return run_files(classifier, files, out_dir, CLASSIFICATIONS_JSON, draw_classification,
                      lambda cs: [c.to_dict() for c in cs], "classes", {"top_k": classifier.top_k}, on_image, on_skip)

@@ -20,6 +20,8 @@ from typing import Any
 from enginesmith.backends.targets import PRECISIONS, TARGETS
 from enginesmith.errors import EnginesmithError
 from enginesmith.runtime.preprocess import PreprocessSpec
+from enginesmith.runtime.proposals import MODES
+from enginesmith.runtime.two_stage import KINDS
 
 MANIFEST = "manifest.json"
 TASKS = ("detection", "classification", "dense")
@@ -318,9 +320,6 @@ def _check_stages(c: _Checker, stages: Any, nms: str | None) -> None:
 
 
 def _check_two_stage(c: _Checker, raw: dict[str, Any], task: str, class_names: list[str]) -> None:
-    from enginesmith.runtime.proposals import MODES  # numpy only; OpenCV is imported when selective search runs
-    from enginesmith.runtime.two_stage import KINDS
-
     ts = c.mapping(raw["two_stage"], "two_stage")
     c.string(c.get(ts, "kind", "two_stage.kind", "a two-stage kind"), "two_stage.kind", KINDS)
     prop = c.mapping(ts.get("proposals"), "two_stage.proposals", optional=True)

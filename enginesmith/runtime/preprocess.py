@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.images import read_image_file
 
 ResizeMode = Literal["letterbox", "stretch", "center_crop"]
 ColorOrder = Literal["RGB", "BGR", "GRAY"]
@@ -185,6 +186,4 @@ def load_image(path: str | Path) -> np.ndarray:
     """Read an image file -> (H, W, 3) uint8 RGB by runtime/images.py's rule (16-bit as round(v / 257),
     alpha dropped, gray repeated), so the pipeline and the edge runtime decode files alike. A missing or
     undecodable file is a one-line EnginesmithError."""
-    from enginesmith.runtime.images import read_image_file
-
     return read_image_file(path)

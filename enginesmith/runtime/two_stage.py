@@ -30,9 +30,12 @@ import numpy as np
 
 from enginesmith.backends.targets import TARGETS
 from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.images import to_rgb
 from enginesmith.runtime.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD,
                                      greedy_nms)
 from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
+from enginesmith.runtime.proposals import (DEFAULT_MAX_PROPOSALS, MODES, check_proposals, load_proposals,
+                                           selective_search)
 from enginesmith.runtime.region_warp import decode_deltas, region_inputs
 from enginesmith.runtime.types import Detection, DetectorConfig
 
@@ -223,8 +226,6 @@ def detect_from_raw(boxes: np.ndarray, scores: np.ndarray, iou: float = DEFAULT_
 # -- the detector -----------------------------------------------------------------------------------------
 def two_stage_params(raw: dict[str, Any]) -> dict[str, Any]:
     """manifest["two_stage"] checked: {"kind", "proposals": {"method", "mode", "max_proposals"}}."""
-    from enginesmith.runtime.proposals import DEFAULT_MAX_PROPOSALS, MODES
-
     ts = raw.get("two_stage")
     if not isinstance(ts, dict) or ts.get("kind") not in KINDS:
         raise EnginesmithError(f"the manifest's two_stage entry must name a kind ({', '.join(KINDS)}), got {ts!r}; "
@@ -342,16 +343,11 @@ class TwoStageDetector:
     # inference
     def proposals(self, image: np.ndarray) -> np.ndarray:
         """Selective search on an HxWx3 uint8 RGB image with this detector's mode and limit -> [P, 4]."""
-        from enginesmith.runtime.proposals import selective_search
-
         return selective_search(image, self.proposal_mode, self.max_proposals)
 
     def raw(self, image: Any, proposals: Any = None, channels: str = "RGB",
             times: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(boxes, scores) before NMS, original pixels: R-CNN boxes [P, C, 4], Fast R-CNN boxes [P, 4]; scores [P, C]."""
-        from enginesmith.runtime.images import to_rgb
-        from enginesmith.runtime.proposals import check_proposals
-
         rgb = to_rgb(image, channels)  # type: ignore[arg-type]
         with _timed(times, "proposals"):
             props = self.proposals(rgb) if proposals is None else check_proposals(proposals)
@@ -408,8 +404,6 @@ class FixedProposals:
     FILE`, one image); everything else is the detector's."""
 
     def __init__(self, detector: TwoStageDetector, proposals: np.ndarray) -> None:
-        from enginesmith.runtime.proposals import check_proposals
-
         self._detector = detector
         self.proposals = check_proposals(proposals)
 
@@ -427,8 +421,6 @@ class FixedProposals:
 def with_proposals(detector: Any, path: Any, images: Sequence[Any]) -> FixedProposals:
     """`enginesmith detect ENGINE IMAGE --proposals FILE`: the proposal file (proposals.load_proposals) of the one
     image given, for an R-CNN / Fast R-CNN engine; anything else is a one-line EnginesmithError."""
-    from enginesmith.runtime.proposals import load_proposals
-
     if not isinstance(detector, TwoStageDetector):
         raise EnginesmithError(f"--proposals is for R-CNN / Fast R-CNN engines; {detector.info.model} finds its own "
                                "boxes: drop --proposals")

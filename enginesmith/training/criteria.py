@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.models.ssd import SSDDecode
+from enginesmith.models.yolo import ScaleDecode
 from enginesmith.training.losses import YoloLossWeights, classification_loss, focal_loss, multibox_loss, yolo_loss
 
 Family = Literal["yolo", "ssd", "retinanet", "classifier"]
@@ -24,8 +26,6 @@ Family = Literal["yolo", "ssd", "retinanet", "classifier"]
 def family_of(model: nn.Module) -> Family:
     """The loss family of a zoo model, from its decode module (or "classifier" when it has none)."""
     from enginesmith.models.retinanet import RetinaDecode
-    from enginesmith.models.ssd import SSDDecode
-    from enginesmith.models.yolo import ScaleDecode
 
     decode = getattr(model, "decode", None)
     if decode is None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from enginesmith.data.digits import DigitsSplit
+from enginesmith.models import registry
 from enginesmith.runtime.preprocess import preprocess_batch
 
 
@@ -33,8 +34,6 @@ def train_lenet5(
 
     Deterministic for a given seed (init, shuffling); ~2-3 s on 2 CPU cores; ~0.97 test top-1 (seeds 0-2).
     """
-    from enginesmith.models import registry
-
     spec = registry.get("lenet5")
     x_train = preprocess_batch(list(digits.train_images), spec.preprocess)
     x_test = preprocess_batch(list(digits.test_images), spec.preprocess)

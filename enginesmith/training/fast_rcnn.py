@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from enginesmith.runtime.preprocess import preprocess
 from enginesmith.training.rcnn import box_iou, mirror_safe, split_proposal_list, validate_two_stage
 from enginesmith.training.two_stage_loop import image_batch_maker, run_epochs
 
@@ -70,8 +71,6 @@ def training_sample(image: np.ndarray, proposals: np.ndarray, truths: np.ndarray
                     flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One image -> (x [3, H, W] float32 preprocessed, rois [R, 4] input px, truths [K, 4] input px, labels [K]
     int64 = class + 1), after an optional horizontal flip."""
-    from enginesmith.runtime.preprocess import preprocess
-
     truths = np.asarray(truths, np.float32).reshape(-1, 4)
     props = np.asarray(proposals, np.float32).reshape(-1, 4)
     if flip:

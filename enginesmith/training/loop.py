@@ -24,7 +24,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from enginesmith.data.classification import classification_samples
+from enginesmith.data.datasets import open_dataset
 from enginesmith.errors import EnginesmithError
+from enginesmith.models import registry
+from enginesmith.runtime.preprocess import load_image, preprocess_batch
 from enginesmith.training.augment import AugmentConfig, augment_sample, to_input
 from enginesmith.training.checkpoints import (dataset_fingerprint, default_checkpoint_path, matches, read_checkpoint,
                                               save_checkpoint)
@@ -225,8 +229,6 @@ def train_classifier(spec, train_set, val_set, recipe: Recipe, seed: int, time_b
     """Softmax cross-entropy on (image, label) samples preprocessed with the model's PreprocessSpec."""
     import torch
 
-    from enginesmith.runtime.preprocess import preprocess_batch
-
     names = tuple(train_set.class_names)
     net = spec.create(num_classes=len(names), seed=seed).train()
     if sum(p.numel() for p in net.parameters()) < 1_000_000:
@@ -277,8 +279,6 @@ def train_classifier(spec, train_set, val_set, recipe: Recipe, seed: int, time_b
 
 
 def _class_images(cset) -> Iterator[np.ndarray]:
-    from enginesmith.runtime.preprocess import load_image
-
     for im in cset.images:
         yield im if isinstance(im, np.ndarray) else load_image(im)
 
@@ -297,8 +297,6 @@ def train(model: str, dataset: Path, epochs: int | None = None, out: Path | None
     Reuses a checkpoint trained with the same (model, dataset, epochs, seed, recipe)."""
     import torch
 
-    from enginesmith.models import registry
-
     spec = registry.get(model)
     base = recipe_for(spec.name, spec.task, epochs)
     recipe = replace(recipe, epochs=int(epochs)) if recipe is not None and epochs is not None else (recipe or base)
@@ -306,14 +304,10 @@ def train(model: str, dataset: Path, epochs: int | None = None, out: Path | None
         raise EnginesmithError(f"epochs must be >= 1, got {recipe.epochs}")
     dataset = Path(dataset).expanduser()
     if spec.task == "detection":
-        from enginesmith.data.datasets import open_dataset
-
         train_set = open_dataset(dataset, "train")
         val_set = _optional_split(lambda: open_dataset(dataset, "val"))
         class_names = tuple(train_set.class_names)
     elif spec.task == "classification":
-        from enginesmith.data.classification import classification_samples
-
         train_set = classification_samples(dataset, "train")
         val_set = _optional_split(lambda: classification_samples(dataset, "val"))
         class_names = tuple(train_set.class_names)

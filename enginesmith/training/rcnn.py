@@ -40,9 +40,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from enginesmith.data.proposals import split_proposals
 from enginesmith.errors import EnginesmithError
 from enginesmith.evaluation.detection_metrics import Predictions, evaluate_detections
 from enginesmith.evaluation.predict import EVAL_IOU_THRESHOLD, EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
+from enginesmith.runtime.region_warp import context_pad, encode_targets, mean_pixel, normalize_crops, warp_regions
+from enginesmith.runtime.two_stage import detect_from_raw, fast_rcnn_raw, rcnn_raw
 from enginesmith.training.common import Bar
 from enginesmith.training.two_stage_loop import run_epochs
 
@@ -128,8 +131,6 @@ def mirror_safe(class_names: Sequence[str]) -> np.ndarray:
 def warp_batch(image: np.ndarray, boxes: np.ndarray, spec, flips: np.ndarray | None = None) -> np.ndarray:
     """HxWx3 uint8 RGB image, boxes [N, 4] original px -> normalised regions [N, 3, S, S] float32, exactly the
     engine's host-stage warp (runtime/two_stage.py rcnn_raw); rows with flips[i] mirrored left-right."""
-    from enginesmith.runtime.region_warp import context_pad, mean_pixel, normalize_crops, warp_regions
-
     size = int(spec.input_size[0])
     crops = warp_regions(image, boxes, size, context_pad(size), mean_pixel(spec))
     if flips is not None and flips.any():
@@ -381,8 +382,6 @@ def fit_box_regressors(net, pool: FeaturePool, num_classes: int) -> tuple[list[A
     import torch
     from sklearn.linear_model import Ridge
 
-    from enginesmith.runtime.region_warp import encode_targets
-
     scale = norm_scale(pool.pool5)
     d = pool.pool5.shape[1]
     w = np.zeros((num_classes * 4, d), np.float32)
@@ -429,8 +428,6 @@ def evaluate_two_stage(kind: str, net, spec, dataset, proposals: list[np.ndarray
     limit: evaluate only the first `limit` images (the metrics then cover those)."""
     from dataclasses import replace as dc_replace
 
-    from enginesmith.runtime.two_stage import detect_from_raw, fast_rcnn_raw, rcnn_raw
-
     net.eval()
     if limit is not None and limit < len(dataset):
         dataset = dc_replace(dataset, samples=list(dataset.samples[:limit]))
@@ -466,8 +463,6 @@ def evaluate_two_stage(kind: str, net, spec, dataset, proposals: list[np.ndarray
 def split_proposal_list(dataset) -> list[np.ndarray]:
     """The cached selective-search proposals of every sample of `dataset` (data/proposals.py, mode fast,
     2000 max), in sample order."""
-    from enginesmith.data.proposals import split_proposals
-
     table = split_proposals(dataset)
     missing = [s.image_id for s in dataset.samples if s.image_id not in table]
     if missing:

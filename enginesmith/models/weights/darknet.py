@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.models.weights.sniff import describe, head_bytes
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,6 @@ def check_darknet_file(model: nn.Module, path: str | Path, layers: list[DarknetC
     exactly header + 4 bytes per float the layers hold, and it must look like a Darknet file (not text, not
     empty). Only the first bytes are read, so a wrong 12 GiB file is refused at once. `model` may be on the
     meta device. Raises a one-line EnginesmithError naming the file."""
-    from enginesmith.models.weights.sniff import describe, head_bytes
-
     p = Path(path)
     if not p.is_file():
         raise EnginesmithError(f"darknet weights not found: {p}")

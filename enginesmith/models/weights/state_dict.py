@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.models.weights.sniff import ZIP_MAGIC, describe, head_bytes
 
 _SHOW = 5  # names listed per kind of mismatch
 
@@ -76,8 +77,6 @@ def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, torch.Ten
     mmap=True maps a zip-format file instead of reading it (tensors are read only when touched): a cheap check of
     a large file. Nothing in the file is ever run: pickled objects are refused with a one-line error that says
     what the file must be instead."""
-    from enginesmith.models.weights.sniff import ZIP_MAGIC, describe, head_bytes
-
     p = Path(path)
     if not p.is_file():
         raise EnginesmithError(f"weights file not found: {p}")
