@@ -11,7 +11,7 @@ from enginesmith.backends.targets import get_target
 from enginesmith.calibration.feeds import as_feed
 from enginesmith.errors import EnginesmithError
 from enginesmith.pipeline.artifacts import Artifact, Cache, StageResult
-from enginesmith.pipeline.verify import TOLERANCES, check, compare
+from enginesmith.pipeline.verify import TOLERANCES, check, compare, nms_parity
 
 
 def run_batches(runner: Any, input_name: str, batches: list[Any]) -> dict[str, np.ndarray]:
@@ -69,8 +69,6 @@ def engine_artifact(
                 raise
             extra["tolerance_exceeded"] = str(e)
         if "detections" in got:  # in-engine NMS: must agree with host NMS on the engine's own raw outputs
-            from enginesmith.pipeline.nms import nms_parity
-
             extra["nms_parity"] = nms_parity(got)
         if "device" in build_params:  # TensorRT: what the plan is tied to, for manifest["device"]
             extra["device"] = build_params["device"]

@@ -27,8 +27,8 @@ from enginesmith.errors import EnginesmithError
 from enginesmith.pipeline.artifacts import Artifact, StageResult
 from enginesmith.pipeline.build import run_batches
 from enginesmith.pipeline.export import INPUT_NAME
-from enginesmith.runtime.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD,
-                                     nms_detections)
+from enginesmith.pipeline.verify import nms_parity
+from enginesmith.runtime.nms import DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
 
 NMS_OPSET = 17
 PREFIX = "nms/"  # node and tensor names of the appended subgraph
@@ -198,31 +198,7 @@ def append_nms(
     return dst
 
 
-def nms_parity(outputs: dict[str, np.ndarray], iou_threshold: float = DEFAULT_IOU_THRESHOLD,
-               score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> dict[str, float]:
-    """Engine NMS vs host NMS on the same raw outputs: `outputs` holds detections, num_detections, boxes
-    and scores from one run. Returns {"count_mismatches", "max_abs"}; raises EnginesmithError if the
-    two disagree (different counts, or detections further apart than float rounding)."""
-    dets, counts = outputs["detections"], outputs["num_detections"]
-    host, host_counts = nms_detections(outputs["boxes"], outputs["scores"], iou_threshold, score_threshold,
-                                       dets.shape[1])
-    mismatches = int(np.sum(counts != host_counts))
-    worst = 0.0
-    for i in range(len(dets)):
-        n = int(min(counts[i], host_counts[i]))
-        if n:  # compare as sets of rows: exact score ties may be ordered differently
-            a = dets[i, :n][np.lexsort(dets[i, :n].T[::-1])]
-            b = host[i, :n][np.lexsort(host[i, :n].T[::-1])]
-            worst = max(worst, float(np.max(np.abs(a - b))))
-    if mismatches or worst > 1e-3 * max(1.0, float(np.max(np.abs(host))) if host.size else 1.0):
-        raise EnginesmithError(
-            f"in-engine NMS disagrees with host NMS on the engine's own raw outputs ({mismatches} images with a "
-            f"different count, max |Δ| {worst:.3g}); build with --nms host"
-        )
-    return {"count_mismatches": mismatches, "max_abs": worst}
-
-
-__all__ = ["append_nms", "nms_parity", "append_nms_model", "NMS_OPSET", "DEFAULT_IOU_THRESHOLD", "DEFAULT_SCORE_THRESHOLD",
+__all__ = ["append_nms", "append_nms_model", "NMS_OPSET", "DEFAULT_IOU_THRESHOLD", "DEFAULT_SCORE_THRESHOLD",
            "DEFAULT_MAX_DETECTIONS"]
 
 

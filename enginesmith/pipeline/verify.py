@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from enginesmith.errors import EnginesmithError
+from enginesmith.runtime.nms import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD, nms_detections
 
 
 @dataclass(frozen=True)
@@ -105,3 +106,27 @@ def check(comparison: Comparison, tolerance: Tolerance, what: str) -> None:
             f"{what} changed the outputs beyond tolerance: cosine {comparison.cosine:.5f} < "
             f"{tolerance.min_cosine:g} ({comparison.summary()})"
         )
+
+
+def nms_parity(outputs: dict[str, np.ndarray], iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+               score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> dict[str, float]:
+    """Engine NMS vs host NMS on the same raw outputs: `outputs` holds detections, num_detections, boxes
+    and scores from one run. Returns {"count_mismatches", "max_abs"}; raises EnginesmithError if the
+    two disagree (different counts, or detections further apart than float rounding)."""
+    dets, counts = outputs["detections"], outputs["num_detections"]
+    host, host_counts = nms_detections(outputs["boxes"], outputs["scores"], iou_threshold, score_threshold,
+                                       dets.shape[1])
+    mismatches = int(np.sum(counts != host_counts))
+    worst = 0.0
+    for i in range(len(dets)):
+        n = int(min(counts[i], host_counts[i]))
+        if n:  # compare as sets of rows: exact score ties may be ordered differently
+            a = dets[i, :n][np.lexsort(dets[i, :n].T[::-1])]
+            b = host[i, :n][np.lexsort(host[i, :n].T[::-1])]
+            worst = max(worst, float(np.max(np.abs(a - b))))
+    if mismatches or worst > 1e-3 * max(1.0, float(np.max(np.abs(host))) if host.size else 1.0):
+        raise EnginesmithError(
+            f"in-engine NMS disagrees with host NMS on the engine's own raw outputs ({mismatches} images with a "
+            f"different count, max |Δ| {worst:.3g}); build with --nms host"
+        )
+    return {"count_mismatches": mismatches, "max_abs": worst}

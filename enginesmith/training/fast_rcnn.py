@@ -22,7 +22,7 @@ detect_from_raw and evaluation/detection_metrics.py (training/rcnn.py evaluate_t
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -104,20 +104,6 @@ def fast_rcnn_losses(net, heads, x, rois: list, targets: list[dict]) -> dict[str
     return losses
 
 
-def torch_fast_rcnn_infer(net) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """A runtime/two_stage.py Infer over a torch FastRCNN in eval mode (float32): {"images", "rois"} ->
-    {"boxes", "scores"}."""
-    import torch
-
-    def infer(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(feeds["images"]).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            boxes, scores = net(x, torch.from_numpy(np.ascontiguousarray(feeds["rois"], np.float32)))
-        return {"boxes": boxes.numpy(), "scores": scores.numpy()}
-
-    return infer
-
-
 def train_fast_rcnn(spec, train_set, val_set, recipe, seed: int, time_budget_s: float | None,
                     progress) -> tuple[Any, dict[str, Any]]:
     """Fast R-CNN's multi-task training on train_set, then val mAP; returns (FastRCNN in eval mode, metrics)."""
@@ -152,4 +138,4 @@ def train_fast_rcnn(spec, train_set, val_set, recipe, seed: int, time_budget_s: 
 
 
 __all__ = ["train_fast_rcnn", "make_roi_heads", "select_proposals", "training_sample", "fast_rcnn_losses",
-           "torch_fast_rcnn_infer", "flip_boxes"]
+           "flip_boxes"]

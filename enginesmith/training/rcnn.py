@@ -420,6 +420,20 @@ def torch_rcnn_infer(net) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndar
     return infer
 
 
+def torch_fast_rcnn_infer(net) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """A runtime/two_stage.py Infer over a torch FastRCNN in eval mode (float32): {"images", "rois"} ->
+    {"boxes", "scores"}."""
+    import torch
+
+    def infer(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(feeds["images"]).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            boxes, scores = net(x, torch.from_numpy(np.ascontiguousarray(feeds["rois"], np.float32)))
+        return {"boxes": boxes.numpy(), "scores": scores.numpy()}
+
+    return infer
+
+
 def evaluate_two_stage(kind: str, net, spec, dataset, proposals: list[np.ndarray],
                        progress: bool | Callable[[dict[str, Any]], None] = False,
                        limit: int | None = None) -> dict[str, Any]:
@@ -435,8 +449,6 @@ def evaluate_two_stage(kind: str, net, spec, dataset, proposals: list[np.ndarray
     if kind == "rcnn":
         infer = torch_rcnn_infer(net)
     else:
-        from enginesmith.training.fast_rcnn import torch_fast_rcnn_infer
-
         infer = torch_fast_rcnn_infer(net)
     c = len(dataset.class_names)
     bar = Bar(progress, f"evaluating {kind} on {dataset.split}", len(dataset))
@@ -541,4 +553,4 @@ def train_rcnn(spec, train_set, val_set, recipe, seed: int, time_budget_s: float
 
 __all__ = ["train_rcnn", "label_regions", "sample_regions", "warp_batch", "build_feature_pool", "fit_svms",
            "fit_box_regressors", "evaluate_two_stage", "validate_two_stage", "split_proposal_list", "FeaturePool",
-           "LabelledRegions"]
+           "LabelledRegions", "torch_fast_rcnn_infer"]

@@ -118,7 +118,7 @@ def _raw_head_onnx(path: Path, anchors: int, classes: int) -> Path:
 
 def test_efficient_nms_equals_host_nms(tmp_path):
     _need_tensorrt()
-    from enginesmith.pipeline.nms import nms_parity
+    from enginesmith.pipeline.verify import nms_parity
 
     anchors, classes = 300, 3
     onnx_path = _raw_head_onnx(tmp_path / "head.onnx", anchors, classes)

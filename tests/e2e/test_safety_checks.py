@@ -464,7 +464,7 @@ def _break_rows(out: dict[str, np.ndarray], how: str) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("how", ["drop", "drop_keep_count", "move", "reclass"])
 def test_nms_parity_rejects_engine_detections_that_differ(nms_outputs, how):
-    from enginesmith.pipeline.nms import nms_parity
+    from enginesmith.pipeline.verify import nms_parity
 
     assert nms_parity(nms_outputs) == {"count_mismatches": 0, "max_abs": pytest.approx(0.0, abs=1e-3)}
     with pytest.raises(EnginesmithError, match="in-engine NMS disagrees with host NMS"):
@@ -472,7 +472,7 @@ def test_nms_parity_rejects_engine_detections_that_differ(nms_outputs, how):
 
 
 def test_nms_parity_accepts_the_same_detections_in_another_order(nms_outputs):
-    from enginesmith.pipeline.nms import nms_parity
+    from enginesmith.pipeline.verify import nms_parity
 
     assert nms_parity(_break_rows(nms_outputs, "reorder"))["count_mismatches"] == 0
 

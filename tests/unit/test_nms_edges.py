@@ -70,7 +70,8 @@ import onnx  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 from enginesmith.errors import EnginesmithError  # noqa: E402
-from enginesmith.pipeline.nms import append_nms, append_nms_model, nms_parity  # noqa: E402
+from enginesmith.pipeline.nms import append_nms, append_nms_model  # noqa: E402
+from enginesmith.pipeline.verify import nms_parity  # noqa: E402
 
 
 def passthrough(opset=17, batch="N"):
