@@ -461,7 +461,7 @@ def train(model: str, dataset: Path, epochs: int | None = None, out: Path | None
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads or cpu_threads())
     try:
-        two_stage = spec.extra.get("two_stage") if spec.task == "detection" else None
+        two_stage = spec.two_stage if spec.task == "detection" else None
         if two_stage == "rcnn":
             from enginesmith.training.rcnn import train_rcnn
 
@@ -470,7 +470,7 @@ def train(model: str, dataset: Path, epochs: int | None = None, out: Path | None
             from enginesmith.training.fast_rcnn import train_fast_rcnn
 
             net, metrics = train_fast_rcnn(spec, train_set, val_set, recipe, seed, time_budget_s, progress)
-        elif spec.extra.get("trainer") == "faster-rcnn":
+        elif spec.trainer == "faster-rcnn":
             from enginesmith.training.faster_rcnn import train_faster_rcnn
 
             net, metrics = train_faster_rcnn(spec, train_set, val_set, recipe, seed, time_budget_s, progress)

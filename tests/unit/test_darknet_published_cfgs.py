@@ -164,7 +164,7 @@ def test_yolov1_detection_layer_is_the_published_one(name: str) -> None:
     assert model.decode.num_classes == d["classes"]
     last = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
     assert last.out_features == d["output"] == d["side"] ** 2 * (d["num"] * (d["coords"] + 1) + d["classes"])
-    assert spec.extra["grid"] == (d["side"], d["side"]) and spec.extra["num_boxes"] == d["num"]
+    assert spec.details["grid"] == (d["side"], d["side"]) and spec.details["num_boxes"] == d["num"]
 
 
 @pytest.mark.parametrize("cfg", ["yolov1", "fast-yolo"])
@@ -207,11 +207,11 @@ def test_edge_detectors_place_anchors_as_darknet_does(name: str, published: dict
     assert [s.stride for s in scales] == [float(st) for _, st in published["yolo"]]
     per_scale = [_scale_anchors(s) for s in scales]
     assert all(len(a) == 3 for a in per_scale)
-    anchors = [tuple(map(float, a)) for a in spec.extra["anchors"]]
+    anchors = [tuple(map(float, a)) for a in spec.details["anchors"]]
     areas = [w * h for w, h in anchors]
     assert areas == sorted(areas), "anchors must be listed smallest area first, as darknet's are"
     assert per_scale == [[anchors[i] for i in mask] for mask, _ in published["yolo"]]
     for coarse, fine in zip(per_scale, per_scale[1:]):
         assert min(w * h for w, h in coarse) >= max(w * h for w, h in fine), (coarse, fine)
-    assert [tuple(m) for m in spec.extra["masks"]] == [m for m, _ in published["yolo"]]
-    assert tuple(spec.extra["strides"]) == tuple(st for _, st in published["yolo"])
+    assert [tuple(m) for m in spec.details["masks"]] == [m for m, _ in published["yolo"]]
+    assert tuple(spec.details["strides"]) == tuple(st for _, st in published["yolo"])

@@ -40,7 +40,7 @@ def test_training_heads_share_the_engine_modules_and_its_proposals() -> None:
 
     torch.set_num_threads(1)
     spec = registry.get(NAME)
-    assert spec.extra["trainer"] == "faster-rcnn" and "two_stage" not in spec.extra
+    assert spec.trainer == "faster-rcnn" and spec.two_stage is None
     net = spec.create(input_size=(128, 128)).eval()
     rpn, heads = make_training_heads(net)
     assert rpn.head is net.rpn.head and rpn.anchor_generator is net.rpn.anchor_generator
