@@ -384,3 +384,31 @@ def test_a_hit_on_a_cache_whose_times_cannot_be_set_is_still_served(tmp_path, mo
     monkeypatch.setattr(os, "utime", utime)
     hit = cache.lookup("st", a.manifest["key"])
     assert hit is not None and hit.cached
+
+
+def test_a_build_that_waited_and_finds_a_broken_entry_rebuilds_it_under_the_lock_it_holds(tmp_path):
+    import threading
+    import time
+
+    from enginesmith.files import file_lock
+
+    events: list[str] = []
+    calls: list = []
+    cache = Cache(tmp_path, on_event=lambda s, m: events.append(m))
+    key = cache.key("st", [], {}, {})
+    out: list = []
+    with file_lock(cache._lock_path("st", key)):
+        t = threading.Thread(target=lambda: out.append(cache.run("st", [], {}, _writer({"a.bin": b"mine"}, calls=calls),
+                                                                 tools={})), daemon=True)
+        t.start()
+        for _ in range(200):
+            if events:
+                break
+            time.sleep(0.01)
+        held = Cache(tmp_path)._produce("st", key, [], [], {}, {}, _writer({"a.bin": b"holder"}))
+        (held.folder / "a.bin").write_bytes(b"broken")  # the holder left a broken entry
+    t.join(10)
+    assert not t.is_alive(), "the waiting build must not take its own lock a second time"
+    assert out[0].cached is False and out[0].file.read_bytes() == b"mine" and len(calls) == 1
+    assert events[0] == "waiting for another build of the same stage (same inputs) to finish"
+    assert len(events) == 2 and events[1].startswith(f"cache entry {held.folder} failed its check (a.bin has other")

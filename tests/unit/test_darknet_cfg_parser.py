@@ -240,3 +240,14 @@ def test_v3_yolo_section():
     assert _norm(dc._v3_yolo("0,1,2", "10,14,  23,27", 6)) == [
         ("yolo", {"mask": "0,1,2", "anchors": "10,14,  23,27", "classes": "80", "num": "6", "jitter": ".3",
                   "ignore_thresh": ".7", "truth_thresh": "1", "random": "1"})]
+
+
+def test_load_darknet_checkpoint_names_the_cfg_file_before_reading_weights(tmp_path):
+    from enginesmith.models.weights.darknet_cfg import load_darknet_checkpoint
+
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text("[net]\n[convolutional]\nbatch_normalize=1\nfilters=9\nsize=3\nstride=2\n[connected]\noutput=10\n")
+    with pytest.raises(EnginesmithError, match=rf"^_Tiny differs from {cfg} at weight layer 0"):
+        load_darknet_checkpoint(_Tiny(), tmp_path / "never-read.weights", cfg)
+    with pytest.raises(EnginesmithError, match=rf"^_Tiny differs from {cfg} at weight layer 0"):
+        load_darknet_checkpoint(_Tiny(), tmp_path / "never-read.weights", str(cfg))
