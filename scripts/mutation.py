@@ -232,7 +232,7 @@ def file_versions(mods: list[str]) -> list[str]:
 def report() -> None:
     results = load_results()
     equivalent = tomllib.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
-    runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
+    runs = json.loads(RUNS.read_text()) if RUNS.exists() else []
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
     from importlib.metadata import version
 
@@ -273,26 +273,33 @@ def report() -> None:
     lines = [
         "# Mutation testing: core modules",
         "",
-        f"- Tool: mutmut {version('mutmut')} (pytest {version('pytest')}); config `[tool.mutmut]` in pyproject.toml.",
-        "- Command: `nice -n 19 .venv/bin/python scripts/mutation.py [GROUP...] [--sample F] [--together]` (a "
-        "module's first run: `mutmut run --max-children 2 '<module>.*'`; later runs name only the mutants not yet "
-        "killed), then this report (`scripts/mutation.py --report`).",
+        "- Tool: mutmut; config `[tool.mutmut]` in pyproject.toml.",
+        "- Command: `nice -n 19 .venv/bin/python scripts/mutation.py` (all groups in one `mutmut run --max-children 2 "
+        "NAME...`, naming the sampled mutants not killed yet; a first run generates mutants/ by naming none), then "
+        "this report (`scripts/mutation.py --report`). Results: `results.json` beside this report, merged over runs.",
         f"- Date: {_dt.date.today().isoformat()}; machine: {machine()}.",
-        f"- Commit: {_sh('git', 'rev-parse', '--short', 'HEAD')}; files measured:",
+        f"- Versions: mutmut {version('mutmut')}, pytest {version('pytest')}, torch {version('torch')}, "
+        f"numpy {version('numpy')}, onnx {version('onnx')}, onnxruntime {version('onnxruntime')}.",
+        f"- Commit measured: {', '.join(sorted({r['commit'] for r in runs})) or '?'} (branch of the runs; "
+        f"report written at {_sh('git', 'rev-parse', '--short', 'HEAD')}); source files measured (sha256 also "
+        "kept per module in results.json, a module whose source changes is measured afresh):",
         *[f"  - {r}" for r in file_versions(mods_all)],
+        "- Sampled modules: " + "; ".join(f"`{module_path(m)}` a seeded {100 * f:.0f}% (random.Random(0) over the "
+                                          f"sorted names of all its mutants)" for m, f in SAMPLE.items())
+        + "; every other module: all of its mutants.",
         "- Tests run per mutant: those, among `pytest_add_cli_args_test_selection`, that call the mutated "
         "function (mutmut's per-function coverage), `-x`; engine-building and full-size-network tests are "
         "left out (too slow per mutant).",
         "- Run time (wall, 2 shared cores, `nice -n 19`): "
-        + ("; ".join(f"{g}: " + ", ".join(f"{r['seconds'] // 60} min {r['seconds'] % 60} s ({r['mutants']} mutants, "
-                                              f"{r['date']})" for r in rs) for g, rs in runs.items())
-           or "not recorded"),
+        + ("; ".join(f"{r['seconds'] // 60} min {r['seconds'] % 60} s ({r['mutants']} mutants, {r['date']})"
+                     for r in runs) or "not recorded")
+        + (f"; total {sum(r['seconds'] for r in runs) // 60} min" if runs else "") + ".",
         "",
-        "Kill rate = (killed + timeout) / (mutants run - equivalent). *run* < *mutants* where only a seeded random "
-        "sample of the mutants was run (`--sample`; 2 shared cores did not allow all of them), so the rate there is "
-        "an estimate from that sample. *Survived* are live mutants not judged "
-        "equivalent; *no tests* are mutants in code no selected test calls. Equivalent mutants (no input can tell "
-        "them from the original) are listed with the reason in `survivors.md` and `equivalent.toml`.",
+        "Kill rate = (killed + timeout) / (mutants run - equivalent). *run* < *mutants* where only the seeded "
+        "sample was run, so the rate there is an estimate from that sample. *Survived* are live mutants not judged "
+        "equivalent; *no tests* are mutants in code no selected test calls (live, counted against the rate). "
+        "Equivalent mutants (no input can tell them from the original) are listed with the reason in "
+        "`survivors.md` and `equivalent.toml`.",
         "",
         "| group | module | mutants | run | killed | timeout | equivalent | survived | no tests | kill rate |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -345,7 +352,7 @@ def _row(group: str, mod: str, c: dict[str, int]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("groups", nargs="*", help=f"groups to run (default: all): {', '.join(GROUPS)}")
-    ap.add_argument("--report", action="store_true", help="only write the report from the results in mutants/")
+    ap.add_argument("--report", action="store_true", help="only write the report (results.json, merged with mutants/ if any)")
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument("--all", action="store_true", help="rerun every (sampled) mutant of the groups, killed ones too")
     ap.add_argument("--full", action="store_true", help=f"no sampling: run every mutant of {', '.join(SAMPLE)} too")
