@@ -5,20 +5,10 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from enginesmith.errors import EnginesmithError
+from reference_helpers import passthrough_detector
 from enginesmith.pipeline.nms import append_nms
-
-
-def _detector() -> onnx.ModelProto:
-    g = helper.make_graph(
-        [helper.make_node("Identity", ["b_in"], ["boxes"]), helper.make_node("Identity", ["s_in"], ["scores"])], "det",
-        [helper.make_tensor_value_info("b_in", TensorProto.FLOAT, ["N", "A", 4]),
-         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["N", "A", "C"])],
-        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", "A", 4]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", "A", "C"])])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def test_an_unreadable_onnx_file_is_named_with_the_error_onnx_raised(tmp_path):
@@ -37,7 +27,7 @@ def test_an_unreadable_onnx_file_is_named_with_the_error_onnx_raised(tmp_path):
 
 def test_the_output_folders_are_made(tmp_path):
     src = tmp_path / "det.onnx"
-    onnx.save(_detector(), str(src))
+    onnx.save(passthrough_detector(), str(src))
     out = append_nms(src, tmp_path / "a" / "b" / "det_nms.onnx")
     assert out == tmp_path / "a" / "b" / "det_nms.onnx" and out.is_file()
     assert [p.name for p in out.parent.iterdir()] == ["det_nms.onnx"]

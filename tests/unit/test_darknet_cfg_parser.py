@@ -15,6 +15,7 @@ from enginesmith.errors import EnginesmithError
 from enginesmith.models.weights import darknet_cfg as dc
 from enginesmith.models.weights.darknet_cfg import (CfgSection, WeightLayer, cfg_weight_layers, check_model_against_cfg,
                                                     parse_cfg, read_cfg)
+from reference_helpers import cfg_sections
 
 
 # ---------------------------------------------------------------------------------------------------- parse_cfg
@@ -169,33 +170,18 @@ _YOLOV3_DOWNSAMPLE = "[convolutional]\nbatch_normalize=1\nfilters=64\nsize=3\nst
 _YOLOV3_OUTPUT_CONV = "[convolutional]\nsize=1\nstride=1\npad=1\nfilters=255\nactivation=linear\n\n"
 
 
-def _norm(text: str) -> list[tuple[str, dict[str, str]]]:
-    """(type, options) per section, order of options ignored (darknet reads them into a list it searches)."""
-    out: list[tuple[str, dict[str, str]]] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            out.append((line[1:-1], {}))
-        else:
-            k, v = line.split("=", 1)
-            out[-1][1][k.strip()] = v.strip()
-    return out
-
-
 def test_conv_text_is_darknets():
     assert dc._conv(32, 3) == _YOLOV3_FIRST_CONV
     assert dc._conv(64, 3, 2) == _YOLOV3_DOWNSAMPLE
-    assert _norm(dc._conv(255, 1, bn=False, activation="linear")) == _norm(_YOLOV3_OUTPUT_CONV)
+    assert cfg_sections(dc._conv(255, 1, bn=False, activation="linear")) == cfg_sections(_YOLOV3_OUTPUT_CONV)
     assert dc._conv(255, 1, bn=False, activation="linear").endswith("\n\n")
 
 
-def test_v1_conv_has_no_batch_norm():
+def test_v1_conv_has_no_batchcfg_sections():
     # the YOLO paper's network (darknet's original yolo.cfg): convolutions with bias, leaky, no batch norm
-    assert _norm(dc._v1_conv(64, 7, 2)) == [("convolutional", {"filters": "64", "size": "7", "stride": "2",
+    assert cfg_sections(dc._v1_conv(64, 7, 2)) == [("convolutional", {"filters": "64", "size": "7", "stride": "2",
                                                                "pad": "1", "activation": "leaky"})]
-    assert _norm(dc._v1_conv(192, 3)) == [("convolutional", {"filters": "192", "size": "3", "stride": "1",
+    assert cfg_sections(dc._v1_conv(192, 3)) == [("convolutional", {"filters": "192", "size": "3", "stride": "1",
                                                              "pad": "1", "activation": "leaky"})]
 
 
@@ -214,8 +200,8 @@ def test_v3_residual_is_yolov3s_block():
              ("convolutional", {"batch_normalize": "1", "filters": "64", "size": "3", "stride": "1", "pad": "1",
                                 "activation": "leaky"}),
              ("shortcut", {"from": "-3", "activation": "linear"})]
-    assert _norm(dc._v3_residual(64, 1)) == block
-    assert _norm(dc._v3_residual(64, 3)) == block * 3
+    assert cfg_sections(dc._v3_residual(64, 1)) == block
+    assert cfg_sections(dc._v3_residual(64, 3)) == block * 3
     assert dc._v3_residual(64, 0) == ""
     assert dc._v3_residual(64, 2).endswith("activation=linear\n\n")
 
@@ -232,12 +218,12 @@ def test_v3_head_is_yolov3s_first_head():
             ("yolo", {"mask": "6,7,8", "anchors": "10,13,  16,30,  33,23,  30,61,  62,45,  59,119,  116,90,  "
                       "156,198,  373,326", "classes": "80", "num": "9", "jitter": ".3", "ignore_thresh": ".7",
                       "truth_thresh": "1", "random": "1"})]
-    assert _norm(dc._v3_head(512, "6,7,8")) == want
+    assert cfg_sections(dc._v3_head(512, "6,7,8")) == want
     assert dc._v3_head(512, "6,7,8").endswith("random=1\n\n")
 
 
 def test_v3_yolo_section():
-    assert _norm(dc._v3_yolo("0,1,2", "10,14,  23,27", 6)) == [
+    assert cfg_sections(dc._v3_yolo("0,1,2", "10,14,  23,27", 6)) == [
         ("yolo", {"mask": "0,1,2", "anchors": "10,14,  23,27", "classes": "80", "num": "6", "jitter": ".3",
                   "ignore_thresh": ".7", "truth_thresh": "1", "random": "1"})]
 
