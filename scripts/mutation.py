@@ -3,15 +3,25 @@
     .venv/bin/pip install mutmut==3.8.1
     nice -n 19 .venv/bin/python scripts/mutation.py              # every group, then the report
     nice -n 19 .venv/bin/python scripts/mutation.py ops metrics  # some groups, then the report
-    .venv/bin/python scripts/mutation.py --report                # only rewrite the report from mutants/
+    .venv/bin/python scripts/mutation.py --report                # only rewrite the report from results.json
 
 mutmut (configured in pyproject.toml, [tool.mutmut]) copies enginesmith/ and tests/ to mutants/, mutates
 the files listed there and runs, for each mutant, the fast unit tests that call the mutated function.
-Results stay in mutants/ (git-ignored; delete it to start afresh). The report goes to
-benchmarks/results/mutation/report.md, the survivors with their diffs to survivors.md there.
+All the groups asked for run in ONE mutmut run (one start-up, one mutants/ tree).
 
-Survivors judged equivalent (no input can tell them from the original) are listed, one reason each, in
-benchmarks/results/mutation/equivalent.toml; the kill rate is killed / (mutants - equivalent).
+Results are kept in benchmarks/results/mutation/results.json (committed), per module: the sha256 of the
+source measured and every mutant's exit code (null: not run). After each run the codes mutmut wrote to
+mutants/**/*.meta are merged into it; a code is never replaced by "not run", so results survive mutmut
+resetting mutants/ (it resets every result when the test selection in pyproject.toml changes) or mutants/
+being deleted. A module whose source changed starts afresh. Later runs name only the mutants not killed
+yet (plus the sampled ones not run yet): adding tests cannot revive a killed mutant.
+
+SAMPLE: modules too large for 2 shared cores run a seeded (random.Random(0)) share of their mutants, chosen
+once from the sorted list of all of them, so every run measures the same sample (`--full` runs them all).
+
+The report goes to benchmarks/results/mutation/report.md, the survivors with their diffs to survivors.md
+there. Survivors judged equivalent (no input can tell them from the original) are listed, one reason each,
+in benchmarks/results/mutation/equivalent.toml; the kill rate is (killed + timeout) / (run - equivalent).
 """
 
 from __future__ import annotations
@@ -30,7 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "mutation"
-RUNS = OUT / "runs.json"  # wall time of each group's last run
+RUNS = OUT / "runs.json"  # wall time of each run
+RESULTS = OUT / "results.json"  # module -> source sha256 and every mutant's exit code, merged over runs
 EQUIVALENT = OUT / "equivalent.toml"
 
 # group -> modules (dotted); a module's mutants are named "<module>.x_<function>__mutmut_<n>".
@@ -51,6 +62,8 @@ PARTS: dict[str, tuple[str, tuple[str, ...]]] = {
                                        ("xǁCacheǁkey_", "xǁCacheǁfolder_", "x_sha256_", "x_tool_versions_",
                                         "x__own_version_", "x__combined_sha256_")),
 }
+# modules run on a seeded share of their mutants (the two largest; 2 shared cores do not allow all of them)
+SAMPLE: dict[str, float] = {"enginesmith.models.ops": 0.25, "enginesmith.pipeline.nms": 0.25}
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           37: "type check", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked",
           -11: "segfault", -9: "segfault"}
@@ -60,55 +73,67 @@ def mutmut() -> list[str]:
     return [sys.executable, "-m", "mutmut"]
 
 
-def open_mutants(mods: list[str], sample: float) -> list[str] | None:
-    """Names of the mutants of `mods` still to run: every one that was run and not killed (survived, no tests,
-    timeout), plus the not-yet-run ones, or a uniform random share `sample` of those (seed 0). None when
-    mutants/ holds no results for them yet (a first run: every mutant is run)."""
+def sampled(mod: str, names: list[str], full: bool) -> set[str]:
+    """The mutants of `mod` in its measured sample: all of them, or SAMPLE[mod] of them, seeded, from the sorted
+    list of every mutant of the module (the same choice on every run)."""
+    share = 1.0 if full else SAMPLE.get(mod, 1.0)
+    if share >= 1.0:
+        return set(names)
     import random
 
+    names = sorted(names)
+    return set(random.Random(0).sample(names, round(share * len(names))))
+
+
+def open_mutants(mods: list[str], full: bool, everything: bool) -> list[str]:
+    """Names of the mutants of `mods` to run: those in the sample not killed yet (never run, survived, no tests,
+    timeout is kept as a detection), or every one in the sample (`everything`)."""
     results = load_results()
-    if not all(results[m] for m in mods):
-        return None
-    ran = sorted(k for m in mods for k, v in results[m].items() if v is not None and v not in (1, 3))
-    unrun = sorted(k for m in mods for k, v in results[m].items() if v is None)
-    if sample < 1.0:
-        unrun = sorted(random.Random(0).sample(unrun, round(sample * len(unrun))))
-    return ran + unrun
+    out = []
+    for m in mods:
+        codes = results[m]
+        for name in sorted(sampled(m, list(codes), full)):
+            if everything or codes[name] is None or STATUS.get(codes[name]) not in ("killed", "timeout"):
+                out.append(name)
+    return out
 
 
-def run_groups(groups: list[str], children: int, everything: bool, sample: float, together: bool = False) -> None:
-    if together and len(groups) > 1:  # one mutmut run (one start-up) for all of them
-        name = "+".join(groups)
-        GROUPS[name] = [m for g in groups for m in GROUPS[g]]
-        try:
-            run_groups([name], children, everything, sample)
-        finally:
-            del GROUPS[name]
-        return
-    runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
+def _mutmut_run(targets: list[str], children: int) -> subprocess.CompletedProcess:
     # one thread per worker: torch's and OpenMP's thread pools are not fork-safe (a forked mutant can hang
     # and read as a timeout), and the workers already share the cores
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    for g in groups:
-        names = None if everything else open_mutants(GROUPS[g], sample)
-        if names == []:
-            print(f"== {g}: every mutant already killed", flush=True)
-            continue
-        # a first run names the modules; later runs name only the mutants still alive (mutmut reruns what is named)
-        targets = names if names is not None else [m + ".*" for m in GROUPS[g]]
-        cmd = [*mutmut(), "run", "--max-children", str(children), *targets]
-        print(f"== {g}: mutmut run {len(targets) if names else ' '.join(targets)}"
-              f"{' open mutants' if names else ''}", flush=True)
-        t0 = time.monotonic()
-        # mutmut's progress line is a spinner; keep only its last lines
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        print(proc.stdout[-1500:].split("\r")[-1], flush=True)
-        if proc.returncode:
-            sys.exit(f"mutmut run failed for {g} (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
-        runs.setdefault(g, []).append({"seconds": round(time.monotonic() - t0), "mutants": len(names) if names else "all",
-                                       "date": _dt.datetime.now().isoformat(timespec="minutes")})
-        OUT.mkdir(parents=True, exist_ok=True)
-        RUNS.write_text(json.dumps(runs, indent=1) + "\n")
+    cmd = [*mutmut(), "run", "--max-children", str(children), *targets]
+    # mutmut's progress line is a spinner; keep only its last lines
+    return subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_groups(groups: list[str], children: int, everything: bool, full: bool) -> None:
+    mods = [m for g in groups for m in GROUPS[g]]
+    if any(not (ROOT / "mutants" / module_path(m).with_suffix(".py.meta")).exists() for m in mods):
+        # mutants/ has no mutants yet: let mutmut generate them (and collect its test statistics) by naming a
+        # mutant that does not exist; it stops with "nothing matches" once they are written
+        print("== generating mutants (mutmut run, no mutant named)", flush=True)
+        proc = _mutmut_run(["enginesmith.__no_such_module__.*"], children)
+        if "nothing matches" not in proc.stdout:
+            sys.exit(f"mutmut could not generate the mutants:\n{proc.stdout[-4000:]}")
+    sync_results()
+    names = open_mutants(mods, full, everything)
+    if not names:
+        print(f"== {' '.join(groups)}: every sampled mutant already killed", flush=True)
+        return
+    print(f"== {' '.join(groups)}: mutmut run, {len(names)} mutants", flush=True)
+    t0 = time.monotonic()
+    proc = _mutmut_run(names, children)
+    print(proc.stdout[-1500:].split("\r")[-1], flush=True)
+    sync_results()  # whatever mutmut finished, even on a failure
+    if proc.returncode:
+        sys.exit(f"mutmut run failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
+    runs = json.loads(RUNS.read_text()) if RUNS.exists() else []
+    runs.append({"groups": groups, "seconds": round(time.monotonic() - t0), "mutants": len(names),
+                 "commit": _sh("git", "rev-parse", "--short", "HEAD"),
+                 "date": _dt.datetime.now().isoformat(timespec="minutes")})
+    OUT.mkdir(parents=True, exist_ok=True)
+    RUNS.write_text(json.dumps(runs, indent=1) + "\n")
 
 
 def _sh(*cmd: str) -> str:
@@ -127,13 +152,37 @@ def module_path(module: str) -> Path:
     return Path(*module.split(".")).with_suffix(".py")
 
 
-def load_results() -> dict[str, dict[str, int | None]]:
-    """module -> {mutant name: exit code} from mutmut's mutants/**/*.meta."""
-    out = {}
+def _source_sha(mod: str) -> str:
+    return hashlib.sha256((ROOT / module_path(mod)).read_bytes()).hexdigest()
+
+
+def sync_results() -> None:
+    """Merge the exit codes in mutants/**/*.meta into results.json (see the module docstring)."""
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for mods in GROUPS.values():
         for mod in mods:
             meta = ROOT / "mutants" / module_path(mod).with_suffix(".py.meta")
-            out[mod] = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+            if not meta.exists():
+                continue
+            codes = json.loads(meta.read_text())["exit_code_by_key"]
+            sha = _source_sha(mod)
+            old = stored.get(mod, {})
+            kept = old.get("mutants", {}) if old.get("source_sha256") == sha else {}
+            merged = {k: (v if v is not None else kept.get(k)) for k, v in sorted(codes.items())}
+            stored[mod] = {"source_sha256": sha, "mutants": merged}
+    OUT.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(stored, indent=0, sort_keys=True) + "\n")
+
+
+def load_results() -> dict[str, dict[str, int | None]]:
+    """module -> {mutant name: exit code or None} from results.json; {} for a module never run or whose source
+    changed since (its results are stale)."""
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    out = {}
+    for mods in GROUPS.values():
+        for mod in mods:
+            entry = stored.get(mod, {})
+            out[mod] = entry.get("mutants", {}) if entry.get("source_sha256") == _source_sha(mod) else {}
     return out
 
 
@@ -183,7 +232,7 @@ def file_versions(mods: list[str]) -> list[str]:
 def report() -> None:
     results = load_results()
     equivalent = tomllib.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
-    runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
+    runs = json.loads(RUNS.read_text()) if RUNS.exists() else []
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
     from importlib.metadata import version
 
@@ -224,26 +273,33 @@ def report() -> None:
     lines = [
         "# Mutation testing: core modules",
         "",
-        f"- Tool: mutmut {version('mutmut')} (pytest {version('pytest')}); config `[tool.mutmut]` in pyproject.toml.",
-        "- Command: `nice -n 19 .venv/bin/python scripts/mutation.py [GROUP...] [--sample F] [--together]` (a "
-        "module's first run: `mutmut run --max-children 2 '<module>.*'`; later runs name only the mutants not yet "
-        "killed), then this report (`scripts/mutation.py --report`).",
+        "- Tool: mutmut; config `[tool.mutmut]` in pyproject.toml.",
+        "- Command: `nice -n 19 .venv/bin/python scripts/mutation.py` (all groups in one `mutmut run --max-children 2 "
+        "NAME...`, naming the sampled mutants not killed yet; a first run generates mutants/ by naming none), then "
+        "this report (`scripts/mutation.py --report`). Results: `results.json` beside this report, merged over runs.",
         f"- Date: {_dt.date.today().isoformat()}; machine: {machine()}.",
-        f"- Commit: {_sh('git', 'rev-parse', '--short', 'HEAD')}; files measured:",
+        f"- Versions: mutmut {version('mutmut')}, pytest {version('pytest')}, torch {version('torch')}, "
+        f"numpy {version('numpy')}, onnx {version('onnx')}, onnxruntime {version('onnxruntime')}.",
+        f"- Commit measured: {', '.join(sorted({r['commit'] for r in runs})) or '?'} (branch of the runs; "
+        f"report written at {_sh('git', 'rev-parse', '--short', 'HEAD')}); source files measured (sha256 also "
+        "kept per module in results.json, a module whose source changes is measured afresh):",
         *[f"  - {r}" for r in file_versions(mods_all)],
+        "- Sampled modules: " + "; ".join(f"`{module_path(m)}` a seeded {100 * f:.0f}% (random.Random(0) over the "
+                                          f"sorted names of all its mutants)" for m, f in SAMPLE.items())
+        + "; every other module: all of its mutants.",
         "- Tests run per mutant: those, among `pytest_add_cli_args_test_selection`, that call the mutated "
         "function (mutmut's per-function coverage), `-x`; engine-building and full-size-network tests are "
         "left out (too slow per mutant).",
         "- Run time (wall, 2 shared cores, `nice -n 19`): "
-        + ("; ".join(f"{g}: " + ", ".join(f"{r['seconds'] // 60} min {r['seconds'] % 60} s ({r['mutants']} mutants, "
-                                              f"{r['date']})" for r in rs) for g, rs in runs.items())
-           or "not recorded"),
+        + ("; ".join(f"{r['seconds'] // 60} min {r['seconds'] % 60} s ({r['mutants']} mutants, {r['date']})"
+                     for r in runs) or "not recorded")
+        + (f"; total {sum(r['seconds'] for r in runs) // 60} min" if runs else "") + ".",
         "",
-        "Kill rate = (killed + timeout) / (mutants run - equivalent). *run* < *mutants* where only a seeded random "
-        "sample of the mutants was run (`--sample`; 2 shared cores did not allow all of them), so the rate there is "
-        "an estimate from that sample. *Survived* are live mutants not judged "
-        "equivalent; *no tests* are mutants in code no selected test calls. Equivalent mutants (no input can tell "
-        "them from the original) are listed with the reason in `survivors.md` and `equivalent.toml`.",
+        "Kill rate = (killed + timeout) / (mutants run - equivalent). *run* < *mutants* where only the seeded "
+        "sample was run, so the rate there is an estimate from that sample. *Survived* are live mutants not judged "
+        "equivalent; *no tests* are mutants in code no selected test calls (live, counted against the rate). "
+        "Equivalent mutants (no input can tell them from the original) are listed with the reason in "
+        "`survivors.md` and `equivalent.toml`.",
         "",
         "| group | module | mutants | run | killed | timeout | equivalent | survived | no tests | kill rate |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -296,18 +352,18 @@ def _row(group: str, mod: str, c: dict[str, int]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("groups", nargs="*", help=f"groups to run (default: all): {', '.join(GROUPS)}")
-    ap.add_argument("--report", action="store_true", help="only write the report from the results in mutants/")
+    ap.add_argument("--report", action="store_true", help="only write the report (results.json, merged with mutants/ if any)")
     ap.add_argument("--max-children", type=int, default=2)
-    ap.add_argument("--all", action="store_true", help="rerun every mutant of the groups, killed ones too")
-    ap.add_argument("--together", action="store_true", help="one mutmut run for all the groups given")
-    ap.add_argument("--sample", type=float, default=1.0,
-                    help="run only this share (0..1, seeded) of the mutants not run yet; the report counts run ones")
+    ap.add_argument("--all", action="store_true", help="rerun every (sampled) mutant of the groups, killed ones too")
+    ap.add_argument("--full", action="store_true", help=f"no sampling: run every mutant of {', '.join(SAMPLE)} too")
     args = ap.parse_args()
     unknown = [g for g in args.groups if g not in GROUPS]
     if unknown:
         ap.error(f"unknown group(s) {unknown}; choose from {', '.join(GROUPS)}")
     if not args.report:
-        run_groups(args.groups or list(GROUPS), args.max_children, args.all, args.sample, args.together)
+        run_groups(args.groups or list(GROUPS), args.max_children, args.all, args.full)
+    else:
+        sync_results()
     report()
 
 

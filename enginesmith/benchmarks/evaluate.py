@@ -198,7 +198,7 @@ def model_predictor(name: str, weights: Path | None = None, num_classes: int | N
     names = info.get("class_names")
     if not names or len(names) != classes:
         names = spec.class_names if len(spec.class_names) == classes else [str(i) for i in range(classes)]
-    batch = 1 if spec.extra.get("static_batch") else batch_size
+    batch = 1 if spec.static_batch else batch_size
     what = f"{spec.name} (PyTorch, {'weights ' + str(weights) if weights else 'untrained, seed ' + str(seed)})"
     return torch_predictor(model, spec.task, spec.preprocess.with_size(*size), names, spec.output_names, batch, what, **post)
 

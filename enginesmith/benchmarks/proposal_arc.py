@@ -105,7 +105,7 @@ def two_stage_target(target: str | Path, weights: Path | None = None) -> HostMod
         weights = path
     else:
         name = str(target)
-    if name not in registry.names() or not registry.get(name).extra.get("two_stage"):
+    if name not in registry.names() or not registry.get(name).two_stage:
         return None
     return torch_host_model(name, weights, None)
 
@@ -122,7 +122,7 @@ def torch_host_model(model_name: str, weights: Path | None, input_size: tuple[in
     runner = TorchRunner(model.eval(), names, list(spec.output_names))
     runner.activate()
     num_classes = int(info.get("num_classes") or spec.num_classes)
-    return host_model_from_infer(spec.extra.get("two_stage"), runner.infer, spec.preprocess.with_size(*size),
+    return host_model_from_infer(spec.two_stage, runner.infer, spec.preprocess.with_size(*size),
                                  num_classes, names, "PyTorch eager FP32", runner.deactivate)
 
 
@@ -215,7 +215,7 @@ def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir
         if run.batch != 1 or (only and run.model not in only):
             continue
         spec = registry.get(run.model)
-        kind = spec.extra.get("two_stage")
+        kind = spec.two_stage
         accuracy = run.dataset is not None
         if accuracy:
             dataset = open_dataset(Path(run.dataset), run.split)

@@ -411,7 +411,7 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
     seen: set[str] = set()
     for e in suite.entries:
         spec = registry.get(e.model)
-        if spec.extra.get("two_stage") and not allow_two_stage:
+        if spec.two_stage and not allow_two_stage:
             raise EnginesmithError(f"{e.where}: {spec.name} has host stages around its engine (selective search, "
                                    "region warps, NMS); measure it with `python -m enginesmith.benchmarks.proposal_arc "
                                    "--suite FILE` (benchmarks/suites/rcnn-arc.toml)")
@@ -443,7 +443,7 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
                         if run.key in seen:
                             raise EnginesmithError(f"{e.where}: {run.key} is listed twice in suite {suite.name}")
                         seen.add(run.key)
-                        if batch > 1 and spec.extra.get("static_batch"):
+                        if batch > 1 and spec.static_batch:
                             skipped.append(Skipped(run.key, f"{spec.name} is exported with batch 1 only"))
                             continue
                         runs.append(run)

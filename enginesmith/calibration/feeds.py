@@ -3,7 +3,7 @@
 Most models take `images [N, C, H, W]`: a calibration or verification batch is then that array. R-CNN's
 engine takes warped regions and Fast R-CNN's takes an image plus `rois [R, 4]`, so for them a batch is a
 feed, `dict[str, ndarray]`, made from one calibration image by the model's feed maker
-(`spec.extra["feeds"]`):
+(`spec.details["feeds"]`):
 - "rcnn_regions": selective search on the image (runtime/proposals.py, fast mode), `regions` proposals
   taken evenly through its list, warped as R-CNN warps them (runtime/region_warp.py): {"images": [K, 3, S, S]}.
 - "fast_rcnn_rois": the preprocessed image [1, 3, H, W] and the first `rois` proposals scaled to input
@@ -42,7 +42,7 @@ def batch_len(batch: Batch) -> int:
 
 def extra_inputs(spec: Any) -> tuple[dict[str, np.ndarray], dict[str, dict[int, str]]]:
     """Example values and dynamic axes of a model's inputs after `images` (and its outputs' dynamic axes)."""
-    kind = spec.extra.get("feeds")
+    kind = spec.feeds
     if kind == "fast_rcnn_rois":
         rois = np.array([[0, 0, 32, 32], [8, 8, 40, 56], [16, 4, 60, 30]], dtype=np.float32)
         return {ROI_INPUT: rois}, {ROI_INPUT: {0: "rois"}, **{n: {1: "rois"} for n in spec.output_names}}
@@ -50,7 +50,7 @@ def extra_inputs(spec: Any) -> tuple[dict[str, np.ndarray], dict[str, dict[int, 
 
 
 class FeedMaker:
-    """One calibration image (HxWx3 uint8 RGB) -> its feeds, for a model with `spec.extra["feeds"]`.
+    """One calibration image (HxWx3 uint8 RGB) -> its feeds, for a model with `spec.details["feeds"]`.
 
     static_batch: R-CNN's engine batch when static (the regions are then split into feeds of exactly that
     many; REGIONS_PER_IMAGE rounded up to a multiple of it), None when dynamic."""
@@ -97,7 +97,7 @@ class FeedMaker:
 
 def feed_maker(model_spec: Any, spec: PreprocessSpec, static_batch: int | None = None) -> FeedMaker | None:
     """The model's FeedMaker, or None for image-only models."""
-    kind = model_spec.extra.get("feeds")
+    kind = model_spec.feeds
     return FeedMaker(kind, spec, static_batch) if kind else None
 
 

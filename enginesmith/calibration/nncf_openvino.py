@@ -19,22 +19,14 @@ Decisions:
   output's name ("boxes", "scores", "out"): a name pattern alone misses the decode Concat that
   crashed OpenVINO. So the ignored scope is ``patterns`` (regex, validate=False) plus the names
   of every op fed only by decode ops (propagated in topological order).
-- Statistics cache: NNCF 3.4 honours ``statistics_path`` only in compress_weights
-  (AdvancedCompressionParameters); ``nncf.quantize`` has no statistics cache. So
-  ``statistics_dir`` caches the *result* instead: the quantized IR is saved under it, named by
-  a hash of the quantization parameters, and reloaded on a hit. The caller keys the directory
-  by (model, calibration fingerprint, preprocessing).
+- No statistics cache here: NNCF 3.4 honours ``statistics_path`` only in compress_weights
+  (AdvancedCompressionParameters). The pipeline caches the quantized IR itself as the
+  ``quantize-nncf`` stage, keyed by the calibration fingerprint and these options.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -44,7 +36,6 @@ from enginesmith.errors import EnginesmithError
 
 METHODS = ("minmax", "percentile", "entropy")
 PRESETS = ("performance", "mixed")
-_CACHE_VERSION = "nncf-ov-v1"
 
 
 def _estimator(method: str, percentile: float):
@@ -128,7 +119,6 @@ def quantize_openvino(
     subset_size: int,
     method: str = "minmax",
     ignored_patterns: Sequence[str] = (".*decode.*",),
-    statistics_dir: Path | None = None,
     percentile: float = 99.99,
     overflow_fix: str = "enable",
     preset: str = "performance",
@@ -140,7 +130,7 @@ def quantize_openvino(
     iterator. subset_size counts *samples* (images); NNCF reads whole feeds, so with feeds of N
     it runs ceil(subset_size / N) of them. A model with a static batch dim B is fed B at a time
     (batches are sliced; a remainder smaller than B is dropped). info: fake_quantize (count), estimator, method,
-    overflow_fix, preset, ignored (names), kept_float, cached (bool).
+    overflow_fix, preset, ignored (names), kept_float. (The result is cached by the pipeline's stage cache.)
 
     keep_float: ONNX node names to leave in float (the mixed-precision search); after
     convert_model a Conv/Gemm named X becomes ops "X/WithoutBiases" (+ "X" for the bias Add), so
@@ -151,71 +141,22 @@ def quantize_openvino(
 
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # nncf probes torch
     import nncf
-    import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     nncf.set_log_level(logging.WARNING)
     if subset_size <= 0:
         raise EnginesmithError(f"calibration subset size must be positive, got {subset_size}")
+    if preset not in PRESETS:
+        raise EnginesmithError(f"unknown NNCF preset {preset!r}; use one of {', '.join(PRESETS)}")
     estimator, estimator_name = _estimator(method, percentile)
     ignored = decode_op_names(model, ignored_patterns)
     kept = [name for n in keep_float for name in (n, f"{n}/WithoutBiases")]
-    if preset not in PRESETS:
-        raise EnginesmithError(f"unknown NNCF preset {preset!r}; use one of {', '.join(PRESETS)}")
-    info: dict[str, Any] = {
-        "method": method,
-        "estimator": estimator_name,
-        "overflow_fix": overflow_fix,
-        "preset": preset,
-        "kept_float": list(keep_float),
-        "ignored_patterns": list(ignored_patterns),
-        "ignored": ignored,
-        "cached": False,
-    }
-
-    factory = _batches_list(batches)
-    first = next(iter(factory()), None)
-    if first is None:
-        raise EnginesmithError("calibration data is empty; give at least one image")
-    dim0 = model.inputs[0].get_partial_shape()[0]
-    # A model exported with a static batch (usually 1) is fed in slices of that size; a feed dict
-    # (calibration/feeds.py: several inputs) counts as one sample and is fed whole.
-    feeds = isinstance(first, dict)
-    feed_n = 1 if feeds else int(dim0.get_length()) if dim0.is_static else int(first.shape[0])
-    batch_n = feed_n
-    n_batches = max(1, -(-subset_size // batch_n))
-
-    cache_file = None
-    if statistics_dir is not None:
-        key = json.dumps(
-            [_CACHE_VERSION, method, percentile, subset_size, batch_n, list(ignored_patterns), overflow_fix, preset, kept,
-             nncf.__version__, ov.__version__],
-        )
-        cache_file = Path(statistics_dir) / f"nncf-{hashlib.sha256(key.encode()).hexdigest()[:16]}.xml"
-        if cache_file.is_file() and cache_file.with_suffix(".bin").is_file():
-            q = ov.Core().read_model(str(cache_file))
-            info.update(cached=True, fake_quantize=count_fake_quantize(q))
-            return q, info
-
-    input_name = model.inputs[0].get_any_name()
-
-    def transform(batch: Any):
-        return as_feed(batch, [input_name])
-
-    class _Reiterable:
-        def __iter__(self):
-            for batch in factory():
-                if feeds or batch.shape[0] == feed_n:
-                    yield batch
-                    continue
-                for i in range(0, batch.shape[0] - feed_n + 1, feed_n):
-                    yield batch[i : i + feed_n]
-
-    dataset = nncf.Dataset(_Reiterable(), transform)
-    advanced = AdvancedQuantizationParameters(
-        overflow_fix=OverflowFix(overflow_fix),
-        activations_range_estimator_params=estimator,
-    )
+    info: dict[str, Any] = {"method": method, "estimator": estimator_name, "overflow_fix": overflow_fix,
+                            "preset": preset, "kept_float": list(keep_float),
+                            "ignored_patterns": list(ignored_patterns), "ignored": ignored}
+    dataset, n_batches = _calibration_dataset(model, _batches_list(batches), subset_size)
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix),
+                                              activations_range_estimator_params=estimator)
     try:
         q = nncf.quantize(
             model,
@@ -231,15 +172,31 @@ def quantize_openvino(
     bad = fake_quantize_feeding(q, ignored)
     if bad:
         raise EnginesmithError(f"NNCF quantized inputs of decode ops {bad[:5]}; the decode subgraph must stay float")
-
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmpdir = tempfile.mkdtemp(prefix=".nncf-", dir=cache_file.parent)
-        try:
-            tmp = Path(tmpdir) / cache_file.name
-            ov.save_model(q, str(tmp), compress_to_fp16=False)
-            os.replace(tmp.with_suffix(".bin"), cache_file.with_suffix(".bin"))
-            os.replace(tmp, cache_file)
-        finally:
-            shutil.rmtree(tmpdir, ignore_errors=True)
     return q, info
+
+
+def _calibration_dataset(model: Any, factory: Callable[[], Iterable[Any]], subset_size: int) -> tuple[Any, int]:
+    """(nncf.Dataset over the calibration batches, how many feeds NNCF should read for `subset_size` samples).
+
+    A model exported with a static batch (usually 1) is fed in slices of that size; a feed dict
+    (calibration/feeds.py: several inputs) counts as one sample and is fed whole."""
+    import nncf
+
+    first = next(iter(factory()), None)
+    if first is None:
+        raise EnginesmithError("calibration data is empty; give at least one image")
+    dim0 = model.inputs[0].get_partial_shape()[0]
+    feeds = isinstance(first, dict)
+    feed_n = 1 if feeds else int(dim0.get_length()) if dim0.is_static else int(first.shape[0])
+    input_name = model.inputs[0].get_any_name()
+
+    class _Reiterable:
+        def __iter__(self):
+            for batch in factory():
+                if feeds or batch.shape[0] == feed_n:
+                    yield batch
+                    continue
+                for i in range(0, batch.shape[0] - feed_n + 1, feed_n):
+                    yield batch[i : i + feed_n]
+
+    return nncf.Dataset(_Reiterable(), lambda batch: as_feed(batch, [input_name])), max(1, -(-subset_size // feed_n))

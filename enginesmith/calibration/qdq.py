@@ -107,26 +107,14 @@ def quantize_qdq(
     `keep_float` names nodes to leave in float (the mixed-precision search).
     `_config` overrides the chosen kernel config (used only to measure alternatives).
     """
-    import onnx
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer, update_opset_version
 
     src, dst = Path(onnx_in), Path(onnx_out)
     if not src.is_file():
         raise EnginesmithError(f"ONNX model not found: {src}")
     cfg = dict(_config) if _config is not None else _qdq_config(symmetric)
-
-    # ORT's loader writes a "-inferred" sibling; work on a private copy so a read-only or shared
-    # input folder is never touched.
-    with tempfile.TemporaryDirectory(prefix="enginesmith-qdq-") as tmpdir:
-        local = Path(tmpdir) / "model.onnx"
-        local.write_bytes(src.read_bytes())
-        model = load_model_with_shape_infer(local)
-    model = update_opset_version(model, cfg["weight_type"], cfg["activation_type"])
-    if model.opset_import and max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 13:
-        model = onnx.version_converter.convert_version(model, 13)
-
+    model = _load_for_quantizer(src, cfg)
     excluded = sorted(decode_node_names(model.graph, exclude_patterns) | set(keep_float))
     tensors = TensorsData(
         CalibrationMethod.MinMax,
@@ -154,17 +142,9 @@ def quantize_qdq(
     unquantized_heads = _keep_decode_inputs_float(qmodel.graph, set(excluded))
     save_onnx_atomic(qmodel, dst)
 
-    nodes = list(qmodel.graph.node)
-    dq_outputs = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
-    quantized = sum(1 for n in nodes if n.op_type in op_types and any(i in dq_outputs for i in n.input))
-    n_q = sum(1 for n in nodes if n.op_type == "QuantizeLinear")
-    n_dq = sum(1 for n in nodes if n.op_type == "DequantizeLinear")
     return {
         "form": "tensorrt-symmetric" if symmetric else "onnxruntime-u8s8",
-        "quantized_nodes": quantized,
-        "quantize_linear": n_q,
-        "dequantize_linear": n_dq,
-        "qdq_pairs": n_q,
+        **_qdq_counts(qmodel.graph, op_types),
         "excluded_nodes": len(excluded),
         "kept_float": sorted(keep_float),
         "decode_inputs_kept_float": unquantized_heads,
@@ -173,3 +153,31 @@ def quantize_qdq(
         "reduce_range": bool(cfg["reduce_range"]),
         "per_channel": bool(per_channel),
     }
+
+
+def _load_for_quantizer(src: Path, cfg: dict[str, Any]) -> Any:
+    """`src` shape-inferred and at an opset the quantizer takes (>= 13, the Q/DQ types' opset).
+
+    ORT's loader writes a "-inferred" sibling beside the file it loads: it loads a private copy, so a
+    read-only or shared input folder is never touched."""
+    import onnx
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer, update_opset_version
+
+    with tempfile.TemporaryDirectory(prefix="enginesmith-qdq-") as tmpdir:
+        local = Path(tmpdir) / "model.onnx"
+        local.write_bytes(src.read_bytes())
+        model = load_model_with_shape_infer(local)
+    model = update_opset_version(model, cfg["weight_type"], cfg["activation_type"])
+    if model.opset_import and max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 13:
+        model = onnx.version_converter.convert_version(model, 13)
+    return model
+
+
+def _qdq_counts(graph: Any, op_types: Sequence[str]) -> dict[str, int]:
+    """quantized_nodes (op_types nodes fed by a DequantizeLinear), quantize_linear, dequantize_linear, qdq_pairs."""
+    nodes = list(graph.node)
+    dq_outputs = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized = sum(1 for n in nodes if n.op_type in op_types and any(i in dq_outputs for i in n.input))
+    n_q = sum(1 for n in nodes if n.op_type == "QuantizeLinear")
+    n_dq = sum(1 for n in nodes if n.op_type == "DequantizeLinear")
+    return {"quantized_nodes": quantized, "quantize_linear": n_q, "dequantize_linear": n_dq, "qdq_pairs": n_q}

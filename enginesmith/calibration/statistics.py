@@ -238,7 +238,29 @@ def activation_ranges(
     if not names:
         return {}
     sess = _Session(path, names)
+    lo, hi = _min_max_pass(sess, names, batches_factory, progress)
+    if method == "minmax":
+        return {n: (lo[n], hi[n]) for n in names}
+    amax = {n: max(abs(lo[n]), abs(hi[n])) for n in names}
+    hists = _histogram_pass(sess, names, batches_factory, amax, num_bins, progress)
+    result: dict[str, tuple[float, float]] = {}
+    for n in names:
+        if amax[n] == 0:
+            result[n] = (lo[n], hi[n])
+            continue
+        if method == "percentile":
+            t = _percentile_from_hist(hists[n], amax[n], percentile)
+        else:
+            i = kl_threshold_bin(hists[n])
+            t = i * amax[n] / num_bins
+        t = max(t, 1e-12)
+        result[n] = (lo[n], min(t, hi[n])) if lo[n] >= 0 else (-t, t)
+    return result
 
+
+def _min_max_pass(sess: _Session, names: list[str], batches_factory: Callable[[], Iterable[np.ndarray]],
+                  progress: Callable[[int], None] | None) -> tuple[dict[str, float], dict[str, float]]:
+    """Pass 1: each tensor's running minimum and maximum over every calibration batch."""
     lo = {n: np.inf for n in names}
     hi = {n: -np.inf for n in names}
     seen = 0
@@ -255,10 +277,13 @@ def activation_ranges(
     missing = [n for n in names if not np.isfinite(lo[n])]
     if missing:
         raise EnginesmithError(f"calibration never saw values for tensors {missing[:5]} (empty outputs)")
-    if method == "minmax":
-        return {n: (lo[n], hi[n]) for n in names}
+    return lo, hi
 
-    amax = {n: max(abs(lo[n]), abs(hi[n])) for n in names}
+
+def _histogram_pass(sess: _Session, names: list[str], batches_factory: Callable[[], Iterable[np.ndarray]],
+                    amax: dict[str, float], num_bins: int,
+                    progress: Callable[[int], None] | None) -> dict[str, np.ndarray]:
+    """Pass 2: each tensor's histogram of |value| over [0, amax] in `num_bins` fixed bins (memory flat in the set)."""
     hists = {n: np.zeros(num_bins, dtype=np.int64) for n in names}
     seen = 0
     for batch in batches_factory():
@@ -269,17 +294,4 @@ def activation_ranges(
         seen += 1 if isinstance(batch, dict) else len(batch)  # a feed dict is one image
         if progress:
             progress(seen)
-
-    result: dict[str, tuple[float, float]] = {}
-    for n in names:
-        if amax[n] == 0:
-            result[n] = (lo[n], hi[n])
-            continue
-        if method == "percentile":
-            t = _percentile_from_hist(hists[n], amax[n], percentile)
-        else:
-            i = kl_threshold_bin(hists[n])
-            t = i * amax[n] / num_bins
-        t = max(t, 1e-12)
-        result[n] = (lo[n], min(t, hi[n])) if lo[n] >= 0 else (-t, t)
-    return result
+    return hists

@@ -86,55 +86,12 @@ def read_coco(json_path: Path, image_dir: Path | None = None) -> DetectionDatase
     """
     json_path = Path(json_path).expanduser()
     data = _load_json(json_path)
-
-    cats = {}
-    for k, c in enumerate(data["categories"]):
-        cid = _field(c, "id", "int", f"categories[{k}]", json_path)
-        name = _field(c, "name", "str", f"categories[{k}]", json_path)
-        if cid in cats:
-            raise EnginesmithError(f"malformed COCO json {json_path}: category id {cid} appears twice")
-        cats[cid] = name
-    if not cats:
-        raise EnginesmithError(f"malformed COCO json {json_path}: 'categories' is empty")
+    cats = _categories(data, json_path)
     cat_ids = sorted(cats)
     cat_index = {cid: i for i, cid in enumerate(cat_ids)}
-    class_names = tuple(cats[c] for c in cat_ids)
-
-    images: dict[int, dict[str, Any]] = {}
-    for k, im in enumerate(data["images"]):
-        iid = _field(im, "id", "int", f"images[{k}]", json_path)
-        if iid in images:
-            raise EnginesmithError(f"malformed COCO json {json_path}: image id {iid} appears twice")
-        _field(im, "file_name", "str", f"images[{k}]", json_path)
-        for key in ("width", "height"):
-            if _field(im, key, "int", f"images[{k}]", json_path) <= 0:
-                raise EnginesmithError(f"malformed COCO json {json_path}: images[{k}] has {key} <= 0")
-        images[iid] = im
-    if not images:
-        raise EnginesmithError(f"COCO json {json_path} lists no images; the split is empty")
-
+    images = _images(data, json_path)
     folder = _resolve_image_dir(json_path, image_dir, next(iter(images.values()))["file_name"])
-
-    per_image: dict[int, list[tuple[tuple[float, float, float, float], int, bool]]] = {i: [] for i in images}
-    for k, a in enumerate(data["annotations"]):
-        where = f"annotations[{k}]"
-        iid = _field(a, "image_id", "int", where, json_path)
-        cid = _field(a, "category_id", "int", where, json_path)
-        if iid not in images:
-            raise EnginesmithError(f"COCO json {json_path}: {where} points to unknown image id {iid}")
-        if cid not in cat_index:
-            raise EnginesmithError(f"COCO json {json_path}: {where} points to unknown category id {cid}")
-        bbox = a.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in bbox)):
-            raise EnginesmithError(f"malformed COCO json {json_path}: {where} bbox {bbox!r} is not [x, y, w, h] numbers")
-        x, y, w, h = (float(v) for v in bbox)
-        box = (x, y, x + w, y + h)
-        im = images[iid]
-        check_box(box, im["width"], im["height"], f"COCO json {json_path}: {where} (image {im['file_name']})")
-        crowd = a.get("iscrowd", 0)
-        per_image[iid].append((box, cat_index[cid], bool(crowd)))
-
+    per_image = _annotations(data, json_path, images, cat_index)
     samples = []
     for iid, im in images.items():
         path = folder / im["file_name"]
@@ -153,8 +110,63 @@ def read_coco(json_path: Path, image_dir: Path | None = None) -> DetectionDatase
                 annotation=json_path,
             )
         )
-    return DetectionDataset(root=dataset_top(json_path), split=split_name(json_path), class_names=class_names,
-                            samples=samples)
+    return DetectionDataset(root=dataset_top(json_path), split=split_name(json_path),
+                            class_names=tuple(cats[c] for c in cat_ids), samples=samples)
+
+
+def _categories(data: dict[str, Any], json_path: Path) -> dict[int, str]:
+    """category id -> name; ids unique, at least one."""
+    cats: dict[int, str] = {}
+    for k, c in enumerate(data["categories"]):
+        cid = _field(c, "id", "int", f"categories[{k}]", json_path)
+        name = _field(c, "name", "str", f"categories[{k}]", json_path)
+        if cid in cats:
+            raise EnginesmithError(f"malformed COCO json {json_path}: category id {cid} appears twice")
+        cats[cid] = name
+    if not cats:
+        raise EnginesmithError(f"malformed COCO json {json_path}: 'categories' is empty")
+    return cats
+
+
+def _images(data: dict[str, Any], json_path: Path) -> dict[int, dict[str, Any]]:
+    """image id -> its entry (file_name, positive width and height), in the json's order; at least one."""
+    images: dict[int, dict[str, Any]] = {}
+    for k, im in enumerate(data["images"]):
+        iid = _field(im, "id", "int", f"images[{k}]", json_path)
+        if iid in images:
+            raise EnginesmithError(f"malformed COCO json {json_path}: image id {iid} appears twice")
+        _field(im, "file_name", "str", f"images[{k}]", json_path)
+        for key in ("width", "height"):
+            if _field(im, key, "int", f"images[{k}]", json_path) <= 0:
+                raise EnginesmithError(f"malformed COCO json {json_path}: images[{k}] has {key} <= 0")
+        images[iid] = im
+    if not images:
+        raise EnginesmithError(f"COCO json {json_path} lists no images; the split is empty")
+    return images
+
+
+def _annotations(data: dict[str, Any], json_path: Path, images: dict[int, dict[str, Any]],
+                 cat_index: dict[int, int]) -> dict[int, list[tuple[tuple[float, float, float, float], int, bool]]]:
+    """image id -> [(box x1y1x2y2 in pixels, class index, iscrowd)], each box checked against its image."""
+    per_image: dict[int, list[tuple[tuple[float, float, float, float], int, bool]]] = {i: [] for i in images}
+    for k, a in enumerate(data["annotations"]):
+        where = f"annotations[{k}]"
+        iid = _field(a, "image_id", "int", where, json_path)
+        cid = _field(a, "category_id", "int", where, json_path)
+        if iid not in images:
+            raise EnginesmithError(f"COCO json {json_path}: {where} points to unknown image id {iid}")
+        if cid not in cat_index:
+            raise EnginesmithError(f"COCO json {json_path}: {where} points to unknown category id {cid}")
+        bbox = a.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in bbox)):
+            raise EnginesmithError(f"malformed COCO json {json_path}: {where} bbox {bbox!r} is not [x, y, w, h] numbers")
+        x, y, w, h = (float(v) for v in bbox)
+        box = (x, y, x + w, y + h)
+        im = images[iid]
+        check_box(box, im["width"], im["height"], f"COCO json {json_path}: {where} (image {im['file_name']})")
+        per_image[iid].append((box, cat_index[cid], bool(a.get("iscrowd", 0))))
+    return per_image
 
 
 def _resolve_image_dir(json_path: Path, image_dir: Path | None, first_file: str) -> Path:

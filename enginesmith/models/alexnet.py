@@ -98,5 +98,5 @@ SPEC = register_imagenet_classifier(
     "Krizhevsky et al., ImageNet Classification with Deep Convolutional Neural Networks, NIPS 2012",
     __file__,
     input_size=INPUT_SIZE,
-    extra={"ci_input_size": INPUT_SIZE},
+    ci_input_size=INPUT_SIZE,
 )

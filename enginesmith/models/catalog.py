@@ -37,7 +37,7 @@ def _measure_on_meta(spec: registry.ModelSpec, shape: tuple[int, ...]) -> tuple[
 def _measure(spec: registry.ModelSpec, shape: tuple[int, ...]) -> tuple[int, int, Any]:
     """(parameters, MACs, outputs), on the meta device where it can (_measure_on_meta), else on the CPU.
     Fast R-CNN runs with PROFILE_PROPOSALS rois; R-CNN's MACs are one region's times PROFILE_PROPOSALS."""
-    kind = spec.extra.get("two_stage")
+    kind = spec.two_stage
     extra = (proposal_grid(PROFILE_PROPOSALS, *spec.input_size),) if kind == "fast-rcnn" else ()
     per_image = PROFILE_PROPOSALS if kind == "rcnn" else 1
     measured = None if extra else _measure_on_meta(spec, shape)  # roi_pool has no meta kernel
@@ -53,7 +53,7 @@ def model_rows() -> list[dict[str, Any]]:
     report the number of boxes before NMS (A in boxes [N, A, 4])."""
     rows = []
     for spec in registry.all_specs():
-        shape = tuple(spec.extra.get("input_shape") or (spec.preprocess.channels, *spec.input_size))
+        shape = tuple(spec.input_shape or (spec.preprocess.channels, *spec.input_size))
         params, macs, outputs = _measure(spec, shape)
         row = {
             "name": spec.name,
@@ -67,7 +67,7 @@ def model_rows() -> list[dict[str, Any]]:
             "macs": macs,
             "paper": spec.paper,
         }
-        if spec.extra.get("two_stage"):
+        if spec.two_stage:
             row["boxes"] = PROFILE_PROPOSALS  # proposals per image (selective search, up to 2,000)
         elif spec.task == "detection":
             row["boxes"] = int(outputs[0].shape[1])

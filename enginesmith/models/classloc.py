@@ -74,5 +74,5 @@ SPEC = register_imagenet_classifier(
     "Sermanet et al., OverFeat, ICLR 2014; Simonyan & Zisserman, VGG, ICLR 2015 (localisation); ResNet-18 trunk",
     __file__,
     output_names=("logits", "box"),
-    extra={"ci_input_size": (64, 64), "outputs": {"box": "(x, y, w, h) centre/size normalised to [0, 1]"}},
+    ci_input_size=(64, 64), details={"outputs": {"box": "(x, y, w, h) centre/size normalised to [0, 1]"}},
 )

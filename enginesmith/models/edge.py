@@ -138,8 +138,9 @@ def _register_tiny(name: str, cfg: tuple, anchors: tuple, masks: tuple, strides:
             preprocess=TINY256_PREPROCESS, output_names=("boxes", "scores"), check_input_size=check,
             load_weights=partial(load_weights, darknet_ok=True), class_names=OFFLINE_NAMES,
             default_calibration="photos", paper=paper, source_file=__file__,
-            extra={"anchors": anchors, "masks": masks, "strides": strides, "box_format": "xyxy", "family": "yolo",
-                   "trained_on": "offline", "ci_input_size": (64, 64)},
+            ci_input_size=(64, 64),
+            details={"anchors": anchors, "masks": masks, "strides": strides, "box_format": "xyxy", "family": "yolo",
+                     "trained_on": "offline"},
         )
     )
 
@@ -319,9 +320,9 @@ SLIM_SPEC = register(
         paper="Liu et al., SSD: Single Shot MultiBox Detector, ECCV 2016 (arXiv:1512.02325), VGG16 base at 1/4 "
         "width with BatchNorm for training from scratch (Shen et al., DSOD, ICCV 2017), 256x256",
         source_file=__file__,
-        extra={"box_format": "xyxy", "family": "ssd", "num_priors": slim_num_priors(256), "variances": VARIANCES,
-               "scores": "softmax over background + 16 classes, background dropped", "trained_on": "offline",
-               "ci_input_size": (128, 128)},
+        ci_input_size=(128, 128),
+        details={"box_format": "xyxy", "family": "ssd", "num_priors": slim_num_priors(256), "variances": VARIANCES,
+                 "scores": "softmax over background + 16 classes, background dropped", "trained_on": "offline"},
     )
 )
 

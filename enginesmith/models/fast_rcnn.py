@@ -97,14 +97,14 @@ def _preprocess(size: tuple[int, int]) -> PreprocessSpec:
 
 
 def _register(name: str, builder, size: tuple[int, int], num_classes: int, class_names: tuple[str, ...],
-              paper: str, extra: dict) -> ModelSpec:
+              paper: str, details: dict, ci_input_size: tuple[int, int] | None = None) -> ModelSpec:
     return register(ModelSpec(
         name=name, task="detection", builder=builder, input_size=size, num_classes=num_classes,
         preprocess=_preprocess(size), output_names=("boxes", "scores"), check_input_size=partial(_check, name),
         load_weights=partial(load_weights, darknet_ok=False), class_names=class_names, default_calibration="photos",
         paper=paper, source_file=__file__,
-        extra={"box_format": "xyxy", "two_stage": "fast-rcnn", "feeds": "fast_rcnn_rois", "static_batch": True,
-               "background_column": "dropped", **extra},
+        two_stage="fast-rcnn", feeds="fast_rcnn_rois", static_batch=True, ci_input_size=ci_input_size,
+        details={"box_format": "xyxy", "background_column": "dropped", **details},
     ))
 
 
@@ -112,4 +112,4 @@ PAPER = "Girshick, Fast R-CNN, ICCV 2015 (arXiv:1504.08083)"
 SPEC_VGG16 = _register("fast-rcnn-vgg16", build_fast_rcnn_vgg16, (600, 600), 20, VOC_NAMES, PAPER + "; VGG16", {})
 SPEC_SLIM = _register("fast-rcnn-vgg16-slim", build_fast_rcnn_vgg16_slim, (320, 320), len(OFFLINE_NAMES), OFFLINE_NAMES,
                       PAPER + "; quarter-width VGG16 with BatchNorm at 320x320 for the offline set",
-                      {"ci_input_size": (128, 128), "edge": True})
+                      {"edge": True}, ci_input_size=(128, 128))

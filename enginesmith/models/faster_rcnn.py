@@ -433,7 +433,7 @@ SPEC_VGG16 = register(
               "Networks, NIPS 2015 (arXiv:1506.01497); VGG16 row of the SSD paper's Table 7",
         source_file=__file__,
         # no ci_input_size: 137M parameters (fc6 alone is 25088x4096), too heavy for CI builds
-        extra={"box_format": "xyxy", "num_proposals": 300, "static_batch": True, "background_column": "dropped"},
+        static_batch=True, details={"box_format": "xyxy", "num_proposals": 300, "background_column": "dropped"},
     )
 )
 
@@ -453,8 +453,8 @@ SPEC_R50_FPN = register(
         paper="Ren et al., Faster R-CNN, NIPS 2015, with Lin et al., Feature Pyramid Networks for Object Detection, "
               "CVPR 2017; torchvision fasterrcnn_resnet50_fpn",
         source_file=__file__,
-        extra={"box_format": "xyxy", "num_proposals": 1000, "static_batch": True, "background_column": "dropped",
-               "ci_input_size": (128, 128)},
+        static_batch=True, ci_input_size=(128, 128),
+        details={"box_format": "xyxy", "num_proposals": 1000, "background_column": "dropped"},
     )
 )
 
@@ -514,7 +514,7 @@ SPEC_VGG16_SLIM = register(
         paper="Ren, He, Girshick, Sun, Faster R-CNN, NIPS 2015 (arXiv:1506.01497); quarter-width VGG16 with "
               "BatchNorm at 320x320 for the offline set (the backbone of fast-rcnn-vgg16-slim)",
         source_file=__file__,
-        extra={"box_format": "xyxy", "num_proposals": 300, "static_batch": True, "background_column": "dropped",
-               "ci_input_size": (128, 128), "edge": True, "trainer": "faster-rcnn"},
+        static_batch=True, ci_input_size=(128, 128), trainer="faster-rcnn",
+        details={"box_format": "xyxy", "num_proposals": 300, "background_column": "dropped", "edge": True},
     )
 )

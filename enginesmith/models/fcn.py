@@ -215,7 +215,7 @@ SPECS = {
             paper="Long, Shelhamer, Darrell, Fully Convolutional Networks for Semantic Segmentation, CVPR 2015",
             source_file=__file__,
             # ~134M parameters (a 540 MB ONNX file): no ci_input_size, built only under -m slow
-            extra={"stride": int(variant[3:-1])},
+            details={"stride": int(variant[3:-1])},
         )
     )
     for variant in CROPS

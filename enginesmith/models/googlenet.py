@@ -135,5 +135,5 @@ SPEC = register_imagenet_classifier(
     check_input_size,
     "Szegedy et al., Going Deeper with Convolutions, CVPR 2015",
     __file__,
-    extra={"ci_input_size": (64, 64)},
+    ci_input_size=(64, 64),
 )

@@ -81,6 +81,6 @@ SPEC = register(
         default_calibration="digits",
         paper="LeCun et al., Gradient-Based Learning Applied to Document Recognition, Proc. IEEE 1998",
         source_file=__file__,
-        extra={"ci_input_size": (32, 32)},
+        ci_input_size=(32, 32),
     )
 )

@@ -126,7 +126,7 @@ def meta_model(spec: Any, num_classes: int, size: tuple[int, int]) -> Any:
 def _effective_batch(spec: Any, batch: int, dynamic_batch: bool) -> int:
     """Images (or R-CNN regions) in the largest batch the build runs: verification runs 2 on a dynamic axis, but
     R-CNN's feeds carry all REGIONS_PER_IMAGE regions of an image on it (calibration/feeds.py)."""
-    if spec.extra.get("feeds") == "rcnn_regions":
+    if spec.feeds == "rcnn_regions":
         return REGIONS_PER_IMAGE if dynamic_batch else batch
     return 2 if dynamic_batch else batch
 
@@ -136,7 +136,7 @@ def activation_bytes(spec: Any, model: Any, batch: int, size: tuple[int, int]) -
     torch, Meta = _meta_modes()
     shape = (batch, spec.preprocess.channels, *size)
     extra = ()
-    if spec.extra.get("feeds") == "fast_rcnn_rois":
+    if spec.feeds == "fast_rcnn_rois":
         extra = (torch.zeros((ROIS_PER_IMAGE, 4), device="meta"),)
     mode = Meta()
     with torch.no_grad(), mode:

@@ -115,13 +115,13 @@ def region_preprocess(size: tuple[int, int]) -> PreprocessSpec:
 
 
 def _register(name: str, builder, size: tuple[int, int], num_classes: int, class_names: tuple[str, ...],
-              paper: str, extra: dict) -> ModelSpec:
+              paper: str, details: dict, ci_input_size: tuple[int, int] | None = None) -> ModelSpec:
     return register(ModelSpec(
         name=name, task="detection", builder=builder, input_size=size, num_classes=num_classes,
         preprocess=region_preprocess(size), output_names=("scores", "deltas"),
         check_input_size=partial(_check_exact, name, size), load_weights=partial(load_weights, darknet_ok=False),
         class_names=class_names, default_calibration="photos", paper=paper, source_file=__file__,
-        extra={"box_format": "xyxy", "two_stage": "rcnn", "feeds": "rcnn_regions", **extra},
+        two_stage="rcnn", feeds="rcnn_regions", ci_input_size=ci_input_size, details={"box_format": "xyxy", **details},
     ))
 
 
@@ -131,4 +131,4 @@ SPEC_ALEXNET = _register("rcnn-alexnet", build_rcnn_alexnet, (227, 227), 20, VOC
 SPEC_VGG16 = _register("rcnn-vgg16", build_rcnn_vgg16, (224, 224), 20, VOC_NAMES, PAPER + "; VGG16 (O-Net)", {})
 SPEC_SLIM = _register("rcnn-vgg16-slim", build_rcnn_vgg16_slim, (64, 64), len(OFFLINE_NAMES), OFFLINE_NAMES,
                       PAPER + "; quarter-width VGG16 with BatchNorm at 64x64 for the offline set",
-                      {"ci_input_size": (64, 64), "edge": True})
+                      {"edge": True}, ci_input_size=(64, 64))

@@ -70,7 +70,14 @@ class ModelSpec:
     default_calibration: str = "photos"
     paper: str = ""
     source_file: str = ""  # the family file, hashed into the export cache key
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    ci_input_size: tuple[int, int] | None = None  # the size the CI zoo test builds it at; None: slow tests only
+    two_stage: Literal["rcnn", "fast-rcnn"] | None = None  # proposals on the host around the engine (runtime/two_stage.py)
+    feeds: Literal["rcnn_regions", "fast_rcnn_rois"] | None = None  # engine feeds per image (calibration/feeds.py)
+    static_batch: bool = False  # exported with batch 1 only (a per-image proposal stage)
+    image_model: bool = True  # False: its input is not an image (volumetric); build-engine does not take it
+    input_shape: tuple[int, ...] | None = None  # per-sample input shape when it is not (C, *input_size)
+    trainer: Literal["faster-rcnn"] | None = None  # a training loop of its own (training/loop.py)
+    details: dict = field(default_factory=dict, compare=False, hash=False)  # published constants, for people and tests
 
     def check_size(self, size: tuple[int, int]) -> None:
         """The plain ceiling (check_input_side), then what the architecture takes (check_input_size)."""

@@ -153,7 +153,7 @@ PREPROCESS = imagenet_preprocess(INPUT_SIZE)
 def register_imagenet_classifier(name: str, builder: Callable[..., nn.Module], check_input_size: Callable[[tuple[int, int]], None],
                                  paper: str, source_file: str, *, input_size: tuple[int, int] = INPUT_SIZE,
                                  output_names: tuple[str, ...] = ("logits",), load: Callable[..., None] | None = None,
-                                 extra: dict | None = None) -> ModelSpec:
+                                 ci_input_size: tuple[int, int] | None = None, details: dict | None = None) -> ModelSpec:
     """Register an ImageNet classifier: RGB centre crop with ImageNet mean/std at `input_size`, 1000
     classes with ImageNet names, photo calibration, state-dict checkpoints (or `load`)."""
     size = tuple(input_size)
@@ -172,7 +172,8 @@ def register_imagenet_classifier(name: str, builder: Callable[..., nn.Module], c
             default_calibration="photos",
             paper=paper,
             source_file=source_file,
-            extra=extra or {},
+            ci_input_size=ci_input_size,
+            details=details or {},
         )
     )
 
@@ -187,7 +188,7 @@ SPECS: dict[str, ModelSpec] = {
         check_input_size if _name == "resnet50" else stride_check(_name),
         _PAPERS.get(_name, PAPER),
         __file__,
-        extra={"ci_input_size": _CI[_name]} if _name in _CI else {},
+        ci_input_size=_CI.get(_name),
     )
     for _name in CONFIGS
 }

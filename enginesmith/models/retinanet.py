@@ -206,7 +206,8 @@ SPEC = register(
         default_calibration="photos",
         paper="Lin, Goyal, Girshick, He, Dollar, Focal Loss for Dense Object Detection, ICCV 2017 (arXiv:1708.02002)",
         source_file=__file__,
-        extra={"box_format": "xyxy", "strides": STRIDES, "anchors_per_location": 9, "score": "sigmoid",
-               "background_column": 0, "static_batch": False, "ci_input_size": (128, 128)},
+        details={"box_format": "xyxy", "strides": STRIDES, "anchors_per_location": 9, "score": "sigmoid",
+                 "background_column": 0},
+        ci_input_size=(128, 128),
     )
 )

@@ -110,6 +110,6 @@ SPEC = register(
         paper="Kim, Lee, Lee, Accurate Image Super-Resolution Using Very Deep Convolutional Networks (VDSR), CVPR 2016; "
         "Ledig et al., Photo-Realistic Single Image Super-Resolution Using a GAN (SRResNet), CVPR 2017",
         source_file=__file__,
-        extra={"ci_input_size": (64, 64), "blocks": NUM_BLOCKS, "width": WIDTH},
+        ci_input_size=(64, 64), details={"blocks": NUM_BLOCKS, "width": WIDTH},
     )
 )

@@ -229,7 +229,7 @@ def _load(model: object, path) -> None:
     load_ssd_checkpoint(model, path)  # type: ignore[arg-type]
 
 
-def _spec(size: int, extra: dict) -> ModelSpec:
+def _spec(size: int, ci_input_size: tuple[int, int] | None = None) -> ModelSpec:
     return register(
         ModelSpec(
             name=f"ssd{size}",
@@ -248,11 +248,12 @@ def _spec(size: int, extra: dict) -> ModelSpec:
             default_calibration="photos",
             paper="Liu et al., SSD: Single Shot MultiBox Detector, ECCV 2016 (arXiv:1512.02325)",
             source_file=__file__,
-            extra={"box_format": "xyxy", "num_priors": num_priors(size), "variances": VARIANCES,
-                   "scores": "softmax over background + 20 classes, background dropped", **extra},
+            ci_input_size=ci_input_size,
+            details={"box_format": "xyxy", "num_priors": num_priors(size), "variances": VARIANCES,
+                     "scores": "softmax over background + 20 classes, background dropped"},
         )
     )
 
 
-SSD300_SPEC = _spec(300, {"ci_input_size": (300, 300)})
-SSD512_SPEC = _spec(512, {})
+SSD300_SPEC = _spec(300, ci_input_size=(300, 300))
+SSD512_SPEC = _spec(512)

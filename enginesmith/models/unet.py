@@ -29,8 +29,8 @@ each conv -> BN -> ReLU, 2x2x2 max-pool between levels); synthesis path: up-conv
 channels (512, 256, 128), crop-and-concat, two 3x3x3 convs (256, 128, 64), final 1x1x1 conv to 3
 labels. The paper's 132 x 132 x 116 tile is x, y, z: PyTorch's (D, H, W) = (116, 132, 132), output
 (28, 44, 44). The registry's `input_size` is (H, W) = (132, 132); the depth (116) is in
-extra["depth"] and the whole per-sample shape in extra["input_shape"]. It is volumetric, so the
-image pipeline skips it (extra["pipeline"] = False) and its own tests export it.
+details["depth"] and the whole per-sample shape in `input_shape`. It is volumetric, so the
+image pipeline skips it (`image_model=False`) and its own tests export it.
 
 19,069,955 parameters, exactly the paper's figure ("The architecture has 19069955 parameters in
 total"): that count is reproduced when batch normalisation has no learned scale/shift (Caffe's
@@ -218,7 +218,7 @@ def build_unet3d(num_classes: int = 3, input_size: tuple[int, int] = UNET3D_INPU
 UNET_PREPROCESS = PreprocessSpec(input_size=UNET_INPUT_SIZE, resize="stretch", color="GRAY", scale=1.0 / 255.0,
                                  mean=(0.0,), std=(1.0,))
 # Per-voxel intensities scaled to [0, 1]; the 3 channels are the microscope's channels, not RGB (the
-# image pipeline does not use this spec: extra["pipeline"] is False).
+# image pipeline does not use this spec: image_model is False).
 UNET3D_PREPROCESS = PreprocessSpec(input_size=UNET3D_INPUT_SIZE, resize="stretch", color="RGB", scale=1.0 / 255.0)
 
 UNET_SPEC = register(
@@ -236,7 +236,7 @@ UNET_SPEC = register(
         default_calibration="photos",
         paper="Ronneberger, Fischer, Brox, U-Net: Convolutional Networks for Biomedical Image Segmentation, MICCAI 2015",
         source_file=__file__,
-        extra={"ci_input_size": (188, 188), "output_size": (388, 388)},
+        ci_input_size=(188, 188), details={"output_size": (388, 388)},
     )
 )
 
@@ -255,10 +255,10 @@ UNET3D_SPEC = register(
         default_calibration="photos",
         paper="Çiçek et al., 3D U-Net: Learning Dense Volumetric Segmentation from Sparse Annotation, MICCAI 2016",
         source_file=__file__,
-        extra={
-            "pipeline": False,  # volumetric [N, 3, D, H, W]: not an image model
+        image_model=False,  # volumetric [N, 3, D, H, W]
+        input_shape=(3, *UNET3D_INPUT_SHAPE),
+        details={
             "depth": UNET3D_INPUT_SHAPE[0],
-            "input_shape": (3, *UNET3D_INPUT_SHAPE),
             "output_shape": (3, 28, 44, 44),
             "smallest_input_shape": (3, 92, 92, 92),
         },

@@ -206,11 +206,11 @@ for _name, (_cfg, _tv) in MODELS.items():
     # >130M parameters: only vgg11 runs in the CI zoo harness (at its only size, 224)
     SPECS[_name] = register_imagenet_classifier(
         _name, partial(build_vgg, _name), fc_check(_name), f"{PAPER} (configuration {_cfg})", __file__,
-        extra={"config": _cfg, **({"ci_input_size": INPUT_SIZE} if _name == "vgg11" else {})},
+        ci_input_size=INPUT_SIZE if _name == "vgg11" else None, details={"config": _cfg},
     )
 for _name, _fc in DENSE.items():
     SPECS[_name] = register_imagenet_classifier(
         _name, partial(build_vgg_dense, _fc), dense_check(_name),
         f"{PAPER} (configuration {MODELS[_fc][0]}, dense evaluation, Sec. 3.2)", __file__,
-        load=load_dense_weights, extra={"config": MODELS[_fc][0], "dense": True},
+        load=load_dense_weights, details={"config": MODELS[_fc][0], "dense": True},
     )

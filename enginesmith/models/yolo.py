@@ -296,6 +296,6 @@ SPEC = register(
         default_calibration="photos",
         paper="Redmon & Farhadi, YOLOv3: An Incremental Improvement, arXiv:1804.02767 (2018)",
         source_file=__file__,
-        extra={"anchors": ANCHORS, "masks": MASKS, "strides": (32, 16, 8), "box_format": "xyxy", "ci_input_size": (64, 64)},
+        ci_input_size=(64, 64), details={"anchors": ANCHORS, "masks": MASKS, "strides": (32, 16, 8), "box_format": "xyxy"},
     )
 )

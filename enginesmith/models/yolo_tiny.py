@@ -125,8 +125,8 @@ SPEC = register(
         paper="Redmon & Farhadi, YOLOv3: An Incremental Improvement, arXiv:1804.02767 (2018); "
         "darknet cfg/yolov3-tiny.cfg",
         source_file=__file__,
-        extra={"anchors": ANCHORS, "masks": MASKS, "strides": STRIDES, "box_format": "xyxy",
-               "darknet_cfg": "yolov3-tiny.cfg", "input_sizes": ((320, 320), (416, 416), (608, 608)),
-               "ci_input_size": (64, 64)},
+        details={"anchors": ANCHORS, "masks": MASKS, "strides": STRIDES, "box_format": "xyxy",
+                 "darknet_cfg": "yolov3-tiny.cfg", "input_sizes": ((320, 320), (416, 416), (608, 608))},
+        ci_input_size=(64, 64),
     )
 )

@@ -262,18 +262,21 @@ _EXTRA = {"grid": (7, 7), "num_boxes": NUM_BOXES, "stride": STRIDE, "box_format"
           "output_layout": "darknet detection_layer: [S*S*C probs][S*S*B conf][S*S*B*4 coords], sqrt wh"}
 
 
-def _spec(name: str, builder: Any, extra: dict[str, Any], darknet: bool = True) -> ModelSpec:
+def _spec(name: str, builder: Any, details: dict[str, Any], darknet: bool = True,
+          ci_input_size: tuple[int, int] | None = None) -> ModelSpec:
     return register(
         ModelSpec(
             name=name, task="detection", builder=builder, input_size=INPUT_SIZE, num_classes=20,
             preprocess=PREPROCESS, output_names=("boxes", "scores"), check_input_size=check_input_size,
             load_weights=partial(load_weights, darknet_ok=darknet), class_names=VOC_NAMES,
-            default_calibration="photos", paper=_PAPER, source_file=__file__, extra={**_EXTRA, **extra},
+            default_calibration="photos", paper=_PAPER, source_file=__file__, details={**_EXTRA, **details},
+            ci_input_size=ci_input_size,
         )
     )
 
 
 # yolov1 (~272M parameters) and yolo-vgg16 (~259M) are heavy: full-size builds only under -m slow.
 SPEC = _spec("yolov1", build_yolov1, {"darknet_cfg": "yolo.cfg (paper, Fig. 3)"})
-SPEC_FAST = _spec("fast-yolo", build_fast_yolo, {"darknet_cfg": "yolov1-tiny.cfg", "ci_input_size": (128, 128)})
+SPEC_FAST = _spec("fast-yolo", build_fast_yolo, {"darknet_cfg": "yolov1-tiny.cfg"},
+                  ci_input_size=(128, 128))
 SPEC_VGG16 = _spec("yolo-vgg16", build_yolo_vgg16, {"backbone": "torchvision vgg16 features"}, darknet=False)

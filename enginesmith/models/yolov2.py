@@ -227,14 +227,14 @@ def _preprocess(size: tuple[int, int]) -> PreprocessSpec:
 PREPROCESS = _preprocess(INPUT_SIZE)
 _PAPER = "Redmon & Farhadi, YOLO9000: Better, Faster, Stronger, CVPR 2017 (arXiv:1612.08242)"
 _EXTRA = {"anchors": ANCHORS, "anchor_units": "grid cells (x32 input pixels)", "strides": (STRIDE,),
-          "box_format": "xyxy", "darknet_cfg": "yolo-voc.cfg", "ci_input_size": (64, 64)}
+          "box_format": "xyxy", "darknet_cfg": "yolo-voc.cfg"}
 
 SPEC = register(
     ModelSpec(
         name="yolov2", task="detection", builder=build_yolov2, input_size=INPUT_SIZE, num_classes=20,
         preprocess=PREPROCESS, output_names=("boxes", "scores"), check_input_size=check_input_size,
         load_weights=partial(load_weights, darknet_ok=True), class_names=VOC_NAMES,
-        default_calibration="photos", paper=_PAPER, source_file=__file__, extra=dict(_EXTRA),
+        default_calibration="photos", paper=_PAPER, source_file=__file__, details=dict(_EXTRA), ci_input_size=(64, 64),
     )
 )
 
@@ -243,6 +243,6 @@ SPEC_544 = register(
         name="yolov2-544", task="detection", builder=build_yolov2, input_size=INPUT_SIZE_544, num_classes=20,
         preprocess=_preprocess(INPUT_SIZE_544), output_names=("boxes", "scores"), check_input_size=check_input_size,
         load_weights=partial(load_weights, darknet_ok=True), class_names=VOC_NAMES,
-        default_calibration="photos", paper=_PAPER, source_file=__file__, extra=dict(_EXTRA),
+        default_calibration="photos", paper=_PAPER, source_file=__file__, details=dict(_EXTRA), ci_input_size=(64, 64),
     )
 )

@@ -120,7 +120,7 @@ def _check_choices(config: BuildConfig, spec: Any) -> None:
                                  (config.calib_method, CALIB_METHODS, "calibration method")):
         if value not in choices:
             raise EnginesmithError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
-    if spec.extra.get("two_stage") == "fast-rcnn" and not target.takes_max_roi_pool:
+    if spec.two_stage == "fast-rcnn" and not target.takes_max_roi_pool:
         raise EnginesmithError(f"{spec.name} pools its rois with ONNX MaxRoiPool, which TensorRT's ONNX parser does not "
                                "support (onnx-tensorrt docs/operators.md); build it for "
                                f"{' or '.join(t.name for t in TARGETS.values() if t.takes_max_roi_pool)}")
@@ -133,14 +133,14 @@ def _check_model_options(config: BuildConfig, spec: Any) -> None:
     """Batch, NMS, class count and held-out data as the model can take them (R-CNN's default batch is set here)."""
     if config.batch < 1:
         raise EnginesmithError(f"--batch must be at least 1, got {config.batch}")
-    if spec.extra.get("pipeline", True) is False:
+    if not spec.image_model:
         raise EnginesmithError(f"{spec.name} takes volumes, not images, and build-engine's calibration and "
                                "verification are image-based; it is not supported by build-engine yet")
     if config.nms not in NMS_MODES:
         raise EnginesmithError(f"unknown --nms {config.nms!r}; choose host or engine")
     if config.nms == "engine" and spec.task != "detection":
         raise EnginesmithError(f"--nms engine is for detectors; {spec.name} is a {spec.task} model")
-    two_stage = spec.extra.get("two_stage")
+    two_stage = spec.two_stage
     if two_stage == "rcnn" and config.batch == 1 and not config.dynamic_batch:
         # R-CNN runs its CNN once per proposal (~2,000 per image): a batch-1 engine would make that many calls,
         # so its default is a dynamic batch (an explicit --batch N > 1 still gives a static one)
@@ -153,7 +153,7 @@ def _check_model_options(config: BuildConfig, spec: Any) -> None:
                                "`enginesmith eval ENGINE --dataset DIR` (proposals, engine and NMS together)")
     if config.dynamic_batch and config.batch != 1:
         raise EnginesmithError("give either --batch N (a static batch) or --dynamic-batch, not both")
-    if spec.extra.get("static_batch") and (config.dynamic_batch or config.batch != 1):
+    if spec.static_batch and (config.dynamic_batch or config.batch != 1):
         raise EnginesmithError(f"{spec.name} is exported with batch 1 only (its proposal stage is per image); "
                                "drop --batch/--dynamic-batch")
     if config.num_classes is not None and config.num_classes < 1:

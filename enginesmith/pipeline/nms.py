@@ -59,6 +59,31 @@ def append_nms_model(
     import onnx
     from onnx import TensorProto, helper
 
+    opset = _check_appendable(model, boxes_name, scores_name, max_detections)
+    k = int(max_detections)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    g.initializer.extend(_constants(k, iou_threshold, score_threshold))
+    b = _Nodes(g)
+    rows, b_idx, sel_scores, sel = _selected_rows(b, boxes_name, scores_name, class_agnostic, opset)
+    _top_k_per_image(b, rows, b_idx, sel_scores, sel, scores_name)
+    g.node.extend(b.nodes)
+    batch = _batch_dim(g, scores_name)
+    raw = [o for o in g.output if o.name in (boxes_name, scores_name)] if keep_raw_outputs else []
+    raw = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in raw]
+    del g.output[:]
+    g.output.extend([
+        helper.make_tensor_value_info("detections", TensorProto.FLOAT, [batch, k, 6]),
+        helper.make_tensor_value_info("num_detections", TensorProto.INT32, [batch]),
+        *raw,
+    ])
+    onnx.checker.check_model(m)
+    return m
+
+
+def _check_appendable(model, boxes_name: str, scores_name: str, max_detections: int) -> int:
+    """The model's opset, once it is known to end in the detector contract and to take NMS."""
     outputs = [o.name for o in model.graph.output]
     if boxes_name not in outputs or scores_name not in outputs:
         raise EnginesmithError(
@@ -70,12 +95,11 @@ def append_nms_model(
         raise EnginesmithError(f"cannot append NMS to an opset-{opset} model; export with opset_version={NMS_OPSET}")
     if int(max_detections) < 1:
         raise EnginesmithError(f"max_detections must be >= 1, got {max_detections}")
-    k = int(max_detections)
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    p = PREFIX
-    inits = [
+    return opset
+
+
+def _constants(k: int, iou_threshold: float, score_threshold: float) -> list:
+    return [
         _const("max_out", np.array([k], np.int64)),
         _const("iou", np.array([iou_threshold], np.float32)),
         _const("score_thr", np.array([score_threshold], np.float32)),
@@ -90,13 +114,27 @@ def append_nms_model(
         _const("pads_tail", np.array([0], np.int64)),
         _const("ax1", np.array([1], np.int64)),
     ]
-    g.initializer.extend(inits)
-    n = []
 
-    def node(op, ins, outs, **attrs):
-        n.append(helper.make_node(op, ins, [p + o for o in outs], name=p + outs[0], **attrs))
-        return [p + o for o in outs]
 
+class _Nodes:
+    """The appended nodes, in order; names and outputs carry PREFIX."""
+
+    def __init__(self, graph) -> None:
+        self.graph, self.nodes, self.p = graph, [], PREFIX
+
+    def __call__(self, op, ins, outs, **attrs):
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, ins, [self.p + o for o in outs], name=self.p + outs[0], **attrs))
+        return [self.p + o for o in outs]
+
+
+def _selected_rows(node: _Nodes, boxes_name: str, scores_name: str, class_agnostic: bool, opset: int):
+    """NonMaxSuppression per class (or over each box's best class) -> rows [S, 6] (x1, y1, x2, y2, score, class)
+    with their image index b_idx [S], scores [S] and the selected (batch, class, box) triples [S, 3]."""
+    from onnx import TensorProto
+
+    p = node.p
     if class_agnostic:
         if opset >= 18:  # ReduceMax takes axes as an input from opset 18
             best, = node("ReduceMax", [scores_name, p + "i2"], ["best"], keepdims=1)  # [N, A, 1]
@@ -109,9 +147,9 @@ def append_nms_model(
     sel, = node("NonMaxSuppression", [boxes_name, scores_t, p + "max_out", p + "iou", p + "score_thr"], ["selected"],
                 center_point_box=0)  # [S, 3] (batch, class, box)
     b_idx, = node("Gather", [sel, p + "zero"], ["b_idx"], axis=1)  # [S]
-    a_idx, = node("Gather", [sel, p + "i2"], ["a_idx"], axis=1)  # [S]
+    node("Gather", [sel, p + "i2"], ["a_idx"], axis=1)  # [S]
     sel_scores, = node("GatherND", [scores_t, sel], ["sel_scores"])  # [S]
-    g.initializer.append(_const("ba_cols", np.array([0, 2], np.int64)))
+    node.graph.initializer.append(_const("ba_cols", np.array([0, 2], np.int64)))
     ba_idx, = node("Gather", [sel, p + "ba_cols"], ["ba_idx"], axis=1)  # [S, 2] (batch, box)
     sel_boxes, = node("GatherND", [boxes_name, ba_idx], ["sel_boxes"])  # [S, 4]
     if class_agnostic:
@@ -122,7 +160,15 @@ def append_nms_model(
     s_col, = node("Unsqueeze", [sel_scores, p + "ax1"], ["s_col"])
     c_col, = node("Unsqueeze", [c_f, p + "ax1"], ["c_col"])
     rows, = node("Concat", [sel_boxes, s_col, c_col], ["rows"], axis=1)  # [S, 6]
-    # per-image top-K among the selected triples
+    return rows, b_idx, sel_scores, sel
+
+
+def _top_k_per_image(node: _Nodes, rows: str, b_idx: str, sel_scores: str, sel: str, scores_name: str) -> None:
+    """Per image, the K best selected rows by score, invalid ones zeroed, padded to K: `detections [N, K, 6]`
+    and `num_detections [N]`."""
+    from onnx import TensorProto, helper
+
+    p = node.p
     shape_s, = node("Shape", [scores_name], ["shape_s"])
     n_img, = node("Gather", [shape_s, p + "zero"], ["n_img"], axis=0)  # scalar N
     rng, = node("Range", [p + "zero", n_img, p + "one"], ["rng"])  # [N]
@@ -143,21 +189,10 @@ def append_nms_model(
     masked, = node("Mul", [picked, valid_f3], ["masked"])
     pad_n, = node("Sub", [p + "k", k_eff], ["pad_n"])  # [1]
     pads, = node("Concat", [p + "pads_head", pad_n, p + "pads_tail"], ["pads"], axis=0)  # [0,0,0, 0,K-k,0]
-    n.append(helper.make_node("Pad", [masked, pads], ["detections"], name=p + "detections", mode="constant"))
+    node.nodes.append(helper.make_node("Pad", [masked, pads], ["detections"], name=p + "detections", mode="constant"))
     count, = node("ReduceSum", [valid, p + "ax1"], ["count"], keepdims=0)  # [N]
-    n.append(helper.make_node("Cast", [count], ["num_detections"], name=p + "num_detections", to=TensorProto.INT32))
-    g.node.extend(n)
-    batch = _batch_dim(g, scores_name)
-    raw = [o for o in g.output if o.name in (boxes_name, scores_name)] if keep_raw_outputs else []
-    raw = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in raw]
-    del g.output[:]
-    g.output.extend([
-        helper.make_tensor_value_info("detections", TensorProto.FLOAT, [batch, k, 6]),
-        helper.make_tensor_value_info("num_detections", TensorProto.INT32, [batch]),
-        *raw,
-    ])
-    onnx.checker.check_model(m)
-    return m
+    node.nodes.append(helper.make_node("Cast", [count], ["num_detections"], name=p + "num_detections",
+                                       to=TensorProto.INT32))
 
 
 def _batch_dim(graph, name: str):

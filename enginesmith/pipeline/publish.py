@@ -63,7 +63,7 @@ def engine_manifest(ctx: BuildContext, engine: Artifact, stages: list[Artifact],
         "latency": latency.metrics,
         "accuracy": accuracy,
     }
-    two_stage = ctx.spec.extra.get("two_stage")
+    two_stage = ctx.spec.two_stage
     if two_stage:  # host stages around the engine (runtime/two_stage.py)
         manifest["inputs"] = [manifest["input"], *({"name": k, "shape": [ax[0], 4]} for k, ax in ctx.extra_axes.items()
                                                    if k in ctx.extra_inputs)]

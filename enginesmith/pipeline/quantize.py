@@ -144,13 +144,12 @@ def _nncf(src: Path, calibration: Calibration, options: QuantizeOptions, tmp: Pa
         subset_size=len(calibration) * calibration.batch,
         method=calibration.method,
         ignored_patterns=(DECODE_OPENVINO_PATTERN,),
-        statistics_dir=None,
         preset=options.nncf_preset,
         overflow_fix=options.overflow_fix,
         keep_float=options.keep_float,
     )
     model, info = result
-    info = {k: v for k, v in info.items() if k not in ("cached", "ignored")}
+    info = {k: v for k, v in info.items() if k != "ignored"}
     ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
     return StageResult(["model.xml", "model.bin"], {"quantizer": "nncf", "calibration_batches": len(calibration), **info})
 

@@ -92,7 +92,7 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
             load = m.get("load_average") or [float("nan")]
             lines += ["", f"Measured {m['measured_at']} with a load average of {load[0]:.2f} on {m.get('cpus')} CPUs"
                       + ("; reused from the stage cache (`--rebuild latency` measures again)." if latency.cached else ".")]
-        kind = spec.extra.get("two_stage")
+        kind = spec.two_stage
         if kind:
             unit = "regions per second (one call = a batch of warped regions)" if kind == "rcnn" else \
                 "images per second with one image's proposals per call"

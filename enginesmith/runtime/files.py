@@ -178,6 +178,23 @@ def _clear_previous_run(out_dir: Path, json_name: str, schema: str, keep: set[Pa
             drawn.unlink(missing_ok=True)
 
 
+def _prepare_out_dir(files: Sequence[Path], out_dir: Path, json_name: str, schema: str) -> list[Path]:
+    """The drawn copy's path for each file, once out_dir is a folder, no copy would overwrite an input image,
+    and an earlier run's results there are cleared."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EnginesmithError(f"--out {out_dir} is a file, not a folder; give a folder for the results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = {json_name}
+    outputs = [out_dir / _output_name(p, used) for p in files]
+    inputs = {p.resolve() for p in files}
+    for src, dst in zip(files, outputs):
+        if dst.resolve() in inputs:
+            raise EnginesmithError(f"the drawn copy of {src} would be written over the image {dst.resolve()}; choose "
+                                   "an --out folder that holds none of the input images")
+    _clear_previous_run(out_dir, json_name, schema, inputs)
+    return outputs
+
+
 def run_files(engine: Any, files: Sequence[Path], out_dir: Path, json_name: str, draw: Callable[[np.ndarray, Any], np.ndarray],
               to_json: Callable[[Any], Any], key: str, header: dict[str, Any],
               on_image: Callable[[Path, Any], None] = lambda p, r: None,
@@ -190,19 +207,8 @@ def run_files(engine: Any, files: Sequence[Path], out_dir: Path, json_name: str,
     run raises a one-line EnginesmithError and writes no JSON. Drawn copies that would replace one of the
     input images are refused before anything is written."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EnginesmithError(f"--out {out_dir} is a file, not a folder; give a folder for the results")
-    out_dir.mkdir(parents=True, exist_ok=True)
     schema = RESULT_SCHEMAS.get(json_name, f"enginesmith-{Path(json_name).stem}")
-    used: set[str] = {json_name}
-    outputs = [out_dir / _output_name(p, used) for p in files]
-    inputs = {p.resolve() for p in files}
-    for src, dst in zip(files, outputs):
-        if dst.resolve() in inputs:
-            raise EnginesmithError(f"the drawn copy of {src} would be written over the image {dst.resolve()}; choose "
-                                   "an --out folder that holds none of the input images")
-    _clear_previous_run(out_dir, json_name, schema, inputs)
-
+    outputs = _prepare_out_dir(files, out_dir, json_name, schema)
     summary = RunSummary()
     step = max(1, int(engine.batch_size))
     warm = False

@@ -357,6 +357,33 @@ def validate_manifest(raw: dict[str, Any], where: Path) -> None:
     runtime, a wrong-typed or out-of-range field, an engine path outside the folder."""
     folder = Path(where)
     c = _Checker(folder)
+    _check_schema(c, raw, folder)
+    task, target = _check_task_and_target(raw, folder)
+    c.string(raw["precision"], "precision", tuple(PRECISIONS))
+    if "model" in raw:
+        c.string(raw["model"], "model")
+    spec = _check_preprocess(c, raw["preprocess"])
+    _check_input(c, raw["input"], "input", spec)
+    outputs = c.string_list(raw["outputs"], "outputs", unique=True)
+    if not outputs:
+        raise c.fail("outputs", "a non-empty list of the engine's output names", outputs)
+    class_names = c.string_list(raw["class_names"], "class_names", empty_ok=True)
+    nms = _check_nms(c, raw, task, outputs)
+    if "trained" in raw and raw["trained"] is not None and not isinstance(raw["trained"], bool):
+        raise c.fail("trained", "true, false or null", raw["trained"])
+    device = c.mapping(raw.get("device"), "device", optional=True)
+    for k in ("tensorrt", "gpu", "compute_capability"):
+        if device.get(k) is not None and not isinstance(device[k], str):
+            raise c.fail(f"device.{k}", "a string or null", device[k])
+    _check_stages(c, raw.get("stages"), nms if task == "detection" else None)
+    _check_inputs(c, raw.get("inputs"))
+    if "two_stage" in raw:
+        _check_two_stage(c, raw, task, class_names)
+    _check_engine_files(c, raw, target)
+
+
+def _check_schema(c: _Checker, raw: Any, folder: Path) -> None:
+    """The engine-folder marker, a schema_version this runtime reads, and the fields every engine has."""
     if not isinstance(raw, dict):
         raise EnginesmithError(f"{c.where} is not an engine manifest (not a JSON object); rebuild the engine")
     if raw.get("schema") != ENGINE_SCHEMA:
@@ -376,6 +403,8 @@ def validate_manifest(raw: dict[str, Any], where: Path) -> None:
         raise EnginesmithError(f"{c.where} lacks {', '.join(missing)}: not an engine manifest of this enginesmith "
                                "version; rebuild the engine with `enginesmith build`")
 
+
+def _check_task_and_target(raw: dict[str, Any], folder: Path) -> tuple[str, str]:
     task, target = raw["task"], raw["target"]
     if not isinstance(task, str) or task not in TASKS:
         shown = repr(task) if isinstance(task, str) else _show(task)
@@ -384,15 +413,11 @@ def validate_manifest(raw: dict[str, Any], where: Path) -> None:
         shown = repr(target) if isinstance(target, str) else _show(target)
         raise EnginesmithError(f"{folder}: unknown target {shown} in {MANIFEST}; this runtime runs "
                                f"{', '.join(TARGETS)} engines")
-    c.string(raw["precision"], "precision", tuple(PRECISIONS))
-    if "model" in raw:
-        c.string(raw["model"], "model")
-    spec = _check_preprocess(c, raw["preprocess"])
-    _check_input(c, raw["input"], "input", spec)
-    outputs = c.string_list(raw["outputs"], "outputs", unique=True)
-    if not outputs:
-        raise c.fail("outputs", "a non-empty list of the engine's output names", outputs)
-    class_names = c.string_list(raw["class_names"], "class_names", empty_ok=True)
+    return task, target
+
+
+def _check_nms(c: _Checker, raw: dict[str, Any], task: str, outputs: list[str]) -> Any:
+    """`nms`: required for detectors ("engine" needs the detections outputs); a known value or null otherwise."""
     nms = raw.get("nms")
     if task == "detection":
         if "nms" not in raw:
@@ -402,18 +427,11 @@ def validate_manifest(raw: dict[str, Any], where: Path) -> None:
             raise c.fail("outputs", 'a list holding "detections" and "num_detections" (nms is "engine")', outputs)
     elif nms is not None:  # not read for other tasks (the build writes null); still a known value
         c.string(nms, "nms", NMS_MODES)
-    if "trained" in raw and raw["trained"] is not None and not isinstance(raw["trained"], bool):
-        raise c.fail("trained", "true, false or null", raw["trained"])
-    device = c.mapping(raw.get("device"), "device", optional=True)
-    for k in ("tensorrt", "gpu", "compute_capability"):
-        if device.get(k) is not None and not isinstance(device[k], str):
-            raise c.fail(f"device.{k}", "a string or null", device[k])
-    _check_stages(c, raw.get("stages"), nms if task == "detection" else None)
-    _check_inputs(c, raw.get("inputs"))
-    if "two_stage" in raw:
-        _check_two_stage(c, raw, task, class_names)
+    return nms
 
-    # files: the engine (and OpenVINO's weights beside it) must be inside the folder
+
+def _check_engine_files(c: _Checker, raw: dict[str, Any], target: str) -> None:
+    """The engine file (and the files beside it, OpenVINO's weights) must be inside the folder."""
     engine_file = _contained(c, raw["engine"], "engine")
     if not engine_file.is_file():
         raise EnginesmithError(f"engine file missing: {engine_file} (named in {MANIFEST}); copy the whole engine "

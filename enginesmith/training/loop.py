@@ -332,12 +332,12 @@ def train(model: str, dataset: Path, epochs: int | None = None, out: Path | None
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads or cpu_threads())
     try:
-        two_stage = spec.extra.get("two_stage") if spec.task == "detection" else None
+        two_stage = spec.two_stage if spec.task == "detection" else None
         if two_stage == "rcnn":
             net, metrics = train_rcnn(spec, train_set, val_set, recipe, seed, time_budget_s, progress)
         elif two_stage == "fast-rcnn":
             net, metrics = train_fast_rcnn(spec, train_set, val_set, recipe, seed, time_budget_s, progress)
-        elif spec.extra.get("trainer") == "faster-rcnn":
+        elif spec.trainer == "faster-rcnn":
             net, metrics = train_faster_rcnn(spec, train_set, val_set, recipe, seed, time_budget_s, progress)
         elif spec.task == "detection":
             net, metrics = train_detector(spec, train_set, val_set, recipe, seed, time_budget_s, progress)

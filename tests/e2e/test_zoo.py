@@ -1,7 +1,7 @@
 """Every registered model goes through the pipeline: export (verified against PyTorch on ONNX Runtime),
-simplify (verified), OpenVINO FP32 engine (verified). CI runs each at its `extra["ci_input_size"]`
+simplify (verified), OpenVINO FP32 engine (verified). CI runs each at its `ci_input_size`
 (models without one run only with `-m slow`); `-m slow` also runs every model at full size.
-Models whose input is not an image (extra["pipeline"] is False, e.g. volumetric) are covered by
+Models whose input is not an image (`image_model` False, e.g. volumetric) are covered by
 their own export tests instead.
 
 The build's own verification (and the cosine it records) is not what this test trusts: it runs the published
@@ -26,9 +26,9 @@ FP32_MIN_COSINE = 0.9999
 
 def _cases():
     for spec in registry.all_specs():
-        if spec.extra.get("pipeline", True) is False:
+        if not spec.image_model:
             continue
-        ci = spec.extra.get("ci_input_size")
+        ci = spec.ci_input_size
         yield pytest.param(spec.name, tuple(ci or spec.input_size), marks=[] if ci else [pytest.mark.slow],
                            id=f"{spec.name}-{'ci' if ci else 'full'}")
         if ci and tuple(ci) != tuple(spec.input_size):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from enginesmith.models import registry
+from reference_helpers import cfg_sections
 
 PJREDDIE = "pjreddie/darknet@f6afaabcdf85f77e7aff2ec55c020c0e297c77f9"
 ALEXEYAB = "AlexeyAB/darknet@59596d7880f6504768df41d6daa586f5cb2b932f"
@@ -54,21 +55,6 @@ YOLOV2_VOC = {
 # S=7, B=2, C=20 (Sec. 2: 7x7x30 output). PJREDDIE cfg/yolov1.cfg (num=3, output 1715, a locally connected layer) is a
 # later network, not the paper's.
 YOLOV1_DETECTION = {"side": 7, "num": 2, "classes": 20, "coords": 4, "sqrt": 1, "softmax": 0, "output": 1470}
-
-
-def _sections(text: str) -> list[tuple[str, dict[str, str]]]:
-    """[(type, options)] of a darknet cfg text ('#' / ';' comment lines skipped), written here, not enginesmith's."""
-    out: list[tuple[str, dict[str, str]]] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            out.append((line[1:-1].strip(), {}))
-        else:
-            k, v = line.split("=", 1)
-            out[-1][1][k.strip()] = v.strip()
-    return out
 
 
 def _pairs(text: str) -> list[tuple[float, float]]:
@@ -119,10 +105,10 @@ def test_yolo_scales_use_the_published_anchors_masks_and_strides(name: str, publ
 
 @pytest.mark.parametrize("name, published", [("yolov3", YOLOV3), ("yolov3-tiny", YOLOV3_TINY)],
                          ids=["yolov3", "yolov3-tiny"])
-def test_embedded_cfg_texts_have_the_published_yolo_sections(name: str, published: dict) -> None:
+def test_embedded_cfg_texts_have_the_published_yolocfg_sections(name: str, published: dict) -> None:
     from enginesmith.models.weights.darknet_cfg import OFFICIAL_CFGS
 
-    yolos = [o for kind, o in _sections(OFFICIAL_CFGS[name]) if kind == "yolo"]
+    yolos = [o for kind, o in cfg_sections(OFFICIAL_CFGS[name]) if kind == "yolo"]
     assert [tuple(int(t) for t in o["mask"].split(",")) for o in yolos] == [m for m, _ in published["yolo"]]
     for o in yolos:
         assert _pairs(o["anchors"]) == [tuple(map(float, a)) for a in published["anchors"]]
@@ -144,7 +130,7 @@ def test_yolov2_region_uses_the_published_voc_anchors(name: str) -> None:
     for (gw, gh), (pw, ph) in zip(got, px):
         assert gw == pytest.approx(pw, rel=1e-6) and gh == pytest.approx(ph, rel=1e-6)
     assert [tuple(a) for a in yolov2.ANCHORS] == YOLOV2_VOC["anchors"]
-    region = [o for kind, o in _sections(YOLOV2_VOC_CFG) if kind == "region"]
+    region = [o for kind, o in cfg_sections(YOLOV2_VOC_CFG) if kind == "region"]
     assert len(region) == 1
     r = region[0]
     assert _pairs(r["anchors"]) == YOLOV2_VOC["anchors"]
@@ -164,14 +150,14 @@ def test_yolov1_detection_layer_is_the_published_one(name: str) -> None:
     assert model.decode.num_classes == d["classes"]
     last = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
     assert last.out_features == d["output"] == d["side"] ** 2 * (d["num"] * (d["coords"] + 1) + d["classes"])
-    assert spec.extra["grid"] == (d["side"], d["side"]) and spec.extra["num_boxes"] == d["num"]
+    assert spec.details["grid"] == (d["side"], d["side"]) and spec.details["num_boxes"] == d["num"]
 
 
 @pytest.mark.parametrize("cfg", ["yolov1", "fast-yolo"])
 def test_embedded_yolov1_cfgs_have_the_published_detection_layer(cfg: str) -> None:
     from enginesmith.models.weights.darknet_cfg import OFFICIAL_CFGS
 
-    secs = _sections(OFFICIAL_CFGS[cfg])
+    secs = cfg_sections(OFFICIAL_CFGS[cfg])
     det = [o for kind, o in secs if kind == "detection"]
     assert len(det) == 1
     assert {k: int(det[0][k]) for k in ("side", "num", "classes", "coords", "sqrt", "softmax")} == {
@@ -207,11 +193,11 @@ def test_edge_detectors_place_anchors_as_darknet_does(name: str, published: dict
     assert [s.stride for s in scales] == [float(st) for _, st in published["yolo"]]
     per_scale = [_scale_anchors(s) for s in scales]
     assert all(len(a) == 3 for a in per_scale)
-    anchors = [tuple(map(float, a)) for a in spec.extra["anchors"]]
+    anchors = [tuple(map(float, a)) for a in spec.details["anchors"]]
     areas = [w * h for w, h in anchors]
     assert areas == sorted(areas), "anchors must be listed smallest area first, as darknet's are"
     assert per_scale == [[anchors[i] for i in mask] for mask, _ in published["yolo"]]
     for coarse, fine in zip(per_scale, per_scale[1:]):
         assert min(w * h for w, h in coarse) >= max(w * h for w, h in fine), (coarse, fine)
-    assert [tuple(m) for m in spec.extra["masks"]] == [m for m, _ in published["yolo"]]
-    assert tuple(spec.extra["strides"]) == tuple(st for _, st in published["yolo"])
+    assert [tuple(m) for m in spec.details["masks"]] == [m for m, _ in published["yolo"]]
+    assert tuple(spec.details["strides"]) == tuple(st for _, st in published["yolo"])

@@ -11,8 +11,8 @@ import onnx
 import pytest
 import torch
 import torchvision
-from onnx import TensorProto, helper
 
+from reference_helpers import passthrough_detector
 from enginesmith.errors import EnginesmithError
 from enginesmith.models import ops
 from enginesmith.pipeline.nms import append_nms, append_nms_model
@@ -96,16 +96,6 @@ def test_runtime_nms_does_not_import_torch():
 
 
 # ---- in-engine NMS -------------------------------------------------------------------------------
-
-def passthrough_detector():
-    g = helper.make_graph(
-        [helper.make_node("Identity", ["b_in"], ["boxes"]), helper.make_node("Identity", ["s_in"], ["scores"])], "det",
-        [helper.make_tensor_value_info("b_in", TensorProto.FLOAT, ["N", "A", 4]),
-         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["N", "A", "C"])],
-        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", "A", 4]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", "A", "C"])])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-
 
 def ort_session(path):
     import onnxruntime as ort

@@ -134,9 +134,8 @@ def test_nncf_openvino(net_onnx, data, tmp_path, capsys):
     ignored = decode_op_names(model, (".*decode.*",))
     assert "out" in ignored  # the decode Concat is named after the graph output
     batches = list(factory())
-    stats = tmp_path / "stats"
-    q, info = quantize_openvino(model, batches, subset_size=24, method="minmax", statistics_dir=stats)
-    assert info["fake_quantize"] > 0 and not info["cached"] and "MINMAX" in info["estimator"]
+    q, info = quantize_openvino(model, batches, subset_size=24, method="minmax")
+    assert info["fake_quantize"] > 0 and "MINMAX" in info["estimator"]
     assert fake_quantize_feeding(q, ignored) == []
     core = ov.Core()
     ref = core.compile_model(model, "CPU")(held)[0]
@@ -145,8 +144,6 @@ def test_nncf_openvino(net_onnx, data, tmp_path, capsys):
     with capsys.disabled():
         print(f"\n[nncf openvino minmax overflow_fix=enable] FQ={info['fake_quantize']} cosine mean {cos.mean():.4f} min {cos.min():.4f}")
     assert cos.min() >= 0.99
-    q2, info2 = quantize_openvino(model, batches, subset_size=24, method="minmax", statistics_dir=stats)
-    assert info2["cached"] and info2["fake_quantize"] == info["fake_quantize"]
 
 
 def test_fp16(net_onnx, data, tmp_path):

@@ -183,7 +183,7 @@ def test_ssd_input_sizes_and_spec():
     for spec, bad in ((s300, (512, 512)), (s300, (320, 320)), (s512, (300, 300))):
         with pytest.raises(EnginesmithError, match="native"):
             spec.check_input_size(bad)
-    assert s300.extra["ci_input_size"] == (300, 300) and "ci_input_size" not in s512.extra
+    assert s300.ci_input_size == (300, 300) and s512.ci_input_size is None
     p = s300.preprocess
     assert (p.color, p.scale, p.mean, p.std, p.resize) == ("BGR", 1.0, (104.0, 117.0, 123.0), (1.0, 1.0, 1.0), "stretch")
     assert s300.num_classes == 20 and len(s300.class_names) == 20 and s300.output_names == ("boxes", "scores")

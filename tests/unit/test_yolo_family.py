@@ -128,8 +128,8 @@ def test_registered_with_contract_fields() -> None:
     assert len(registry.get("yolov1").class_names) == 20 and len(registry.get("yolov2").class_names) == 20
     assert len(registry.get("yolov3-tiny").class_names) == 80
     # heavy models only run full-size under -m slow
-    assert "ci_input_size" not in registry.get("yolov1").extra
-    assert "ci_input_size" not in registry.get("yolo-vgg16").extra
+    assert registry.get("yolov1").ci_input_size is None
+    assert registry.get("yolo-vgg16").ci_input_size is None
 
 
 @pytest.mark.parametrize("name, bad, ok", [

@@ -38,13 +38,13 @@ def test_specs_registered() -> None:
         assert p.mean == (0.485, 0.456, 0.406) and p.std == (0.229, 0.224, 0.225)
         assert p.input_size == spec.input_size
         spec.check_input_size(spec.input_size)
-        if "ci_input_size" in spec.extra:
-            spec.check_input_size(spec.extra["ci_input_size"])
+        if spec.ci_input_size is not None:
+            spec.check_input_size(spec.ci_input_size)
     assert registry.get("alexnet").input_size == (227, 227)
     assert registry.get("classloc").output_names == ("logits", "box")
     # only one heavy VGG runs in the CI zoo harness
-    assert [n for n in CLASSIFIERS if n.startswith("vgg") and "ci_input_size" in registry.get(n).extra] == ["vgg11"]
-    assert "ci_input_size" not in registry.get("resnet101").extra and "ci_input_size" not in registry.get("resnet152").extra
+    assert [n for n in CLASSIFIERS if n.startswith("vgg") and registry.get(n).ci_input_size is not None] == ["vgg11"]
+    assert registry.get("resnet101").ci_input_size is None and registry.get("resnet152").ci_input_size is None
 
 
 @pytest.mark.parametrize("name,bad,good", [

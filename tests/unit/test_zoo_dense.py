@@ -143,7 +143,7 @@ def test_vgg16_conv_count_matches_torchvision():
 def test_fcn_params_and_forward_shape(variant):
     spec = registry.get(variant)
     assert spec.task == "dense" and spec.num_classes == 21 and len(spec.class_names) == 21
-    assert "ci_input_size" not in spec.extra  # ~134M parameters: full-size e2e only under -m slow
+    assert spec.ci_input_size is None  # ~134M parameters: full-size e2e only under -m slow
     model = spec.create(input_size=(64, 64))
     n = count_parameters(model)
     assert n == fcn_hand_count(variant)
@@ -287,7 +287,7 @@ def test_unet_valid_sizes_and_output_size():
     spec = registry.get("unet")
     valid = _valid_unet_sides(4, 1, 800)
     assert _accepted(spec.check_input_size, 1, 800) == valid
-    assert valid[0] == spec.extra["ci_input_size"][0] == 188 and 572 in valid
+    assert valid[0] == spec.ci_input_size[0] == 188 and 572 in valid
     assert output_side(572, 4) == 388 and output_side(188, 4) == 4
     with pytest.raises(EnginesmithError, match="556 or 572"):
         spec.check_input_size((570, 572))
@@ -319,8 +319,8 @@ def unet3d_hand_count(classes: int = 3) -> int:
 
 def test_unet3d_params_match_the_paper():
     spec = registry.get("unet3d")
-    assert spec.task == "dense" and spec.extra["pipeline"] is False and spec.num_classes == 3
-    assert spec.input_size == (132, 132) and spec.extra["depth"] == 116
+    assert spec.task == "dense" and not spec.image_model and spec.num_classes == 3
+    assert spec.input_size == (132, 132) and spec.details["depth"] == 116
     with torch.device("meta"):
         model = spec.builder(num_classes=3, input_size=(132, 132))
     # Çiçek et al. 2016, Sec. 2: "The architecture has 19069955 parameters in total."
@@ -338,7 +338,7 @@ def test_unet3d_valid_sizes_and_paper_output_shape():
     with torch.device("meta"):
         model = spec.builder(num_classes=3, input_size=(132, 132))
     # paper: a 132 x 132 x 116 (x, y, z) tile gives 44 x 44 x 28; PyTorch order (D, H, W)
-    assert meta_output_shape(model, (1, *spec.extra["input_shape"])) == (1, 3, 28, 44, 44)
+    assert meta_output_shape(model, (1, *spec.input_shape)) == (1, 3, 28, 44, 44)
 
 
 def test_unet3d_exports_at_the_smallest_size_and_matches_onnxruntime_and_openvino(tmp_path):
@@ -354,7 +354,7 @@ def test_unet3d_exports_at_the_smallest_size_and_matches_onnxruntime_and_openvin
 def test_unet3d_full_size_forward():
     model = registry.get("unet3d").create()
     with torch.no_grad():
-        y = model(torch.rand(1, *registry.get("unet3d").extra["input_shape"]))
+        y = model(torch.rand(1, *registry.get("unet3d").input_shape))
     assert y.shape == (1, 3, 28, 44, 44) and torch.isfinite(y).all()
 
 

@@ -161,7 +161,7 @@ def test_registered_with_imagenet_stretch_preprocessing():
     assert registry.get("faster-rcnn-vgg16").class_names[-1] == "tvmonitor"
     assert registry.get("faster-rcnn-r50-fpn").class_names[0] == "person"  # background column dropped
     assert registry.get("retinanet-r50-fpn").class_names[:2] == ("__background__", "person")
-    assert "ci_input_size" not in registry.get("faster-rcnn-vgg16").extra  # 137M parameters: slow only
+    assert registry.get("faster-rcnn-vgg16").ci_input_size is None  # 137M parameters: slow only
 
 
 @pytest.mark.parametrize("name,bad,good", [
