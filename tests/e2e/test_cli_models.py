@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_models_json_lists_the_slice_with_published_sizes(run_cli):
     proc = run_cli("models", "--json")
@@ -27,6 +29,7 @@ def test_models_json_lists_the_slice_with_published_sizes(run_cli):
         assert ("boxes" in r) == (r["task"] == "detection")
 
 
+@pytest.mark.slow  # 48 s: profiles every model again; the JSON test above runs the same command path in CI
 def test_models_table(run_cli):
     proc = run_cli("models")
     assert proc.returncode == 0 and "yolov3" in proc.stdout and "61.95 M" in proc.stdout

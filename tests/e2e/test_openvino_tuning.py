@@ -53,6 +53,7 @@ def test_min_cosine_sees_changed_scores_beside_large_boxes():
         min_cosine([boxes], [boxes, scores])
 
 
+@pytest.mark.slow  # 28 s: a bench then the tuning sweep; the sweep's pieces are checked by the tests above
 def test_tuning_lenet5_fp32_and_int8(tmp_path, cache_dir):
     out = tmp_path / "bench"
     result = CliRunner().invoke(app, ["bench", "lenet5", "--targets", "onnxruntime,openvino", "--precisions",
