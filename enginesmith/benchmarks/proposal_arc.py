@@ -10,7 +10,7 @@ bench); target "torch" runs the PyTorch model eagerly through the same host code
 Two passes per row:
 - accuracy: every image of the split with its selective-search proposals from the split cache
   (data/proposals.py; the same boxes for every row), host NMS at the evaluation settings of
-  benchmarks/predict.py, VOC07 mAP (benchmarks/detection_metrics.py). Models without proposals (Faster R-CNN)
+  evaluation/predict.py, VOC07 mAP (evaluation/detection_metrics.py). Models without proposals (Faster R-CNN)
   run as they are.
 - timing: the first `timing_images` images (after one warm-up image), each end to end as an app runs it,
   selective search included, seconds per stage ("proposals", "warp"/"preprocess", "cnn", "decode", "nms").
@@ -142,8 +142,8 @@ def engine_host_model(engine_dir: Path) -> HostModel:
 
 def predict_split(host: HostModel, dataset: Any, proposals: dict[str, np.ndarray] | None,
                   progress: bool = True) -> list[Any]:
-    """Predictions (benchmarks/detection_metrics.py) for every image of `dataset`, with the given proposals per
-    image id (None: selective search live), host NMS at benchmarks/predict.py's evaluation settings."""
+    """Predictions (evaluation/detection_metrics.py) for every image of `dataset`, with the given proposals per
+    image id (None: selective search live), host NMS at evaluation/predict.py's evaluation settings."""
     from contextlib import nullcontext
 
     preds = []
@@ -211,7 +211,6 @@ def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir
         for r in json.loads((out / "results.json").read_text()).get("rows", []):
             earlier[(r["model"], r["target"], r["precision"])] = r
     for run in runs:
-        key = f"{run.model}/{run.target}/{run.precision}"
         if run.batch != 1 or (only and run.model not in only):
             continue
         spec = registry.get(run.model)
