@@ -141,18 +141,6 @@ def train_detector(spec, train_set, val_set, recipe: Recipe, seed: int, time_bud
     epochs_run = 0
     loss_avg = float("nan")
 
-    def make_batch(order: np.ndarray, epoch: int):
-        def make(j: int):
-            xs, ts = [], []
-            for idx in order[j]:
-                s = samples[int(idx)]
-                x, t = augment_sample(images[int(idx)], s.boxes, s.labels, pre, _seeded_rng(seed, epoch, int(idx)),
-                                      recipe.augment)
-                xs.append(x)
-                ts.append(_targets_tensor(t))
-            return torch.from_numpy(np.stack(xs)).contiguous(memory_format=torch.channels_last), ts
-        return make
-
     try:
         for epoch in range(planned_epochs):
             net.train()
@@ -161,20 +149,11 @@ def train_detector(spec, train_set, val_set, recipe: Recipe, seed: int, time_bud
             t_epoch = time.perf_counter()
             seen = 0
             sums: dict[str, float] = {}
-            for x, targets in prefetch(make_batch(batches, epoch), len(batches)):
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step, total_steps, warmup, recipe.lr, recipe.final_lr_fraction)
-                out = detection_loss(net, x, targets, recipe.yolo)
+            make = _batch_maker(samples, images, pre, seed, epoch, recipe, batches)
+            for x, targets in prefetch(make, len(batches)):
+                lr = lr_at(step, total_steps, warmup, recipe.lr, recipe.final_lr_fraction)
+                out = _optimizer_step(net, opt, ema, x, targets, recipe, lr, f"training {spec.name}", step)
                 loss = out["loss"]
-                if not torch.isfinite(loss):
-                    raise EnginesmithError(f"training {spec.name} diverged (loss {float(loss)} at step {step}); "
-                                           "lower the learning rate in the recipe")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
-                opt.step()
-                if ema is not None:
-                    ema.update(net)
                 step += 1
                 seen += len(x)
                 for k, v in out.items():
@@ -194,16 +173,12 @@ def train_detector(spec, train_set, val_set, recipe: Recipe, seed: int, time_bud
                 row["val_voc07_map"] = round(m["voc07_map"], 4)
             history.append(row)
             if time_budget_s is not None:
-                elapsed = time.perf_counter() - t_start
-                per_epoch = elapsed / epochs_run
-                if epochs_run == 1 and planned_epochs > 1:
-                    # re-plan once: as many epochs as fit, the cosine schedule stretched over them
-                    fit = max(1, int(time_budget_s // per_epoch))
-                    if fit < planned_epochs:
-                        planned_epochs = fit
-                        total_steps = planned_epochs * steps_per_epoch
-                        bar.update({"step": step, "total": total_steps, "text": f"re-planned to {fit} epochs"})
-                if elapsed + per_epoch > time_budget_s * 1.05 and epochs_run < planned_epochs:
+                fit, stop = _fit_time_budget(time_budget_s, time.perf_counter() - t_start, epochs_run, planned_epochs)
+                if fit < planned_epochs:  # the cosine schedule stretched over the epochs that fit
+                    planned_epochs = fit
+                    total_steps = planned_epochs * steps_per_epoch
+                    bar.update({"step": step, "total": total_steps, "text": f"re-planned to {fit} epochs"})
+                if stop:
                     break
     finally:
         bar.close()
@@ -213,12 +188,67 @@ def train_detector(spec, train_set, val_set, recipe: Recipe, seed: int, time_bud
     metrics: dict[str, Any] = {"train_seconds": round(train_seconds, 1), "epochs_run": epochs_run,
                                "train_images": n, "history": history, "threads": torch.get_num_threads()}
     if val_set is not None and len(val_set):
-        t0 = time.perf_counter()
-        m = evaluate_detector(final, pre, val_set, val_images, progress=progress is True)
-        metrics["val"] = {k: m[k] for k in ("voc07_map", "map", "coco_ap", "coco_ap50", "coco_ap75") if k in m}
-        metrics["val"]["per_class"] = m.get("per_class")
-        metrics["val_seconds"] = round(time.perf_counter() - t0, 1)
+        metrics.update(_final_validation(final, pre, val_set, val_images, progress is True))
     return final, metrics
+
+
+def _fit_time_budget(budget_s: float, elapsed: float, epochs_run: int, planned: int) -> tuple[int, bool]:
+    """(epochs planned now, stop now). After the first epoch the plan is cut once to as many epochs as fit the
+    budget at that pace; training stops before an epoch that would end past 1.05 x the budget."""
+    per_epoch = elapsed / epochs_run
+    if epochs_run == 1 and planned > 1:
+        planned = min(planned, max(1, int(budget_s // per_epoch)))
+    return planned, elapsed + per_epoch > budget_s * 1.05 and epochs_run < planned
+
+
+def _batch_maker(samples: list, images: list[np.ndarray], pre: Any, seed: int, epoch: int, recipe: Recipe,
+                 order: list[np.ndarray]) -> Callable[[int], tuple[Any, list[Any]]]:
+    """j -> the j-th batch of `order` (index arrays): augmented images (N, C, H, W) channels_last and their
+    target tensors [K, 5] (class, x1, y1, x2, y2); each sample's augmentation seeded by (seed, epoch, index)."""
+    import torch
+
+    def make(j: int):
+        xs, ts = [], []
+        for idx in order[j]:
+            s = samples[int(idx)]
+            x, t = augment_sample(images[int(idx)], s.boxes, s.labels, pre, _seeded_rng(seed, epoch, int(idx)),
+                                  recipe.augment)
+            xs.append(x)
+            ts.append(_targets_tensor(t))
+        return torch.from_numpy(np.stack(xs)).contiguous(memory_format=torch.channels_last), ts
+    return make
+
+
+def _optimizer_step(net: Any, opt: Any, ema: Any, x: Any, targets: list[Any], recipe: Recipe, lr: float, what: str,
+                    step: int) -> dict[str, Any]:
+    """One step at learning rate `lr`: the family's loss, a finite check, backward, gradient norm clipped to 10,
+    the optimizer and EMA updates. Returns the loss terms (`loss` first)."""
+    import torch
+
+    for g in opt.param_groups:
+        g["lr"] = lr
+    out = detection_loss(net, x, targets, recipe.yolo)
+    loss = out["loss"]
+    if not torch.isfinite(loss):
+        raise EnginesmithError(f"{what} diverged (loss {float(loss)} at step {step}); lower the learning rate in the "
+                               "recipe")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+    opt.step()
+    if ema is not None:
+        ema.update(net)
+    return out
+
+
+def _final_validation(final: Any, pre: Any, val_set: Any, val_images: list[np.ndarray] | None,
+                      progress: bool) -> dict[str, Any]:
+    """The trained network's VOC/COCO metrics on the val split, and how long they took."""
+    t0 = time.perf_counter()
+    m = evaluate_detector(final, pre, val_set, val_images, progress=progress)
+    val = {k: m[k] for k in ("voc07_map", "map", "coco_ap", "coco_ap50", "coco_ap75") if k in m}
+    val["per_class"] = m.get("per_class")
+    return {"val": val, "val_seconds": round(time.perf_counter() - t0, 1)}
 
 
 # ------------------------------------------------------------------------------------------- classifiers
