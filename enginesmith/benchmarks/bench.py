@@ -12,6 +12,9 @@ inference-only calls on one batch of real images, run the end-to-end loop on dec
 throughput mode. Engine children import no torch; the "torch" target is PyTorch eager FP32 on the CPU.
 Phase 3: ratios (FPS over PyTorch eager FP32 of the same model, size and batch; GMAC/s over the
 machine's peak, timing.cpu_peak) and the result files, rewritten after every run.
+
+Longer than 400 lines: both phases of a bench and the JSON job that passes between them; the measuring half
+is what issue 20 (Ray) replaces, so it is split then.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ loop is evaluation/predict.py's, which the build's accuracy check (pipeline/accu
 
 `evaluate(target, dataset)` opens the dataset, checks the model's classes against it, runs every image
 with a progress bar and returns the metrics with the throughput.
+
+Longer than 400 lines: the three predictor makers (engine folder, checkpoint, registered model) share
+their output contract and their checks; the prediction loop itself is evaluation/predict.py.
 """
 
 from __future__ import annotations

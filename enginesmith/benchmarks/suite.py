@@ -29,6 +29,9 @@ line gives that model's weights (`--weights MODEL=PATH`) or the dataset (`--data
 The "torch" target is PyTorch eager FP32 on the CPU (the baseline of every ratio): it runs once per
 model x size x batch whatever the precisions; "torch-cuda" runs fp32 and fp16 on the GPU (channels_last,
 FP16 by autocast) and "torch-compile" the same model compiled by torch.compile (Inductor) on the GPU.
+
+Longer than 400 lines: the TOML format, the command-line overrides and the plan expansion check the same
+keys against the same tables; kept in one file so the format is read in one place.
 """
 
 from __future__ import annotations

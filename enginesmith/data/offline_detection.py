@@ -41,6 +41,9 @@ classes.txt, metadata.json (seed, counts, versions, digit pools), sources.json (
 scikit-learn digit index of each annotated object in annotation order, -1 for shapes) and README.txt.
 Deterministic: a pure function of (images, seed, library versions); generated in a temp sibling folder
 and renamed into place.
+
+Longer than 400 lines: scene composition, shape drawing and the VOC/COCO writers of one generator whose
+output is byte-identical for a seed (tests/unit/test_offline_dataset.py pins it).
 """
 
 from __future__ import annotations

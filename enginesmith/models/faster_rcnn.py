@@ -39,6 +39,9 @@ inputs). When NMS keeps fewer proposals than A, the remaining rows are padding: 
 Proposals are the same set torchvision's RPN returns, but ordered by FPN level, then anchor position
 (row, column, anchor) rather than by objectness: a backend's rounding can swap two near-equal scores,
 and with a sorted order that would swap whole output rows.
+
+Longer than 400 lines: the paper's two networks (and the slim one) share the RPN, the RoI heads and the
+decode; one file per family is the zoo's rule.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ runtime reads is checked by type and value (`validate_manifest`) and every file 
 inside the folder. Every refusal is a one-line EnginesmithError that says what to do: a folder that is
 not an engine, a malformed or tampered manifest, an engine file outside the folder, an engine whose
 backend is not installed, a TensorRT engine built for another TensorRT version or GPU.
+
+Longer than 400 lines: every check of an untrusted manifest, so the whole schema the runtime reads is in
+one file.
 """
 
 from __future__ import annotations

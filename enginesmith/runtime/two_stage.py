@@ -17,6 +17,9 @@ All boxes are x1, y1, x2, y2 in continuous original-image pixels unless said oth
 
 `TwoStageDetector` is what `runtime.load()` returns for an engine folder whose manifest has "two_stage":
 `detector(image, proposals=None) -> list[Detection]`, with per-stage seconds in `last_times`.
+
+Longer than 400 lines: R-CNN's and Fast R-CNN's host stages share the chunking, the NMS and the detector
+class that runtime.load() returns for both.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ offline set and a 2-core CPU. Three stages, as the paper:
 Validation (the checkpoint's metrics): VOC07 / all-point mAP of the trained network on the val split with
 its selective-search proposals, through runtime/two_stage.py rcnn_raw + detect_from_raw (the host stages of
 the engine) and evaluation/detection_metrics.py, with predict.py's evaluation thresholds.
+
+Longer than 400 lines: the paper's three training stages (CNN, SVMs with hard negatives, box regressors)
+share the region pool and its features.
 """
 
 from __future__ import annotations
