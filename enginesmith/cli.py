@@ -1,4 +1,6 @@
-"""Command line: parse, call the library, print. No pipeline logic and no backend branches here."""
+"""Command line: parse, call the library, print. No pipeline logic and no backend branches here.
+
+A command function is as long as its list of typer options (`build` takes 23); its body only calls the library."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The `enginesmith bench` command (parse, call benchmarks.bench.run_bench, print). Registered in cli.py:
 
     app.command("bench")(bench)
+
+`bench` is as long as its list of typer options; its body only calls the library.
 """
 
 from __future__ import annotations
