@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -103,67 +103,21 @@ def parse_annotation(
     xml_path: Path, image_dir: Path, class_index: dict[str, int], image_id: str | None = None
 ) -> DetectionSample:
     """One VOC xml -> DetectionSample (boxes [K, 4] float32 x1y1x2y2 continuous pixels)."""
-    try:
-        from defusedxml import DefusedXmlException
-        from defusedxml.ElementTree import parse
-    except ImportError:  # pragma: no cover - defusedxml is in the [data] extra
-        raise EnginesmithError("reading VOC annotations needs defusedxml: pip install 'enginesmith[data]'") from None
-
     xml_path = Path(xml_path)
     image_id = image_id if image_id is not None else xml_path.stem
-    if not xml_path.is_file():
-        raise EnginesmithError(f"annotation {xml_path} not found (listed in the split file); add it or drop the id")
-    try:
-        tree = parse(str(xml_path)).getroot()
-    except DefusedXmlException as e:
-        raise EnginesmithError(
-            f"malformed annotation {xml_path}: refused an unsafe XML construct ({type(e).__name__}: entities/DTDs "
-            "are not allowed)"
-        ) from None
-    except (ET.ParseError, OSError, UnicodeDecodeError) as e:
-        raise EnginesmithError(f"malformed annotation {xml_path}: {e}") from None
-
+    tree = _read_xml(xml_path)
     filename = (tree.findtext("filename") or "").strip()
     image_path = image_dir / filename if filename else image_dir / f"{image_id}.jpg"
     if not image_path.is_file() and (image_dir / f"{image_id}.jpg").is_file():
         image_path = image_dir / f"{image_id}.jpg"
     if not image_path.is_file():
         raise EnginesmithError(f"image {image_path} (named by {xml_path}) not found")
-
-    size = tree.find("size")
-    width = height = 0
-    if size is not None and size.findtext("width") is not None:
-        width = int(_number(size.findtext("width"), "size/width", xml_path))
-        height = int(_number(size.findtext("height"), "size/height", xml_path))
-    # the image's own header (no pixels decoded; decompression bombs refused) is the truth the boxes are checked
-    # against: a <size> that lies would let boxes outside the real image through
-    real_w, real_h = image_file_size(image_path)
-    if width > 0 and height > 0 and (width, height) != (real_w, real_h):
-        raise EnginesmithError(
-            f"annotation {xml_path}: <size> says {width}x{height} but the image {image_path} is {real_w}x{real_h}; "
-            "fix <size> (and check its boxes) or the image"
-        )
-    width, height = real_w, real_h  # some real VOC files carry 0 x 0: the header's size then
-
+    width, height = _checked_size(tree, xml_path, image_path)
     boxes, labels, difficult = [], [], []
     for k, obj in enumerate(tree.findall("object")):
-        name = (obj.findtext("name") or "").strip()
-        if name not in class_index:
-            known = ", ".join(list(class_index)[:25])
-            raise EnginesmithError(
-                f"annotation {xml_path}: object {k} has unknown class {name!r} (known: {known}); "
-                "list the dataset's classes in classes.txt at the dataset root"
-            )
-        bb = obj.find("bndbox")
-        if bb is None:
-            raise EnginesmithError(f"malformed annotation {xml_path}: object {k} ({name}) has no <bndbox>")
-        xmin, ymin, xmax, ymax = (_number(bb.findtext(f), f"object {k} bndbox/{f}", xml_path) for f in BOX_FIELDS)
-        box = (xmin - 1.0, ymin - 1.0, xmax, ymax)
-        check_box(box, width, height, f"annotation {xml_path}: object {k} ({name})")
-        diff_text = obj.findtext("difficult")
-        diff = bool(int(_number(diff_text, f"object {k} difficult", xml_path))) if diff_text is not None else False
+        box, label, diff = _parse_object(obj, k, xml_path, class_index, width, height)
         boxes.append(box)
-        labels.append(class_index[name])
+        labels.append(label)
         difficult.append(diff)
     return DetectionSample(
         image_id=image_id,
@@ -175,6 +129,66 @@ def parse_annotation(
         difficult=np.asarray(difficult, dtype=bool),
         annotation=xml_path,
     )
+
+
+def _read_xml(xml_path: Path) -> Any:
+    """The annotation's root element, read with defusedxml (entities and DTDs refused)."""
+    try:
+        from defusedxml import DefusedXmlException
+        from defusedxml.ElementTree import parse
+    except ImportError:  # pragma: no cover - defusedxml is in the [data] extra
+        raise EnginesmithError("reading VOC annotations needs defusedxml: pip install 'enginesmith[data]'") from None
+    if not xml_path.is_file():
+        raise EnginesmithError(f"annotation {xml_path} not found (listed in the split file); add it or drop the id")
+    try:
+        return parse(str(xml_path)).getroot()
+    except DefusedXmlException as e:
+        raise EnginesmithError(
+            f"malformed annotation {xml_path}: refused an unsafe XML construct ({type(e).__name__}: entities/DTDs "
+            "are not allowed)"
+        ) from None
+    except (ET.ParseError, OSError, UnicodeDecodeError) as e:
+        raise EnginesmithError(f"malformed annotation {xml_path}: {e}") from None
+
+
+def _checked_size(tree: Any, xml_path: Path, image_path: Path) -> tuple[int, int]:
+    """(width, height) of the image from its own header (no pixels decoded; decompression bombs refused): the truth
+    the boxes are checked against, since a <size> that lies would let boxes outside the real image through. A
+    <size> that disagrees is refused; some real VOC files carry 0 x 0, and then the header's size is used."""
+    size = tree.find("size")
+    width = height = 0
+    if size is not None and size.findtext("width") is not None:
+        width = int(_number(size.findtext("width"), "size/width", xml_path))
+        height = int(_number(size.findtext("height"), "size/height", xml_path))
+    real_w, real_h = image_file_size(image_path)
+    if width > 0 and height > 0 and (width, height) != (real_w, real_h):
+        raise EnginesmithError(
+            f"annotation {xml_path}: <size> says {width}x{height} but the image {image_path} is {real_w}x{real_h}; "
+            "fix <size> (and check its boxes) or the image"
+        )
+    return real_w, real_h
+
+
+def _parse_object(obj: Any, k: int, xml_path: Path, class_index: dict[str, int], width: int,
+                  height: int) -> tuple[tuple[float, float, float, float], int, bool]:
+    """Object `k`: (box x1y1x2y2, VOC's 1-based inclusive corners as (xmin-1, ymin-1, xmax, ymax); class index;
+    difficult), its class known and its box inside the image."""
+    name = (obj.findtext("name") or "").strip()
+    if name not in class_index:
+        known = ", ".join(list(class_index)[:25])
+        raise EnginesmithError(
+            f"annotation {xml_path}: object {k} has unknown class {name!r} (known: {known}); "
+            "list the dataset's classes in classes.txt at the dataset root"
+        )
+    bb = obj.find("bndbox")
+    if bb is None:
+        raise EnginesmithError(f"malformed annotation {xml_path}: object {k} ({name}) has no <bndbox>")
+    xmin, ymin, xmax, ymax = (_number(bb.findtext(f), f"object {k} bndbox/{f}", xml_path) for f in BOX_FIELDS)
+    box = (xmin - 1.0, ymin - 1.0, xmax, ymax)
+    check_box(box, width, height, f"annotation {xml_path}: object {k} ({name})")
+    diff_text = obj.findtext("difficult")
+    diff = bool(int(_number(diff_text, f"object {k} difficult", xml_path))) if diff_text is not None else False
+    return box, class_index[name], diff
 
 
 def check_box(box: Sequence[float], width: int, height: int, where: str) -> None:
