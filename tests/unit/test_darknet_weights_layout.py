@@ -322,18 +322,15 @@ def test_32_bit_seen_is_a_c_int(tmp_path):
     assert out.read_bytes() == src.read_bytes()
 
 
-SEEN_IS_SIZE_T = ("bug: parser.c reads and writes a 64-bit seen as size_t (unsigned; AlexeyAB: uint64_t), darknet.py "
-                  "uses struct '<q' (signed): seen >= 2**63 loads negative and cannot be saved")
+# parser.c reads and writes a 64-bit seen as size_t (unsigned; AlexeyAB: uint64_t): seen >= 2**63 must load as itself
 
 
-@pytest.mark.xfail(strict=True, reason=SEEN_IS_SIZE_T)
 def test_64_bit_seen_is_unsigned_on_load(tmp_path):
     src = tmp_path / "w.weights"
     np_weights_file(src, (0, 2, 0), 2**63, "<u8", np.arange(ALL_FLOATS))
     assert darknet.load_darknet_weights(Tiny(), src)["seen"] == 2**63
 
 
-@pytest.mark.xfail(strict=True, reason=SEEN_IS_SIZE_T)
 def test_64_bit_seen_is_unsigned_on_save(tmp_path):
     out = darknet.save_darknet_weights(Tiny(), tmp_path / "w.weights", seen=2**64 - 1)
     assert out.read_bytes()[12:20] == b"\xff" * 8

@@ -211,7 +211,7 @@ def load_darknet_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
     try:
         with open(p, "rb") as f:
             header = f.read(info.header_size)
-            seen = struct.unpack("<q" if info.header_size == 20 else "<i", header[12:])[0]
+            seen = struct.unpack("<Q" if info.header_size == 20 else "<i", header[12:])[0]
             arrays = [_read_floats(f, t.numel(), p) for t, _ in plan]
     except OSError as e:
         raise EnginesmithError(f"cannot read darknet weights {p}: {e.strerror or e}") from None
@@ -230,7 +230,7 @@ def save_darknet_weights(
     p = Path(path)
     major, minor, revision = version
     parts = [struct.pack("<3i", major, minor, revision)]
-    parts.append(struct.pack("<q" if _seen_is_64bit(major, minor) else "<i", seen))
+    parts.append(struct.pack("<Q" if _seen_is_64bit(major, minor) else "<i", seen))
     with torch.no_grad():
         for layer in darknet_layers(model):
             tensors = (
