@@ -30,6 +30,10 @@ COVERED_ELSEWHERE = {
     "resnet34": "the blocks of resnet18 (built here), more of them; tests/unit/test_zoo_classification.py counts it",
     "plain34": "resnet34 without shortcuts (tests/unit/test_zoo_classification.py); resnet18 is built here",
     "faster-rcnn-r50-fpn": "tests/unit/test_zoo_twostage.py exports it to ONNX Runtime and OpenVINO against PyTorch",
+    "retinanet-r50-fpn": "tests/unit/test_zoo_twostage.py exports it to ONNX Runtime and OpenVINO against PyTorch",
+    "faster-rcnn-vgg16-slim": "tests/e2e/test_two_stage_build.py builds it (ONNX Runtime, with --val)",
+    "vgg11": "its conv blocks are ssd300's VGG base and its FC head alexnet's, both built here; "
+             "tests/unit/test_zoo_classification.py checks its layers and MACs against torchvision's",
 }
 
 

@@ -173,7 +173,8 @@ def test_old_engine_byte_identical_when_replacing_build_is_killed(stage, tmp_pat
 
 
 # -- two builds, one --out ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("caches", ["same-cache", "separate-caches"])
+# same-cache: -m slow only; separate caches is the stronger case (nothing but the flock on --out can stop it)
+@pytest.mark.parametrize("caches", [F.slow("same-cache"), "separate-caches"])
 def test_second_concurrent_build_into_same_out_refused(caches, tmp_path, reference):
     """`--target openvino` starts; once it prints its first building line it is frozen (SIGSTOP) so the race is
     not left to timing; `--target onnxruntime` into the same --out must exit 2 with one line saying another build
