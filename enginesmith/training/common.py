@@ -46,6 +46,24 @@ def make_optimizer(model, recipe: Recipe):
     raise EnginesmithError(f"unknown optimizer {recipe.optimizer!r} in the recipe; use 'adamw' or 'sgd'")
 
 
+def optimizer_step(net: Any, opt: Any, loss: Any, lr: float, clip: float, what: str, step: int, ema: Any = None) -> None:
+    """One step on `loss` (a scalar tensor) at learning rate `lr`: a finite check (`what` names the training in the
+    error), backward, the gradient norm clipped to `clip`, the optimizer, then the EMA of the weights if any."""
+    import torch
+
+    if not torch.isfinite(loss):
+        raise EnginesmithError(f"{what} diverged (loss {float(loss)} at step {step}); lower the learning rate in the "
+                               "recipe")
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+    opt.step()
+    if ema is not None:
+        ema.update(net)
+
+
 def epoch_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Full batches only (a last batch of 1 would break BatchNorm); the remainder is dropped this epoch."""
     n = len(order) // batch_size

@@ -33,7 +33,7 @@ from enginesmith.training.augment import AugmentConfig, augment_sample, to_input
 from enginesmith.training.checkpoints import (dataset_fingerprint, default_checkpoint_path, matches, read_checkpoint,
                                               save_checkpoint)
 from enginesmith.training.common import (Bar, ProgressFn, epoch_batches, evaluate_detector, lr_at, make_optimizer,
-                                         prefetch)
+                                         optimizer_step, prefetch)
 from enginesmith.training.criteria import detection_loss, init_detection_priors
 from enginesmith.training.fast_rcnn import train_fast_rcnn
 from enginesmith.training.faster_rcnn import train_faster_rcnn
@@ -151,9 +151,10 @@ def train_detector(spec, train_set, val_set, recipe: Recipe, seed: int, time_bud
             sums: dict[str, float] = {}
             make = _batch_maker(samples, images, pre, seed, epoch, recipe, batches)
             for x, targets in prefetch(make, len(batches)):
-                lr = lr_at(step, total_steps, warmup, recipe.lr, recipe.final_lr_fraction)
-                out = _optimizer_step(net, opt, ema, x, targets, recipe, lr, f"training {spec.name}", step)
+                out = detection_loss(net, x, targets, recipe.yolo)
                 loss = out["loss"]
+                optimizer_step(net, opt, loss, lr_at(step, total_steps, warmup, recipe.lr, recipe.final_lr_fraction),
+                               10.0, f"training {spec.name}", step, ema)
                 step += 1
                 seen += len(x)
                 for k, v in out.items():
@@ -217,28 +218,6 @@ def _batch_maker(samples: list, images: list[np.ndarray], pre: Any, seed: int, e
             ts.append(_targets_tensor(t))
         return torch.from_numpy(np.stack(xs)).contiguous(memory_format=torch.channels_last), ts
     return make
-
-
-def _optimizer_step(net: Any, opt: Any, ema: Any, x: Any, targets: list[Any], recipe: Recipe, lr: float, what: str,
-                    step: int) -> dict[str, Any]:
-    """One step at learning rate `lr`: the family's loss, a finite check, backward, gradient norm clipped to 10,
-    the optimizer and EMA updates. Returns the loss terms (`loss` first)."""
-    import torch
-
-    for g in opt.param_groups:
-        g["lr"] = lr
-    out = detection_loss(net, x, targets, recipe.yolo)
-    loss = out["loss"]
-    if not torch.isfinite(loss):
-        raise EnginesmithError(f"{what} diverged (loss {float(loss)} at step {step}); lower the learning rate in the "
-                               "recipe")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
-    opt.step()
-    if ema is not None:
-        ema.update(net)
-    return out
 
 
 def _final_validation(final: Any, pre: Any, val_set: Any, val_images: list[np.ndarray] | None,

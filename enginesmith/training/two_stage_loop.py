@@ -18,8 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from enginesmith.errors import EnginesmithError
-from enginesmith.training.common import Bar, epoch_batches, lr_at, make_optimizer, prefetch
+from enginesmith.training.common import Bar, epoch_batches, lr_at, make_optimizer, optimizer_step, prefetch
 
 # make_batch(batches, epoch) -> make(j) -> (x [N, 3, H, W] tensor, payload for step_losses, images flipped)
 BatchMaker = Callable[[list[np.ndarray], int], Callable[[int], tuple[Any, Any, int]]]
@@ -82,8 +81,6 @@ def run_epochs(net, recipe, n: int, seed: int, make_batch: BatchMaker, step_loss
                history_row: HistoryRow = mean_losses_row) -> EpochLoopResult:
     """Train `net` (updated in place) for recipe.epochs over n images with recipe's optimiser and schedule.
     what: the trainer's name in the divergence error ("Fast R-CNN"); title: the progress bar's."""
-    import torch
-
     ipb = max(1, min(recipe.batch_size, n))
     steps_per_epoch = len(epoch_batches(np.arange(n), ipb))
     planned = recipe.epochs
@@ -105,17 +102,9 @@ def run_epochs(net, recipe, n: int, seed: int, make_batch: BatchMaker, step_loss
             seen = 0
             sums: dict[str, float] = {}
             for x, payload, flipped in prefetch(make_batch(batches, epoch), len(batches)):
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step, total, warmup, recipe.lr, recipe.final_lr_fraction)
                 losses = step_losses(x, payload)
-                loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise EnginesmithError(f"{what} training diverged (loss {float(loss)} at step {step}); lower the "
-                                           "learning rate in the recipe")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-                opt.step()
+                optimizer_step(net, opt, losses["loss"], lr_at(step, total, warmup, recipe.lr, recipe.final_lr_fraction),
+                               clip, f"{what} training", step)
                 step += 1
                 seen += len(x)
                 flips += flipped

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from enginesmith.models import registry
+from reference_helpers import cfg_sections
 
 # pjreddie/darknet cfg/yolov3-tiny.cfg at f6afaabcdf85f77e7aff2ec55c020c0e297c77f9 (file last changed in f86901f6,
 # 2018-08-15); training options of [net] left out, every layer section verbatim.
@@ -262,21 +263,6 @@ EDGE_3L_ANCHORS = "5,11, 11,11, 8,17, 13,27, 20,20, 20,43, 33,35, 37,64, 67,86"
 
 
 # ------------------------------------------------------------------------------ the darknet transcription
-def parse_sections(text: str) -> list[tuple[str, dict[str, str]]]:
-    """[(type, options)] in file order; '#' and ';' lines are comments (darknet's read_cfg)."""
-    sections: list[tuple[str, dict[str, str]]] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            sections.append((line[1:-1], {}))
-        else:
-            key, value = line.split("=", 1)
-            sections[-1][1][key.strip()] = value.strip()
-    return sections
-
-
 def with_classes(text: str, classes: int) -> str:
     """The cfg for `classes` classes, as a user edits it: classes=C in each [yolo], filters=3*(C+5) before it."""
     return text.replace("classes=80", f"classes={classes}").replace("filters=255", f"filters={3 * (classes + 5)}")
@@ -412,7 +398,7 @@ CASES = [
 @pytest.mark.parametrize("name, cfg, classes, size", CASES)
 def test_model_equals_darknet_transcription(name: str, cfg: str, classes: int, size: tuple[int, int],
                                             tmp_path: Path) -> None:
-    sections = parse_sections(with_classes(cfg, classes))
+    sections = cfg_sections(with_classes(cfg, classes))
     weights = tmp_path / "random.weights"
     write_weights(weights, sections, seed=sum(size) + classes)
     spec = registry.get(name)
@@ -435,12 +421,12 @@ def test_model_equals_darknet_transcription(name: str, cfg: str, classes: int, s
 def test_transcription_sees_a_swapped_scale(tmp_path: Path) -> None:
     """The reference is sensitive to what the model must get right: with the two masks swapped (large anchors on
     the fine scale) its boxes move by tens of pixels, far beyond the tolerance above."""
-    sections = parse_sections(YOLOV3_TINY_CFG)
+    sections = cfg_sections(YOLOV3_TINY_CFG)
     weights = tmp_path / "w.weights"
     write_weights(weights, sections, seed=1)
     x = np.random.default_rng(2).random((1, 3, 64, 64))
     boxes, _ = darknet_forward(sections, weights, x)
-    swapped = parse_sections(YOLOV3_TINY_CFG.replace("mask = 3,4,5", "mask = X").replace("mask = 0,1,2", "mask = 3,4,5")
+    swapped = cfg_sections(YOLOV3_TINY_CFG.replace("mask = 3,4,5", "mask = X").replace("mask = 0,1,2", "mask = 3,4,5")
                              .replace("mask = X", "mask = 0,1,2"))
     boxes_swapped, _ = darknet_forward(swapped, weights, x)
     assert np.abs(boxes_swapped - boxes).max() > 10.0
@@ -448,9 +434,9 @@ def test_transcription_sees_a_swapped_scale(tmp_path: Path) -> None:
 
 def test_published_cfg_has_the_layer_count_darknet_prints() -> None:
     """darknet numbers yolov3-tiny's layers 0..23 (yolo at 16 and 23; route 20 reads layer 8); tiny_3l's 0..30."""
-    secs = parse_sections(YOLOV3_TINY_CFG)[1:]
+    secs = cfg_sections(YOLOV3_TINY_CFG)[1:]
     assert len(secs) == 24 and [i for i, (k, _) in enumerate(secs) if k == "yolo"] == [16, 23]
     assert secs[20] == ("route", {"layers": "-1, 8"}) and secs[8][1]["filters"] == "256"
-    secs3 = parse_sections(tiny_3l_cfg(AB_3L_ANCHORS))[1:]
+    secs3 = cfg_sections(tiny_3l_cfg(AB_3L_ANCHORS))[1:]
     assert len(secs3) == 31 and [i for i, (k, _) in enumerate(secs3) if k == "yolo"] == [16, 23, 30]
     assert secs3[27] == ("route", {"layers": "-1, 6"}) and secs3[6][1]["filters"] == "128"
