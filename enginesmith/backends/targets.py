@@ -86,7 +86,7 @@ class Target:
     streams_async: bool = False  # runtime: an async request queue overlaps preprocessing and inference
     takes_max_roi_pool: bool = True  # its ONNX importer takes MaxRoiPool (Fast R-CNN's pooling)
     check_device: Callable[[dict[str, Any]], None] | None = None  # refuses a manifest this machine cannot load
-    precisions: tuple[str, ...] = tuple(PRECISIONS)
+    precisions: tuple[str, ...] = tuple(PRECISIONS)  # the --precision values it builds (all four, today)
     runner_options: Callable[[str], dict[str, Any]] = field(default=lambda precision: {})
     build_options: Callable[[Path], tuple[dict[str, Any], dict[str, Any]]] = _no_build_options
 
@@ -115,8 +115,8 @@ class Target:
 TARGETS: dict[str, Target] = {
     "openvino": Target(
         "openvino", "OpenVINO", openvino, "openvino",
-        "pip install 'enginesmith[runtime-openvino]' (or: pip install openvino)", int8_quantizer="nncf", default_calib_method="minmax", fp16_model="engine",
-        quantize_options=("nncf_preset", "overflow_fix"), layer_ranking="openvino", engine_companions=(".bin",),
+        "pip install 'enginesmith[runtime-openvino]' (or: pip install openvino)", int8_quantizer="nncf",
+        default_calib_method="minmax", fp16_model="engine", quantize_options=("nncf_preset", "overflow_fix"), layer_ranking="openvino", engine_companions=(".bin",),
         streams_async=True, runner_options=openvino.runner_options,
     ),
     "onnxruntime": Target(

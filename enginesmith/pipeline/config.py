@@ -106,6 +106,8 @@ def _check_choices(config: BuildConfig, spec: Any) -> None:
     """Every option with a fixed set of values holds one of them; the target can run here."""
     target = get_target(config.target)
     precision = get_precision(config.precision)
+    if precision.name not in target.precisions:
+        raise EnginesmithError(f"{target.display} builds {', '.join(target.precisions)}, not {precision.name}")
     if config.fallback not in FALLBACKS:
         raise EnginesmithError(f"unknown --fallback {config.fallback!r}; choose none or auto")
     if config.fallback == "auto" and not precision.calibrated:

@@ -113,3 +113,14 @@ def test_build_config_default_calibration_method_comes_from_the_target():
     assert {t: BuildConfig("lenet5", target=t).calib_method for t in sorted(BEFORE)} == {
         "onnxruntime": "percentile", "openvino": "minmax", "tensorrt": "minmax"}
     assert BuildConfig("lenet5", target="nonsense").calib_method == "minmax"  # validate() then names the bad target
+
+
+def test_a_precision_a_target_does_not_build_is_refused_before_any_stage(monkeypatch):
+    from dataclasses import replace
+
+    from enginesmith.pipeline.config import BuildConfig
+
+    monkeypatch.setitem(TARGETS, "onnxruntime", replace(TARGETS["onnxruntime"], precisions=("fp32", "fp16")))
+    with pytest.raises(EnginesmithError, match="^ONNX Runtime builds fp32, fp16, not int8$"):
+        BuildConfig("lenet5", target="onnxruntime", precision="int8").validate()
+    assert BuildConfig("lenet5", target="onnxruntime", precision="fp16").validate().name == "lenet5"
