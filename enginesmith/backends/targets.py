@@ -130,7 +130,6 @@ TARGETS: dict[str, Target] = {
         build_options=tensorrt.stage_options, check_device=tensorrt_device.check_device,
     ),
 }
-TARGET_NAMES = tuple(TARGETS)
 CPU_TARGETS = tuple(name for name, t in TARGETS.items() if not t.needs_gpu)
 
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from enginesmith.backends.targets import PRECISIONS, TARGET_NAMES, TARGETS
+from enginesmith.backends.targets import PRECISIONS, TARGETS
 from enginesmith.errors import EnginesmithError
 from enginesmith.models import registry
 
@@ -67,7 +67,6 @@ BASELINES = {
 # the FP32 run every speed-up on a device divides by
 REFERENCE_BASELINE = {"cpu": "torch", "cuda": "torch-cuda"}
 BENCH_TARGETS = (*BASELINES, *TARGETS)
-ENGINE_TARGETS = TARGET_NAMES
 GPU_TARGETS = (*(n for n, b in BASELINES.items() if b.device == "cuda"), *(n for n, t in TARGETS.items() if t.needs_gpu))
 BENCH_PRECISIONS = tuple(PRECISIONS)
 NMS_MODES = ("host", "engine")
@@ -464,4 +463,4 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
 
 __all__ = ["Suite", "ModelEntry", "Run", "Skipped", "load_suite", "suite_from_args", "override", "plan",
            "parse_weights", "parse_size", "split_list", "parse_batches", "expand_vars", "BASELINES", "BENCH_TARGETS",
-           "ENGINE_TARGETS", "GPU_TARGETS", "DEFAULT_TARGETS", "DEFAULT_PRECISIONS", "DEFAULT_BATCHES"]
+           "GPU_TARGETS", "DEFAULT_TARGETS", "DEFAULT_PRECISIONS", "DEFAULT_BATCHES"]

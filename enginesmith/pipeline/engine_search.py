@@ -8,6 +8,7 @@ plain build makes one attempt and fails when its drop exceeds the budget; `--pre
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -33,9 +34,10 @@ def precision_and_engine(base: Artifact, reference_acc: Artifact | None, ctx: Bu
     asked); `reference_acc`: the FP32 PyTorch metric, or None without `--val`."""
     config = ctx.config
     calibrated = get_precision(config.precision).calibrated
+    reference = functools.cache(lambda: _reference_outputs(base, ctx))  # once per build, not once per attempt
 
     def attempt(keep_float: tuple[str, ...]) -> Attempt:
-        return _attempt(base, reference_acc, keep_float, ctx)
+        return _attempt(base, reference_acc, keep_float, reference, ctx)
 
     def within_budget(a: Attempt) -> bool:
         return a.ok and (a.drop is None or a.drop <= ctx.budget + 1e-9)
@@ -55,7 +57,8 @@ def precision_and_engine(base: Artifact, reference_acc: Artifact | None, ctx: Bu
     return result
 
 
-def _attempt(base: Artifact, reference_acc: Artifact | None, keep_float: tuple[str, ...], ctx: BuildContext) -> Attempt:
+def _attempt(base: Artifact, reference_acc: Artifact | None, keep_float: tuple[str, ...],
+             reference: Callable[[], dict[str, np.ndarray]], ctx: BuildContext) -> Attempt:
     """Build (precision stage + engine) with `keep_float` in float; measure it when --val is given."""
     config = ctx.config
     precision = engine_precision(config.precision)
@@ -65,7 +68,7 @@ def _attempt(base: Artifact, reference_acc: Artifact | None, keep_float: tuple[s
                                                                   overflow_fix=config.overflow_fix))
     try:
         engine = engine_artifact(ctx.cache, config.target, precision, quantized or base, INPUT_NAME,
-                                 lambda: ctx.verify_batches, lambda: _reference_outputs(base, ctx),
+                                 lambda: ctx.verify_batches, reference,
                                  judged_by_metric=(reference_acc is not None or config.record_int8_tolerance)
                                  and calibrated)
     except EnginesmithError as e:

@@ -112,7 +112,11 @@ def test_each_failed_check_is_one_warning_naming_the_folder_and_why(tmp_path, na
 
 
 # ---------------------------------------------------------------------------------------------------- reasons
-def test_an_unreadable_manifest_without_a_message_is_named_by_its_exception_type(tmp_path, monkeypatch):
+# a message-less exception is named by its type (str(e) == ""); otherwise by the first line of its message
+@pytest.mark.parametrize("error,reason", [(PermissionError(), "PermissionError"),
+                                          (OSError("first line\nsecond line"), "first line")],
+                         ids=["no-message", "multi-line-message"])
+def test_an_unreadable_manifest_is_named_in_one_line(tmp_path, monkeypatch, error, reason):
     events: list[tuple[str, str]] = []
     cache = Cache(tmp_path, on_event=lambda s, m: events.append((s, m)))
     a = cache.run("st", [], {}, _writer({"a.bin": b"abc"}), tools={})
@@ -120,30 +124,13 @@ def test_an_unreadable_manifest_without_a_message_is_named_by_its_exception_type
 
     def read_text(self, *args, **kwargs):
         if self.name == "manifest.json":
-            raise PermissionError()  # str(e) == ""
+            raise error
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "read_text", read_text)
     assert cache.lookup("st", a.manifest["key"], locked=True) is None
     assert [m for _, m in events] == [
-        f"cache entry {a.folder} failed its check (manifest.json unreadable: PermissionError): discarded, rebuilding"]
-
-
-def test_an_unreadable_manifest_is_named_by_the_first_line_of_its_message(tmp_path, monkeypatch):
-    events: list[tuple[str, str]] = []
-    cache = Cache(tmp_path, on_event=lambda s, m: events.append((s, m)))
-    a = cache.run("st", [], {}, _writer({"a.bin": b"abc"}), tools={})
-    real = Path.read_text
-
-    def read_text(self, *args, **kwargs):
-        if self.name == "manifest.json":
-            raise OSError("first line\nsecond line")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", read_text)
-    assert cache.lookup("st", a.manifest["key"], locked=True) is None
-    assert [m for _, m in events] == [
-        f"cache entry {a.folder} failed its check (manifest.json unreadable: first line): discarded, rebuilding"]
+        f"cache entry {a.folder} failed its check (manifest.json unreadable: {reason}): discarded, rebuilding"]
 
 
 def test_no_manifest_reason_in_full(tmp_path):
