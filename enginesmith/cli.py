@@ -246,6 +246,8 @@ def evaluate(
     batch: int = typer.Option(8, help="batch size for a model (an engine uses its own static batch)"),
     limit: Optional[int] = typer.Option(None, help="evaluate the first N images only"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the metrics as JSON to this file"),
+    voc_metric: str = typer.Option("devkit", help="detectors: devkit (the VOC devkit's voc_eval.py, bit for bit: "
+                                   "pixel-inclusive boxes, IoU > 0.5) | continuous (no +1, IoU >= 0.5)"),
 ) -> None:
     """Print mAP (VOC07 11-point, all-point, COCO) or top-1/top-5 for an engine or a PyTorch model."""
     from enginesmith.benchmarks.evaluate import evaluate as run_eval
@@ -255,7 +257,7 @@ def evaluate(
     try:
         metrics = run_eval(target, dataset, split=split, weights=weights, num_classes=num_classes,
                            input_size=parse_input_size(input_size) if input_size else None, batch_size=batch,
-                           limit=limit)
+                           limit=limit, voc_metric=voc_metric)
     except EnginesmithError as e:
         _fail(e)
     sys.stdout.write(render_metrics(metrics) + "\n")

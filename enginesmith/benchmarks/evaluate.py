@@ -31,7 +31,7 @@ from enginesmith.data.classification import classification_samples
 from enginesmith.data.datasets import open_dataset
 from enginesmith.data.proposals import split_proposals
 from enginesmith.models.weights.checkpoint_info import CHECKPOINT_SUFFIXES, read_checkpoint_info
-from enginesmith.evaluation.detection_metrics import Predictions, evaluate_detections
+from enginesmith.evaluation.detection_metrics import Predictions, evaluate_detections, voc_convention, voc_metric_label
 # The post-processing is evaluation/predict.py's (low score threshold: mAP needs the low-confidence
 # tail), shared with the build's accuracy check so both report the same numbers.
 from enginesmith.evaluation.predict import EVAL_IOU_THRESHOLD as EVAL_NMS_IOU
@@ -318,13 +318,14 @@ def _run(predictor: Predictor, items: Iterable[Any], load: Callable[[Any], np.nd
 
 
 def evaluate_detector(predictor: Predictor, dataset: Any, progress: bool = True,
-                      on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Run `predictor` on every image of a DetectionDataset -> evaluate_detections' metrics plus "timing"
-    (images/s over preprocessing + inference + NMS; image decoding excluded) and "warnings"."""
+                      on_progress: Callable[[int], None] | None = None, voc_metric: str = "devkit") -> dict[str, Any]:
+    """Run `predictor` on every image of a DetectionDataset -> evaluate_detections' metrics (VOC convention
+    `voc_metric`: devkit | continuous) plus "timing" (images/s over preprocessing + inference + NMS; image
+    decoding excluded) and "warnings"."""
     mapping, warnings = class_mapping(predictor.class_names, dataset.class_names, predictor.description,
                                       f"dataset {dataset.root} ({dataset.split})")
     preds, seconds = _run(predictor, range(len(dataset)), dataset.load_image, len(dataset), progress, on_progress)
-    metrics = evaluate_detections([_remap(p, mapping) for p in preds], dataset)
+    metrics = evaluate_detections([_remap(p, mapping) for p in preds], dataset, convention=voc_metric)
     metrics.update(task="detection", model=predictor.description, timing=_timing(len(dataset), seconds, predictor),
                    warnings=warnings, postprocess={"score_threshold": predictor.score_threshold,
                                                    "max_detections": predictor.max_detections,
@@ -358,19 +359,20 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
              num_classes: int | None = None, input_size: tuple[int, int] | None = None,
              batch_size: int = DEFAULT_BATCH, limit: int | None = None, progress: bool = True,
              score_threshold: float = EVAL_SCORE_THRESHOLD, max_detections: int = EVAL_MAX_DETECTIONS,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0, voc_metric: str = "devkit") -> dict[str, Any]:
     """Evaluate an engine folder, a checkpoint or a registered model (see predictor_for) on `split` of
     `dataset` (detectors: a VOC folder or COCO json, see data/datasets.py open_dataset; classifiers:
     anything data/classification.py classification_samples takes, e.g. a folder of class folders or
-    "digits"). `limit` keeps the first N images. Returns the metrics dict (fractions in [0, 1]) with
+    "digits"). `limit` keeps the first N images; `voc_metric` is the VOC convention (evaluation/detection_metrics.py). Returns the metrics dict (fractions in [0, 1]) with
     "timing" (images/s), "dataset", "split" and "warnings". R-CNN / Fast R-CNN run with their host stages
     (benchmarks/proposal_arc.py) on the split's selective-search proposals (data/proposals.py, cached)."""
+    voc_convention(voc_metric)  # a bad name is refused before any work
     if (Path(target) / "manifest.json").is_file():
         engine_info(target)  # an engine folder is checked before anything reads it (two_stage_target too)
     host = two_stage_target(target, weights)
     if host is not None:
         try:
-            return _evaluate_two_stage(host, dataset, split, limit, progress)
+            return _evaluate_two_stage(host, dataset, split, limit, progress, voc_metric)
         finally:
             host.close()
     predictor = predictor_for(target, weights, num_classes, input_size, batch_size, score_threshold,
@@ -382,7 +384,7 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
                 ds = type(ds)(ds.root, ds.split, ds.class_names, list(ds.samples[: max(0, limit)]))
             if not len(ds):
                 raise EnginesmithError(f"dataset {dataset} ({split}) has no images to evaluate")
-            metrics = evaluate_detector(predictor, ds, progress)
+            metrics = evaluate_detector(predictor, ds, progress, voc_metric=voc_metric)
         else:
             cs = classification_samples(dataset, split)
             images, labels, names = cs.images, np.asarray(cs.labels), cs.class_names
@@ -395,7 +397,8 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
     return metrics
 
 
-def _evaluate_two_stage(host: Any, dataset: str | Path, split: str, limit: int | None, progress: bool) -> dict[str, Any]:
+def _evaluate_two_stage(host: Any, dataset: str | Path, split: str, limit: int | None, progress: bool,
+                        voc_metric: str = "devkit") -> dict[str, Any]:
     ds = open_dataset(Path(dataset), split)
     if limit is not None:
         ds = type(ds)(ds.root, ds.split, ds.class_names, list(ds.samples[: max(0, limit)]))
@@ -405,7 +408,7 @@ def _evaluate_two_stage(host: Any, dataset: str | Path, split: str, limit: int |
     t0 = time.perf_counter()
     preds = predict_split(host, ds, proposals, progress)
     seconds = time.perf_counter() - t0
-    metrics = evaluate_detections(preds, ds)
+    metrics = evaluate_detections(preds, ds, convention=voc_metric)
     metrics.update(task="detection", model=host.description, dataset=str(dataset), split=split, warnings=[],
                    timing={"images": len(ds), "seconds": seconds, "images_per_s": len(ds) / seconds if seconds else 0.0,
                            "batch": 1, "proposals": "selective search, precomputed (data/proposals.py)"})
@@ -418,7 +421,8 @@ def render_metrics(metrics: dict[str, Any], per_class: bool = True) -> str:
     lines = [f"model    {metrics['model']}",
              f"dataset  {metrics.get('dataset', '?')} ({metrics.get('split', '?')}), {t['images']} images"]
     if metrics["task"] == "detection":
-        lines += [f"mAP@0.5 VOC07 11-point  {100 * metrics['voc07_map']:6.2f}",
+        lines += [f"VOC metric: {voc_metric_label(metrics['voc_convention'])}",
+                  f"mAP@0.5 VOC07 11-point  {100 * metrics['voc07_map']:6.2f}",
                   f"mAP@0.5 all-point       {100 * metrics['map']:6.2f}",
                   f"COCO AP@[.5:.95]        {100 * metrics['coco_ap']:6.2f}",
                   f"COCO AP50 / AP75        {100 * metrics['coco_ap50']:6.2f} / {100 * metrics['coco_ap75']:.2f}",

@@ -33,7 +33,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("precision", "fp32 | fp16 | int8 | mixed"),
     ("batch", "images per inference call"),
     ("status", "ok | error"),
-    ("map_voc07", "VOC07 11-point mAP@0.5, points (the SSD paper's metric)"),
+    ("map_voc07", "VOC07 11-point mAP@0.5, points (the SSD paper's metric, computed as the VOC devkit's "
+                  "voc_eval.py computes it: pixel-inclusive boxes, IoU > 0.5)"),
     ("map_all_point", "all-point AP@0.5, points"),
     ("coco_ap", "COCO AP@[.5:.95], points"),
     ("top1", "classifiers: top-1, points"),
@@ -228,8 +229,8 @@ def render_markdown(run: dict[str, Any], rows: list[dict[str, Any]], skipped: li
         "timing preprocessing, inference and decode + NMS (host NMS, score > 0.25, IoU 0.45, 100 per image) "
         "separately, over as many calls. OpenVINO's throughput mode (PERFORMANCE_HINT THROUGHPUT, the "
         "plugin's streams, its optimal number of async requests) runs for "
-        f"{prof.get('throughput_s', '?')} s. mAP is VOC07 11-point AP@0.5 on the held-out split when "
-        "weights and a dataset are given, else —. The torch target is PyTorch eager FP32 on the CPU, "
+        f"{prof.get('throughput_s', '?')} s. mAP is VOC07 11-point AP@0.5 on the held-out split, computed as the VOC "
+        "devkit's voc_eval.py computes it (pixel-inclusive boxes, IoU > 0.5), when weights and a dataset are given, else —. The torch target is PyTorch eager FP32 on the CPU, "
         "the baseline of 'vs PyTorch' (GPU targets: torch-cuda FP32). Untrained weights give real speed "
         "but no accuracy, and their score distribution sets the NMS work (see candidates).",
         "",

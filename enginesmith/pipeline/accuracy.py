@@ -116,7 +116,8 @@ def measure(infer: Infer, batch: int | None, val: ValidationSet, preprocess: Pre
         preds = predict_detections(infer, images, preprocess, batch, progress=progress)
         m = evaluate_detections(preds, val.data)
         return {"metric": val.metric, "value": 100.0 * float(m["voc07_map"]), "map": 100.0 * float(m["map"]),
-                "coco_ap": 100.0 * float(m.get("coco_ap", float("nan"))), "images": len(val)}
+                "coco_ap": 100.0 * float(m.get("coco_ap", float("nan"))), "images": len(val),
+                "voc_convention": m["voc_convention"]}
 
     logits = predict_classes(infer, val.data.images, preprocess, batch, progress=progress)
     m = classification_metrics(logits, np.asarray(val.data.labels))

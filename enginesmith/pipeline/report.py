@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from enginesmith.backends.targets import get_precision
+from enginesmith.evaluation.detection_metrics import voc_metric_label
 from enginesmith.pipeline.artifacts import Artifact
 
 STAGE_CHECKS = {
@@ -104,6 +105,8 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
 def _accuracy_lines(config: Any, acc: dict[str, Any]) -> list[str]:
     """The accuracy check and, for a mixed-precision search, each step and the layers kept in float."""
     name = {"voc07_map": "VOC07 mAP@0.5", "top1": "top-1"}.get(acc["metric"], acc["metric"])
+    if "voc_convention" in acc:
+        name = voc_metric_label(acc["voc_convention"])
     lines = [
         "", f"## Accuracy ({name}, {acc['images']} held-out images of {acc['val']} split `{acc['split']}`)", "",
         f"| model | {name} | drop (points) |", "|---|---|---|",

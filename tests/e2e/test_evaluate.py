@@ -123,6 +123,7 @@ def test_engine_and_pytorch_agree_on_a_voc_folder(voc, yolo):
     json.dumps(by_engine)  # the CLI can write it as JSON
     text = render_metrics(by_engine)
     assert f"{100 * by_engine['voc07_map']:6.2f}" in text and "circle" in text
+    assert by_engine["voc_convention"] == "devkit" and "VOC metric: VOC07 mAP@0.5 (VOC devkit voc_eval.py" in text
     # Prediction by prediction (untrained: near-zero mAP, but thousands of low-score boxes to compare).
     from enginesmith.data.datasets import open_dataset
 
@@ -181,6 +182,10 @@ def test_oracle_detector_scores_map_one_through_letterbox_and_back(voc):
     assert m["coco_ap"] > 0.9  # the oracle's boxes are nearly pixel-exact
     present = {CLASSES[0]} | {CLASSES[o[1][0]] for o in truth}
     assert m["classes_evaluated"] == len(present)
+    with torch_predictor(oracle, "detection", spec, CLASSES, ("boxes", "scores"), batch_size=3) as p:
+        c = evaluate_detector(p, ds, progress=False, voc_metric="continuous")
+    assert c["voc_convention"] == "continuous" and c["map"] == pytest.approx(1.0)
+    assert "VOC metric: VOC07 mAP@0.5 (continuous boxes" in render_metrics({**c, "timing": m["timing"]})
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +246,8 @@ def test_clear_errors(tmp_path, voc, yolo, lenet, monkeypatch):
     ckpt, engine = yolo
     with pytest.raises(EnginesmithError, match="no manifest.json"):
         predictor_for(tmp_path)
+    with pytest.raises(EnginesmithError, match="unknown VOC metric convention 'matlab'; use devkit or continuous"):
+        evaluate(engine, root, "test", progress=False, voc_metric="matlab")
     manifest = json.loads((engine / "manifest.json").read_text())
     bad = tmp_path / "dense"
     bad.mkdir()

@@ -1,4 +1,5 @@
-"""VOC AP (07 11-point and all-point) against hand-computed cases and a naive voc_eval transcription."""
+"""VOC AP (07 11-point and all-point) in the `continuous` convention against hand-computed cases and a naive
+loop reference; tests/unit/test_voc_devkit.py checks the default `devkit` convention against voc_eval.py."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from enginesmith.evaluation.detection_metrics import Predictions, box_iou, evaluate_detections, voc_ap, voc_metrics
+from functools import partial
+
+from enginesmith.evaluation import detection_metrics
+from enginesmith.evaluation.detection_metrics import CONTINUOUS, Predictions, box_iou, evaluate_detections, voc_ap
 from enginesmith.data.detection import DetectionDataset, DetectionSample
 from enginesmith.errors import EnginesmithError
+
+voc_metrics = partial(detection_metrics.voc_metrics, convention="continuous")
 
 
 def make_dataset(per_image: list[tuple[list, list, list]], class_names=("a", "b", "c")) -> DetectionDataset:
@@ -47,6 +53,8 @@ def test_iou_is_continuous_no_plus_one():
     # inter 5x10 = 50, union 100 + 100 - 50 = 150 (the devkit's +1 would give 66/176 = 0.375)
     assert box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10]]))[0, 0] == pytest.approx(1 / 3)
     assert box_iou(np.array([[0, 0, 10, 10]]), np.array([[10, 0, 20, 10]]))[0, 0] == 0.0
+    assert box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10]]), inclusive=True)[0, 0] == 66 / 176
+    assert box_iou(np.array([[0, 0, 10, 10]]), np.array([[10, 0, 20, 10]]), inclusive=True)[0, 0] == 11 / 231
 
 
 def test_voc_ap_on_a_hand_curve():
@@ -56,7 +64,10 @@ def test_voc_ap_on_a_hand_curve():
     assert voc_ap(rec, prec, use_07_metric=True) == pytest.approx(AP_07_5, abs=1e-12)
     # Recall exactly 0.3 reaches the 0.3 point: rec .3 with prec 1, then rec .6 with prec .5
     # -> 07: t in 0..0.3 -> 1 (4 points), t in .4..0.6 -> .5 (3 points), rest 0 -> 5.5/11
-    assert voc_ap(np.array([0.3, 0.6]), np.array([1.0, 0.5]), True) == pytest.approx(5.5 / 11, abs=1e-12)
+    assert voc_ap(np.array([0.3, 0.6]), np.array([1.0, 0.5]), True, CONTINUOUS) == pytest.approx(5.5 / 11, abs=1e-12)
+    # The devkit's grid np.arange(0., 1.1, 0.1) has 0.30000000000000004 and 0.6000000000000001: recall .3 reaches
+    # t = 0, .1, .2 (3 points at 1), recall .6 reaches .3, .4, .5 (3 points at .5), nothing reaches .6 -> 4.5/11
+    assert voc_ap(np.array([0.3, 0.6]), np.array([1.0, 0.5]), True) == pytest.approx(4.5 / 11, abs=1e-12)
 
 
 def test_hand_computed_ap_with_a_duplicate_as_fp():

@@ -110,7 +110,7 @@ def test_coco_metrics_messages(monkeypatch):
 # ---- VOC AP (evaluation/detection_metrics.py) -------------------------------------------------------------
 
 from enginesmith.evaluation.detection_metrics import (  # noqa: E402
-    box_iou, class_ap, evaluate_detections, match_class, voc_ap, voc_metrics,
+    CONTINUOUS, box_iou, class_ap, evaluate_detections, match_class, voc_ap, voc_metrics,
 )
 
 
@@ -151,7 +151,8 @@ def test_box_iou_small_thin_inverted_and_degenerate_boxes():
 
 
 def naive_voc_ap(rec, prec, use_07):
-    """The VOC devkit's voc_ap (voc_eval.py), transcribed with Python lists."""
+    """voc_eval.py's voc_ap with Python lists and the 11 points at exactly k/10 (the `continuous` convention's
+    grid; test_voc_devkit.py checks the devkit's own)."""
     rec, prec = [float(r) for r in rec], [float(p) for p in prec]
     if use_07:
         ap = 0.0
@@ -170,7 +171,7 @@ def test_voc_ap_default_is_all_point_and_float32_curves_are_read_in_float64():
     rec = np.array([0.1, 0.1, 0.35, 0.6, 0.6, 0.85], np.float32)
     prec = np.array([1.0, 0.5, 0.7, 0.75, 0.6, 0.66], np.float32)
     assert voc_ap(rec, prec) == pytest.approx(naive_voc_ap(rec, prec, False), rel=1e-15)
-    assert voc_ap(rec, prec, True) == pytest.approx(naive_voc_ap(rec, prec, True), rel=1e-15)
+    assert voc_ap(rec, prec, True, CONTINUOUS) == pytest.approx(naive_voc_ap(rec, prec, True), rel=1e-15)
     assert voc_ap(rec, prec) != pytest.approx(voc_ap(rec, prec, True), rel=1e-3)
 
 
@@ -191,12 +192,12 @@ def test_match_class_defaults_and_no_images():
 
 def test_match_class_ties_keep_image_then_detection_order():
     # 40 detections with one score, in 4 images: per image one TP (the first on its GT) then 9 duplicates (FP).
-    # A stable sort keeps that order: TP, 9 FP, TP, 9 FP, ...
+    # The continuous convention's stable sort keeps that order: TP, 9 FP, TP, 9 FP, ...
     gt = [np.array([[0.0, 0.0, 10.0, 10.0]])] * 4
     det = [np.tile([[0.0, 0.0, 10.0, 10.0]], (10, 1))] * 4
-    tp, fp, npos = match_class(gt, [np.zeros(1, bool)] * 4, det, [np.full(10, 0.5)] * 4)
+    tp, fp, npos = match_class(gt, [np.zeros(1, bool)] * 4, det, [np.full(10, 0.5)] * 4, convention=CONTINUOUS)
     assert tp.tolist() == ([1.0] + [0.0] * 9) * 4 and npos == 4
-    ap07, ap = class_ap(tp, fp, npos)
+    ap07, ap = class_ap(tp, fp, npos, CONTINUOUS)
     ctp = np.cumsum(tp)
     rec, prec = ctp / 4, ctp / np.arange(1, 41)
     assert ap == pytest.approx(naive_voc_ap(rec, prec, False)) and ap07 == pytest.approx(naive_voc_ap(rec, prec, True))
@@ -254,7 +255,7 @@ def test_match_class_ties_in_a_shuffled_run_follow_image_then_detection_order():
     scores = [rng.choice([0.2, 0.5, 0.9], 20) for _ in range(3)]
     gt = [np.array([[0.0, 0.0, 10.0, 10.0]])] * 3
     det = [np.tile([[0.0, 0.0, 10.0, 10.0]], (20, 1))] * 3
-    tp, fp, _ = match_class(gt, [np.zeros(1, bool)] * 3, det, scores)
+    tp, fp, _ = match_class(gt, [np.zeros(1, bool)] * 3, det, scores, convention=CONTINUOUS)
     order = sorted(((-float(s), i, j) for i in range(3) for j, s in enumerate(scores[i])))  # Python: stable by key
     first = {}
     expect = []
