@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from enginesmith.errors import EnginesmithError
-from enginesmith.models.registry import check_input_side
+from enginesmith.models.registry import MAX_INPUT_SIDE, check_input_side
 from enginesmith.models.weights.darknet_cfg import CfgSection, parse_cfg
 
 ACTIVATIONS = ("leaky", "linear", "relu", "logistic", "mish", "swish")
@@ -372,7 +372,7 @@ def net_size(sections: list[CfgSection], file: str) -> tuple[int, int]:
     """[net] height, width (and channels=3), checked."""
     o = Options.__new__(Options)
     o.sec, o.file, o.kind = sections[0], file, "net"
-    size = (o.int("height", 416, lo=1, hi=2**31 - 1), o.int("width", 416, lo=1, hi=2**31 - 1))
+    size = (o.int("height", 416, lo=1, hi=MAX_INPUT_SIDE), o.int("width", 416, lo=1, hi=MAX_INPUT_SIDE))
     if o.int("channels", 3, lo=1, hi=2**31 - 1) != 3:
         raise o.error("channels", "enginesmith builds RGB networks: [net] channels must be 3")
     return size
