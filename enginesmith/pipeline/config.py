@@ -21,8 +21,6 @@ from enginesmith.data.image_folder import list_images
 from enginesmith.data.offline_photos import MAX_CALIBRATION_PHOTOS
 from enginesmith.errors import EnginesmithError
 from enginesmith.models import registry
-from enginesmith.models.darknet_net import cfg_spec
-from enginesmith.models.darknet_plan import read_cfg_source
 from enginesmith.models.memory import check_build_fits, meta_model
 from enginesmith.models.weights import check_weights_file
 from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
@@ -123,6 +121,9 @@ def model_spec(config: BuildConfig) -> Any:
     if not is_darknet:
         raise EnginesmithError(f"--cfg builds the network of a Darknet cfg: give the model name darknet "
                                f"(build-engine darknet --cfg {config.cfg}), not {config.model!r}")
+    from enginesmith.models.darknet_net import cfg_spec  # torch: only when a cfg is built
+    from enginesmith.models.darknet_plan import read_cfg_source
+
     return cfg_spec(read_cfg_source(config.cfg), config.names)
 
 

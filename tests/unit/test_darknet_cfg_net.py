@@ -231,3 +231,49 @@ def test_weights_of_the_wrong_size_are_refused_before_reading(tmp_path: Path) ->
     spec = cfg_spec(read_cfg_source(cfg))
     with pytest.raises(EnginesmithError, match=r"truncated darknet weights .*user.weights: expected 45000 bytes, found 37512"):
         spec.load_weights(spec.create(input_size=(64, 64)), weights)
+
+
+def darknet_maxpool(x: np.ndarray, size: int, stride: int, padding: int) -> np.ndarray:
+    """pjreddie/darknet src/maxpool_layer.c forward_maxpool_layer, loop for loop: out = (w + pad - size)/stride + 1,
+    w_offset = h_offset = -pad/2, taps outside the map are -FLT_MAX."""
+    n, c, h, w = x.shape
+    out_h, out_w = (h + padding - size) // stride + 1, (w + padding - size) // stride + 1
+    off = -(padding // 2)
+    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
+    for i in range(out_h):
+        for j in range(out_w):
+            best = np.full((n, c), -np.finfo(np.float32).max, dtype=x.dtype)
+            for dn in range(size):
+                for dm in range(size):
+                    cur_h, cur_w = off + i * stride + dn, off + j * stride + dm
+                    if 0 <= cur_h < h and 0 <= cur_w < w:
+                        best = np.maximum(best, x[:, :, cur_h, cur_w])
+            y[:, :, i, j] = best
+    return y
+
+
+@pytest.mark.parametrize("side, size, stride, padding", [
+    (13, 2, 2, None), (13, 2, 1, None), (8, 3, 2, None), (7, 3, 1, 2), (9, 3, 3, 0), (6, 1, 2, None), (10, 5, 2, 3),
+])
+def test_maxpool_follows_darknet(side: int, size: int, stride: int, padding: int | None) -> None:
+    """[maxpool] against maxpool_layer.c on negative-heavy inputs (where zero padding would show)."""
+    text = (f"[net]\nwidth={side}\nheight={side}\n[maxpool]\nsize={size}\nstride={stride}\n"
+            + (f"padding={padding}\n" if padding is not None else "")
+            + "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]\nmask=0\nanchors=4,4\nclasses=1\nnum=1\n")
+    cfg = cfg_spec_from_text(text)
+    model = cfg.create()
+    x = torch.from_numpy(np.random.default_rng(0).normal(-1.0, 1.0, (2, 3, side, side)).astype(np.float32))
+    with torch.inference_mode():
+        got = model.layers[0](x).numpy()
+    want = darknet_maxpool(x.numpy(), size, stride, size - 1 if padding is None else padding)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def cfg_spec_from_text(text: str):  # noqa: ANN201 - a ModelSpec
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "pool.cfg"
+        path.write_text(text)
+        return cfg_spec(read_cfg_source(path))
