@@ -144,6 +144,8 @@ class Options:
 
     def __init__(self, sec: CfgSection, file: str, kind: str) -> None:
         self.sec, self.file, self.kind = sec, file, kind
+        if kind == "net":  # [net]'s other options are training settings: all taken
+            return
         allowed = KNOWN[kind] | TRAINING.get(kind, frozenset())
         for key in sec.options:
             if key not in allowed:
@@ -370,8 +372,7 @@ RULES: dict[str, LayerRule] = {
 # ---------------------------------------------------------------------------------------------- the plan
 def net_size(sections: list[CfgSection], file: str) -> tuple[int, int]:
     """[net] height, width (and channels=3), checked."""
-    o = Options.__new__(Options)
-    o.sec, o.file, o.kind = sections[0], file, "net"
+    o = Options(sections[0], file, "net")
     size = (o.int("height", 416, lo=1, hi=MAX_INPUT_SIDE), o.int("width", 416, lo=1, hi=MAX_INPUT_SIDE))
     if o.int("channels", 3, lo=1, hi=2**31 - 1) != 3:
         raise o.error("channels", "enginesmith builds RGB networks: [net] channels must be 3")
