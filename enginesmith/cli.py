@@ -44,6 +44,10 @@ def build(
     precision: str = typer.Option("int8", help=f"{' | '.join(PRECISIONS)} (mixed: int8 with the sensitive layers in "
                                   "float; needs --val)"),
     weights: Optional[Path] = typer.Option(None, help="Darknet .weights or PyTorch state dict"),
+    cfg: Optional[Path] = typer.Option(None, help="model darknet: your network's Darknet .cfg ([net], convolutional, "
+                                       "maxpool, upsample, route, shortcut, reorg, yolo, region)"),
+    names: Optional[Path] = typer.Option(None, help="with --cfg: a Darknet .names file, one class name a line "
+                                         "(default: COCO for 80 classes, VOC for 20, else 0..C-1)"),
     calib: Optional[Path] = typer.Option(None, help="folder of calibration images, or a VOC folder / COCO json (its train split); default: built-in photos"),
     calib_method: Optional[str] = typer.Option(None, help="minmax | entropy | percentile (default: the target's best, "
                                                "see benchmarks/quantizers-*.md)"),
@@ -74,7 +78,7 @@ def build(
 
     try:
         config = BuildConfig(
-            model=model, target=target, precision=precision, weights=weights, calib=calib, calib_method=calib_method,
+            model=model, target=target, precision=precision, weights=weights, cfg=cfg, names=names, calib=calib, calib_method=calib_method,
             calib_size=calib_size, batch=batch, dynamic_batch=dynamic_batch,
             input_size=parse_input_size(input_size) if input_size else None, num_classes=num_classes, out=out_dir,
             nms=nms, val=val, val_split=val_split, accuracy_budget=accuracy_budget, fallback=fallback,
@@ -123,11 +127,18 @@ app.command("classify")(classify)
 
 
 @app.command("models")
-def models(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+def models(
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    cfg: Optional[Path] = typer.Option(None, help="a Darknet .cfg: its row only (the network build-engine darknet "
+                                       "--cfg makes)"),
+) -> None:
     """List the registered models with task, input size, parameters and MACs."""
-    from enginesmith.models.catalog import model_rows
+    from enginesmith.models.catalog import cfg_row, model_rows
 
-    rows = model_rows()
+    try:
+        rows = [cfg_row(cfg)] if cfg is not None else model_rows()
+    except EnginesmithError as e:
+        _fail(e)
     if as_json:
         out.print_json(json.dumps(rows))
         return

@@ -48,11 +48,21 @@ def _measure(spec: registry.ModelSpec, shape: tuple[int, ...]) -> tuple[int, int
     return params, macs * per_image, outputs
 
 
-def model_rows() -> list[dict[str, Any]]:
-    """Build each model once (untrained) and measure it at its default input size. Detectors also
-    report the number of boxes before NMS (A in boxes [N, A, 4])."""
+def cfg_row(path: Any) -> dict[str, Any]:
+    """The row of the network a Darknet cfg defines (model `darknet`, named by the cfg's file name)."""
+    from enginesmith.models.darknet_net import cfg_spec
+    from enginesmith.models.darknet_plan import read_cfg_source
+
+    spec = cfg_spec(read_cfg_source(path))
+    row = model_rows([spec])[0]
+    return {**row, "name": f"darknet:{spec.definition['file']}", "cfg_sha256": spec.definition["sha256"]}
+
+
+def model_rows(specs: list[registry.ModelSpec] | None = None) -> list[dict[str, Any]]:
+    """Build each model once (untrained) and measure it at its default input size (default: every registered
+    model). Detectors also report the number of boxes before NMS (A in boxes [N, A, 4])."""
     rows = []
-    for spec in registry.all_specs():
+    for spec in registry.all_specs() if specs is None else specs:
         shape = tuple(spec.input_shape or (spec.preprocess.channels, *spec.input_size))
         params, macs, outputs = _measure(spec, shape)
         row = {

@@ -39,7 +39,8 @@ def check_input_side(size: tuple[int, ...], native: tuple[int, ...] | None = Non
 
 # Modules of enginesmith.models that are not model families; every other module is imported (once,
 # the first time the registry is read) and registers its models itself.
-NOT_FAMILIES = {"registry", "ops", "profile", "catalog", "layers", "weights", "classes", "memory"}
+NOT_FAMILIES = {"registry", "ops", "profile", "catalog", "layers", "weights", "classes", "memory", "darknet_plan",
+                "darknet_net"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class ModelSpec:
     input_shape: tuple[int, ...] | None = None  # per-sample input shape when it is not (C, *input_size)
     trainer: Literal["faster-rcnn"] | None = None  # a training loop of its own (training/loop.py)
     details: dict = field(default_factory=dict, compare=False, hash=False)  # published constants, for people and tests
+    # the file a network was built from (a user's Darknet cfg, models/darknet_net.py): {"format", "file", "sha256"};
+    # its sha256 enters the export stage's key and the engine manifest records it. None for the zoo's own models.
+    definition: dict[str, str] | None = field(default=None, compare=False, hash=False)
 
     def check_size(self, size: tuple[int, int]) -> None:
         """The plain ceiling (check_input_side), then what the architecture takes (check_input_size)."""

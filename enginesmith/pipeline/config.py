@@ -41,6 +41,8 @@ class BuildConfig:
     target: str = "openvino"
     precision: str = "int8"
     weights: Path | None = None
+    cfg: Path | None = None  # model "darknet": the network is this Darknet .cfg (models/darknet_net.py)
+    names: Path | None = None  # with cfg: a Darknet .names file, one class name a line
     calib: Path | None = None
     calib_method: str | None = None  # None: the target's default_calib_method (backends/targets.py)
     calib_size: int = 64
@@ -91,7 +93,7 @@ def parse_input_size(text: str) -> tuple[int, int]:
 
 def validate(config: BuildConfig) -> Any:
     """Reject bad input before any heavy work; return the model spec (models/registry.py ModelSpec)."""
-    spec = registry.get(config.model)
+    spec = model_spec(config)
     _check_choices(config, spec)
     _check_model_options(config, spec)
     _check_calibration_size(config, spec)
@@ -100,6 +102,29 @@ def validate(config: BuildConfig) -> Any:
         raise EnginesmithError(f"--val {config.val}: no such file or folder; give a VOC folder, a COCO json or a "
                                "folder of class subfolders")
     return spec
+
+
+DARKNET = "darknet"  # the model name of a network built from its Darknet cfg (--cfg)
+
+
+def model_spec(config: BuildConfig) -> Any:
+    """The registered model, or for `darknet --cfg PATH` the spec of that cfg (read once: its sha256 names the bytes
+    the network is built from)."""
+    is_darknet = config.model.strip().lower() == DARKNET
+    if config.cfg is None:
+        if is_darknet:
+            raise EnginesmithError("model darknet is built from your Darknet cfg: give --cfg PATH (and --weights "
+                                   "PATH.weights for trained weights)")
+        if config.names is not None:
+            raise EnginesmithError(f"--names gives the classes of a --cfg network; {config.model} has its own names")
+        return registry.get(config.model)
+    if not is_darknet:
+        raise EnginesmithError(f"--cfg builds the network of a Darknet cfg: give the model name darknet "
+                               f"(build-engine darknet --cfg {config.cfg}), not {config.model!r}")
+    from enginesmith.models.darknet_net import cfg_spec  # torch: only when a cfg is built
+    from enginesmith.models.darknet_plan import read_cfg_source
+
+    return cfg_spec(read_cfg_source(config.cfg), config.names)
 
 
 def _check_choices(config: BuildConfig, spec: Any) -> None:

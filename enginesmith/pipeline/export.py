@@ -94,6 +94,7 @@ def export_stage(ctx: BuildContext) -> Artifact:
         "opset": OPSET,
         "weights": ctx.weights_id,
         "model_source": sha256_file(Path(ctx.spec.source_file)) if ctx.spec.source_file else "",
+        **({"cfg_sha256": ctx.spec.definition["sha256"]} if ctx.spec.definition else {}),
     }
 
     def produce(tmp: Path) -> StageResult:

@@ -63,6 +63,8 @@ def engine_manifest(ctx: BuildContext, engine: Artifact, stages: list[Artifact],
         "latency": latency.metrics,
         "accuracy": accuracy,
     }
+    if ctx.spec.definition:  # the file the network was built from: {"format", "file", "sha256"}
+        manifest["definition"] = dict(ctx.spec.definition)
     two_stage = ctx.spec.two_stage
     if two_stage:  # host stages around the engine (runtime/two_stage.py)
         manifest["inputs"] = [manifest["input"], *({"name": k, "shape": [ax[0], 4]} for k, ax in ctx.extra_axes.items()

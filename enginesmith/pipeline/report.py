@@ -58,6 +58,9 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
         f"outputs {', '.join(f'`{n}`' for n in spec.output_names)})",
         f"- weights: {config.weights if trained else 'none given: seeded, untrained'}",
     ]
+    if spec.definition:
+        lines.append(f"- network: {spec.definition['format']} `{spec.definition['file']}` (sha256 "
+                     f"{spec.definition['sha256'][:16]}...)")
     if get_precision(config.precision).calibrated:
         src = config.calib or f"built-in offline set ({spec.default_calibration})"
         lines.append(f"- calibration: {src}, {calibration_images} images, method {config.calib_method}")

@@ -49,12 +49,18 @@ def build_engine(
     `--out` is checked before any stage runs (pipeline/outdir.py: what may be replaced) and held by this
     build until the engine folder is published."""
     spec = config.validate()
-    out = Path(config.out) if config.out else Path("build") / spec.name / f"{config.target}-{config.precision}"
+    out = Path(config.out) if config.out else default_out(spec, config)
     state = out_state(out, Path(config.cache_dir), config.force)
     with hold_out(out):
         ctx = BuildContext(config, spec, on_stage)
         ctx.cache.on_start = on_start
         return _run_stages(ctx, out, state, on_search_step)
+
+
+def default_out(spec: Any, config: BuildConfig) -> Path:
+    """build/MODEL/TARGET-PRECISION; a cfg-built network: build/darknet/CFG_STEM/TARGET-PRECISION."""
+    name = Path(spec.name) / Path(spec.definition["file"]).stem if spec.definition else Path(spec.name)
+    return Path("build") / name / f"{config.target}-{config.precision}"
 
 
 def _run_stages(ctx: BuildContext, out: Path, state: OutState,

@@ -44,6 +44,7 @@ class CfgSection:
     type: str
     options: dict[str, str] = field(default_factory=dict)
     line: int = 0
+    lines: dict[str, int] = field(default_factory=dict)  # the line each option was read from (the last one wins)
 
     def get(self, key: str, default: str | None = None) -> str | None:
         return self.options.get(key, default)
@@ -61,26 +62,29 @@ class CfgSection:
         return [float(t) for t in v.split(",") if t.strip()]
 
 
-def parse_cfg(text: str) -> list[CfgSection]:
-    """Parse darknet cfg text into its sections, in order. Raises EnginesmithError on a malformed line."""
+def parse_cfg(text: str, name: str = "darknet cfg") -> list[CfgSection]:
+    """Parse darknet cfg text into its sections, in order (a repeated option: the later one wins). Raises a
+    one-line EnginesmithError on a malformed line, naming `name` (the file) and the line number."""
     sections: list[CfgSection] = []
-    for n, raw in enumerate(text.splitlines(), start=1):
+    for n, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line[0] in "#;":
             continue
         if line.startswith("["):
             if not line.endswith("]") or len(line) < 3:
-                raise EnginesmithError(f"darknet cfg line {n}: malformed section header {line!r}")
+                raise EnginesmithError(f"{name} line {n}: malformed section header {line[:80]!r}")
             sections.append(CfgSection(line[1:-1].strip(), {}, n))
             continue
         if "=" not in line:
-            raise EnginesmithError(f"darknet cfg line {n}: expected key=value, got {line!r}")
+            raise EnginesmithError(f"{name} line {n}: expected key=value, got {line[:80]!r}")
         if not sections:
-            raise EnginesmithError(f"darknet cfg line {n}: option {line!r} before any [section]")
+            raise EnginesmithError(f"{name} line {n}: option {line[:80]!r} before any [section]")
         key, value = line.split("=", 1)
         sections[-1].options[key.strip()] = value.strip()
+        sections[-1].lines[key.strip()] = n
     if not sections or sections[0].type not in ("net", "network"):
-        raise EnginesmithError("darknet cfg must start with a [net] section")
+        where = f" (line {sections[0].line} is [{sections[0].type[:40]}])" if sections else ""
+        raise EnginesmithError(f"{name} must start with a [net] section{where}")
     return sections
 
 
