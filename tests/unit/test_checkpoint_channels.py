@@ -237,3 +237,17 @@ def test_checkpoint_info_reads_and_checks_the_recorded_preprocess(tmp_path):
         with pytest.raises(EnginesmithError, match="field 'preprocess'") as e:
             read_checkpoint_info(path)
         assert "\n" not in str(e.value)
+
+
+def test_eval_of_a_checkpoint_honours_its_record_and_warns_on_a_contradicting_option(tmp_path):
+    torch = pytest.importorskip("torch")
+    from enginesmith.benchmarks.evaluate import predictor_for
+
+    spec = registry.get("yolov3-tiny")
+    path = tmp_path / "ck.pt"
+    torch.save({"model": "yolov3-tiny", "state_dict": spec.create(input_size=(64, 64)).state_dict(),
+                "input_size": [64, 64], "preprocess": {"color": "BGR"}}, path)
+    recorded = predictor_for(path)
+    assert recorded.preprocess.color == "BGR" and recorded.warnings == []
+    asked = predictor_for(path, preprocess=make_override("rgb"))
+    assert asked.preprocess.color == "RGB" and len(asked.warnings) == 1 and "records BGR" in asked.warnings[0]
