@@ -1,6 +1,6 @@
 """Command line: parse, call the library, print. No pipeline logic and no backend branches here.
 
-A command function is as long as its list of typer options (`build` takes 23); its body only calls the library."""
+A command function is as long as its list of typer options (`build` takes 26); its body only calls the library."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ from enginesmith.errors import EnginesmithError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="enginesmith: PyTorch CNN -> verified edge engine.")
 console = Console(stderr=True)
 out = Console()
+
+
+CHANNELS_HELP = ("rgb | bgr: the channel order the checkpoint was trained on (default: the model's checkpoint family, "
+                 "see README 'Checkpoint families'; e.g. bgr for ssd.pytorch's Caffe-converted ssd_300_VOC0712.pth)")
+MEAN_HELP = "per-channel mean subtracted, in the order fed and the model's pixel scale, e.g. 123,117,104"
+STD_HELP = "per-channel std divided by, in the order fed, e.g. 0.229,0.224,0.225"
 
 
 def _fail(e: EnginesmithError) -> None:
@@ -70,11 +76,15 @@ def build(
     force: bool = typer.Option(False, "--force", help="replace --out even if it is not an engine folder enginesmith "
                                "wrote (its contents are deleted)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="build every stage afresh (the new entries replace cached ones)"),
+    channels: Optional[str] = typer.Option(None, help=CHANNELS_HELP),
+    mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
+    std: Optional[str] = typer.Option(None, help=STD_HELP),
     rebuild: Optional[list[str]] = typer.Option(None, "--rebuild", help="build this stage afresh even if cached "
                                                 "(repeatable: export, simplify, statistics, quantize-nncf, engine, latency, ...)"),
 ) -> None:
     """Build a verified engine for MODEL and print its report."""
     from enginesmith.pipeline.run import BuildConfig, build_engine, parse_input_size
+    from enginesmith.runtime.preprocess_override import parse_values
 
     try:
         config = BuildConfig(
@@ -84,6 +94,7 @@ def build(
             nms=nms, val=val, val_split=val_split, accuracy_budget=accuracy_budget, fallback=fallback,
             nncf_preset=nncf_preset, overflow_fix=overflow_fix, force=force,
             rebuild=True if no_cache else tuple(rebuild or ()),
+            channels=channels, mean=parse_values(mean, "--mean"), std=parse_values(std, "--std"),
         )
         if cache_dir is not None:
             config.cache_dir = cache_dir
@@ -259,16 +270,20 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the metrics as JSON to this file"),
     voc_metric: str = typer.Option("devkit", help="detectors: devkit (the VOC devkit's voc_eval.py, bit for bit: "
                                    "pixel-inclusive boxes, IoU > 0.5) | continuous (no +1, IoU >= 0.5)"),
+    channels: Optional[str] = typer.Option(None, help=CHANNELS_HELP + "; PyTorch models only"),
+    mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
+    std: Optional[str] = typer.Option(None, help=STD_HELP),
 ) -> None:
     """Print mAP (VOC07 11-point, all-point, COCO) or top-1/top-5 for an engine or a PyTorch model."""
     from enginesmith.benchmarks.evaluate import evaluate as run_eval
     from enginesmith.benchmarks.evaluate import render_metrics
     from enginesmith.pipeline.run import parse_input_size
+    from enginesmith.runtime.preprocess_override import make_override
 
     try:
         metrics = run_eval(target, dataset, split=split, weights=weights, num_classes=num_classes,
                            input_size=parse_input_size(input_size) if input_size else None, batch_size=batch,
-                           limit=limit, voc_metric=voc_metric)
+                           limit=limit, voc_metric=voc_metric, preprocess=make_override(channels, mean, std))
     except EnginesmithError as e:
         _fail(e)
     sys.stdout.write(render_metrics(metrics) + "\n")

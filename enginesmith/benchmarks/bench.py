@@ -47,10 +47,12 @@ from enginesmith.data.offline_photos import offline_photos
 from enginesmith.errors import EnginesmithError
 from enginesmith.files import write_json_atomic
 from enginesmith.models import registry
+from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
 from enginesmith.pipeline.run import BuildConfig, build_engine
 from enginesmith.progress import progress_bar
 from enginesmith.runtime.nms import DEFAULT_SCORE_THRESHOLD, nms_detections
 from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
+from enginesmith.runtime.preprocess_override import PreprocessOverride, resolve_preprocess
 
 INPUT_NAME = "images"  # pipeline.export.INPUT_NAME (not imported: that module imports torch)
 ACCURACY_NOT_ENFORCED = 100.0  # points: the bench measures accuracy, it does not fail a build on it
@@ -151,6 +153,7 @@ def build_run(run: Run, engines: Path, cache_dir: Path, quick: bool, calib_size:
         cache_dir=Path(cache_dir), latency_budget_s=0.1 if quick else 1.0,
         val=Path(str(run.dataset)) if accuracy else None, val_split=run.split,
         accuracy_budget=ACCURACY_NOT_ENFORCED if accuracy else None, record_int8_tolerance=True,
+        **_preprocess_options(run.preprocess),
     )
     result = build_engine(config, on_stage=stages.append)
     manifest = json.loads((result.out / "manifest.json").read_text())
@@ -169,8 +172,15 @@ def build_run(run: Run, engines: Path, cache_dir: Path, quick: bool, calib_size:
     return built
 
 
+def _preprocess_options(override: PreprocessOverride | None) -> dict[str, Any]:
+    """BuildConfig's channels / mean / std from a run's override."""
+    if override is None:
+        return {}
+    return {"channels": override.channels, "mean": override.mean, "std": override.std}
+
+
 def _reference_key(run: Run) -> tuple:
-    return (run.model, run.input_size, str(run.weights), str(run.dataset), run.split, run.num_classes)
+    return (run.model, run.input_size, str(run.weights), str(run.dataset), run.split, run.num_classes, run.preprocess)
 
 
 def torch_accuracy(run: Run, reference: dict[tuple, dict[str, Any]]) -> dict[str, Any] | None:
@@ -181,7 +191,7 @@ def torch_accuracy(run: Run, reference: dict[tuple, dict[str, Any]]) -> dict[str
     if key not in reference:
         metrics = evaluate(run.model, run.dataset, split=run.split, weights=run.weights,  # type: ignore[arg-type]
                            num_classes=run.num_classes, input_size=run.input_size, batch_size=run.batch,
-                           progress=True)
+                           progress=True, preprocess=run.preprocess)
         reference[key] = _points(metrics, run.task, fractions=True)
     return reference[key]
 
@@ -222,7 +232,10 @@ def make_job(run: Run, built: Built | None, profile: TimingProfile, throughput: 
         m = built.manifest
         job.update(engine=str(built.engine_file), input_name=m["input"]["name"], preprocess=m["preprocess"])
     else:
-        job.update(engine=None, input_name=INPUT_NAME, preprocess=spec.preprocess.with_size(*run.input_size).to_dict(),
+        info = read_checkpoint_info(run.weights) if run.weights else {}
+        pre, _ = resolve_preprocess(spec.preprocess.with_size(*run.input_size), run.preprocess, info.get("preprocess"),
+                                    spec.name, str(run.weights))
+        job.update(engine=None, input_name=INPUT_NAME, preprocess=pre.to_dict(),
                    torch={"model": run.model, "input_size": list(run.input_size), "num_classes": run.num_classes,
                           "weights": str(run.weights) if run.weights else None, "seed": 0,
                           "device": "cuda" if run.target in GPU_TARGETS else "cpu", "half": run.precision == "fp16",
@@ -480,6 +493,7 @@ def _load_average() -> list[float] | None:
 
 
 def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None, dataset: Path | str | None = None,
+              preprocess: dict[str, PreprocessOverride] | None = None,
               profile: TimingProfile | None = None, quick: bool = False, cache_dir: Path | None = None,
               engines: Path | None = None, command: str = "", isolate: bool = True, throughput: bool = True,
               ov_streams: int | None = None, progress: bool = True, echo: Echo = lambda s: None) -> BenchOutcome:
@@ -488,7 +502,7 @@ def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None
     from contextlib import nullcontext
 
     profile = profile or (TimingProfile.quick() if quick else TimingProfile())
-    runs, skipped = plan(suite, weights, dataset)
+    runs, skipped = plan(suite, weights, dataset, preprocess=preprocess)
     check_targets(runs)
     cache_dir = Path(cache_dir or os.environ.get("ENGINESMITH_CACHE", "build/.cache"))
     engines = Path(engines or Path("build") / "bench-engines")

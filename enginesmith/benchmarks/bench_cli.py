@@ -52,6 +52,13 @@ def bench(
     ov_streams: Optional[int] = typer.Option(None, help="OpenVINO throughput mode: NUM_STREAMS [default: the "
                                              "plugin's choice]"),
     nms: str = typer.Option("host", help="detectors: host (numpy NMS) | engine (ONNX NonMaxSuppression inside)"),
+    channels: Optional[List[str]] = typer.Option(None, "--channels", help="rgb | bgr, the channel order the "
+                                                 "checkpoint was trained on: VALUE (one model) or MODEL=VALUE; "
+                                                 "repeat for several models [default: each model's family]"),
+    mean: Optional[List[str]] = typer.Option(None, "--mean", help="per-channel mean in the order fed: VALUES (one "
+                                             "model) or MODEL=VALUES, e.g. ssd300=123,117,104"),
+    std: Optional[List[str]] = typer.Option(None, "--std", help="per-channel std in the order fed: VALUES or "
+                                            "MODEL=VALUES"),
     in_process: bool = typer.Option(False, "--in-process", help="measure in this process (faster start; no "
                                     "per-engine peak memory, no crash isolation)"),
 ) -> None:
@@ -59,8 +66,8 @@ def bench(
     from enginesmith.benchmarks.bench import run_bench
     from enginesmith.benchmarks.results import PAPER_COLUMNS, paper_cells
     from enginesmith.benchmarks.suite import (DEFAULT_BATCHES, DEFAULT_PRECISIONS, DEFAULT_TARGETS, load_suite,
-                                              override, parse_batches, parse_size, parse_weights, split_list,
-                                              suite_from_args)
+                                              override, parse_batches, parse_preprocess, parse_size, parse_weights,
+                                              split_list, suite_from_args)
     from enginesmith.benchmarks.timing import TimingProfile
 
     try:
@@ -79,6 +86,7 @@ def bench(
         names = list(dict.fromkeys(e.model for e in suite.entries))
         outcome = run_bench(
             suite, out_dir, weights=parse_weights(weights, names), dataset=dataset, profile=profile, quick=quick,
+            preprocess=parse_preprocess(channels, mean, std, names),
             cache_dir=cache_dir, engines=engines, command=shlex.join(["enginesmith", *sys.argv[1:]]),
             isolate=not in_process, throughput=throughput, ov_streams=ov_streams,
             echo=lambda line: _err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True),

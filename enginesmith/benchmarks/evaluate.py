@@ -44,6 +44,7 @@ from enginesmith.pipeline.export import INPUT_NAME
 from enginesmith.progress import progress_bar
 from enginesmith.runtime.manifest import engine_info
 from enginesmith.runtime.preprocess import PreprocessSpec, load_image
+from enginesmith.runtime.preprocess_override import PreprocessOverride, resolve_preprocess
 
 DEFAULT_BATCH = 8
 TASKS = ("detection", "classification")
@@ -68,6 +69,7 @@ class Predictor:
     score_threshold: float = EVAL_SCORE_THRESHOLD
     max_detections: int = EVAL_MAX_DETECTIONS
     nms_iou: float = EVAL_NMS_IOU
+    warnings: list[str] = field(default_factory=list)  # one line each, added to the metrics' warnings
     infer_seconds: float = field(default=0.0, init=False)
 
     @property
@@ -176,11 +178,12 @@ def torch_predictor(model: Any, task: str, preprocess_spec: PreprocessSpec, clas
 
 def model_predictor(name: str, weights: Path | None = None, num_classes: int | None = None,
                     input_size: tuple[int, int] | None = None, batch_size: int = DEFAULT_BATCH, seed: int = 0,
-                    **post: Any) -> Predictor:
+                    preprocess: PreprocessOverride | None = None, **post: Any) -> Predictor:
     """A Predictor for registered model `name`, with `weights` loaded when given.
 
-    num_classes / input_size / class names come from the arguments, else from the checkpoint's metadata
-    ("num_classes", "input_size", "class_names" in a training checkpoint), else from the model spec."""
+    num_classes / input_size / class names / preprocessing come from the arguments (`preprocess`: --channels,
+    --mean, --std), else from the checkpoint's metadata ("num_classes", "input_size", "class_names",
+    "preprocess" in a training checkpoint), else from the model spec."""
     spec = registry.get(name)
     if spec.task not in TASKS:
         raise EnginesmithError(f"{spec.name} is a {spec.task} model; evaluate measures detection and classification models only")
@@ -203,22 +206,31 @@ def model_predictor(name: str, weights: Path | None = None, num_classes: int | N
         names = spec.class_names if len(spec.class_names) == classes else [str(i) for i in range(classes)]
     batch = 1 if spec.static_batch else batch_size
     what = f"{spec.name} (PyTorch, {'weights ' + str(weights) if weights else 'untrained, seed ' + str(seed)})"
-    return torch_predictor(model, spec.task, spec.preprocess.with_size(*size), names, spec.output_names, batch, what, **post)
+    pre, warnings = resolve_preprocess(spec.preprocess.with_size(*size), preprocess, info.get("preprocess"), spec.name,
+                                       str(weights))
+    predictor = torch_predictor(model, spec.task, pre, names, spec.output_names, batch, what, **post)
+    predictor.warnings.extend(warnings)
+    return predictor
 
 
 def predictor_for(target: str | Path, weights: Path | None = None, num_classes: int | None = None,
                   input_size: tuple[int, int] | None = None, batch_size: int = DEFAULT_BATCH,
                   score_threshold: float = EVAL_SCORE_THRESHOLD, max_detections: int = EVAL_MAX_DETECTIONS,
-                  nms_iou: float = EVAL_NMS_IOU, seed: int = 0) -> Predictor:
+                  nms_iou: float = EVAL_NMS_IOU, seed: int = 0, preprocess: PreprocessOverride | None = None
+                  ) -> Predictor:
     """`target` is an engine folder (manifest.json), a training checkpoint file naming its model, or a
     registered model name (with optional `weights`). The engine's own preprocessing and class names
-    are used; num_classes / input_size / weights apply to PyTorch models only."""
+    are used; num_classes / input_size / weights / preprocess (--channels, --mean, --std) apply to PyTorch
+    models only."""
     post = {"score_threshold": score_threshold, "max_detections": max_detections, "nms_iou": nms_iou}
     path = Path(target)
     if path.is_dir():
         if weights is not None or num_classes is not None or input_size is not None:
             raise EnginesmithError(f"{path} is an engine folder: its weights, classes and input size are built in; "
                                    "drop --weights/--num-classes/--input-size")
+        if preprocess is not None and not preprocess.empty:
+            raise EnginesmithError(f"{path} is an engine folder: its preprocessing (manifest.json) is built in; drop "
+                                   "--channels/--mean/--std, or rebuild the engine with them")
         return engine_predictor(path, batch_size, **post)
     if path.is_file():
         if weights is not None:
@@ -226,11 +238,11 @@ def predictor_for(target: str | Path, weights: Path | None = None, num_classes: 
         info = read_checkpoint_info(path)
         if not info.get("model"):
             raise EnginesmithError(f"{path} does not say which model it is for; give the model name and --weights {path}")
-        return model_predictor(info["model"], path, num_classes, input_size, batch_size, seed, **post)
+        return model_predictor(info["model"], path, num_classes, input_size, batch_size, seed, preprocess, **post)
     text = str(target)
     if "/" in text or "\\" in text or path.suffix.lower() in CHECKPOINT_SUFFIXES:
         raise EnginesmithError(f"{text} not found: give an engine folder, a checkpoint file or a registered model name")
-    return model_predictor(text, weights, num_classes, input_size, batch_size, seed, **post)
+    return model_predictor(text, weights, num_classes, input_size, batch_size, seed, preprocess, **post)
 
 
 # ---------------------------------------------------------------------------------------------- classes
@@ -327,7 +339,7 @@ def evaluate_detector(predictor: Predictor, dataset: Any, progress: bool = True,
     preds, seconds = _run(predictor, range(len(dataset)), dataset.load_image, len(dataset), progress, on_progress)
     metrics = evaluate_detections([_remap(p, mapping) for p in preds], dataset, convention=voc_metric)
     metrics.update(task="detection", model=predictor.description, timing=_timing(len(dataset), seconds, predictor),
-                   warnings=warnings, postprocess={"score_threshold": predictor.score_threshold,
+                   warnings=predictor.warnings + warnings, postprocess={"score_threshold": predictor.score_threshold,
                                                    "max_detections": predictor.max_detections,
                                                    "nms_iou": predictor.nms_iou})
     return metrics
@@ -351,7 +363,7 @@ def evaluate_classifier(predictor: Predictor, images: Sequence[Any], labels: Seq
                            len(labels), progress, on_progress)
     metrics = classification_metrics(np.asarray(logits), labels)
     metrics.update(task="classification", model=predictor.description, timing=_timing(len(labels), seconds, predictor),
-                   warnings=warnings)
+                   warnings=predictor.warnings + warnings)
     return metrics
 
 
@@ -359,24 +371,29 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
              num_classes: int | None = None, input_size: tuple[int, int] | None = None,
              batch_size: int = DEFAULT_BATCH, limit: int | None = None, progress: bool = True,
              score_threshold: float = EVAL_SCORE_THRESHOLD, max_detections: int = EVAL_MAX_DETECTIONS,
-             seed: int = 0, voc_metric: str = "devkit") -> dict[str, Any]:
+             seed: int = 0, voc_metric: str = "devkit", preprocess: PreprocessOverride | None = None) -> dict[str, Any]:
     """Evaluate an engine folder, a checkpoint or a registered model (see predictor_for) on `split` of
     `dataset` (detectors: a VOC folder or COCO json, see data/datasets.py open_dataset; classifiers:
     anything data/classification.py classification_samples takes, e.g. a folder of class folders or
-    "digits"). `limit` keeps the first N images; `voc_metric` is the VOC convention (evaluation/detection_metrics.py). Returns the metrics dict (fractions in [0, 1]) with
-    "timing" (images/s), "dataset", "split" and "warnings". R-CNN / Fast R-CNN run with their host stages
+    "digits"). `limit` keeps the first N images; `voc_metric` is the VOC convention (devkit | continuous,
+    evaluation/detection_metrics.py). Returns the metrics dict (fractions in [0, 1]) with "timing"
+    (images/s), "dataset", "split" and "warnings". `preprocess` (--channels, --mean, --std) applies to
+    PyTorch models. R-CNN / Fast R-CNN run with their host stages
     (benchmarks/proposal_arc.py) on the split's selective-search proposals (data/proposals.py, cached)."""
     voc_convention(voc_metric)  # a bad name is refused before any work
     if (Path(target) / "manifest.json").is_file():
         engine_info(target)  # an engine folder is checked before anything reads it (two_stage_target too)
-    host = two_stage_target(target, weights)
+    if (Path(target) / "manifest.json").is_file() and preprocess is not None and not preprocess.empty:
+        raise EnginesmithError(f"{target} is an engine folder: its preprocessing (manifest.json) is built in; drop "
+                               "--channels/--mean/--std, or rebuild the engine with them")
+    host = two_stage_target(target, weights, preprocess)
     if host is not None:
         try:
             return _evaluate_two_stage(host, dataset, split, limit, progress, voc_metric)
         finally:
             host.close()
     predictor = predictor_for(target, weights, num_classes, input_size, batch_size, score_threshold,
-                              max_detections, seed=seed)
+                              max_detections, seed=seed, preprocess=preprocess)
     with predictor:
         if predictor.task == "detection":
             ds = open_dataset(Path(dataset), split)

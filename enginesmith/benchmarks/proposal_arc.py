@@ -48,6 +48,7 @@ from enginesmith.progress import progress_bar
 from enginesmith.runtime import load, two_stage
 from enginesmith.runtime.manifest import engine_info
 from enginesmith.runtime.preprocess import preprocess as prep
+from enginesmith.runtime.preprocess_override import PreprocessOverride, resolve_preprocess
 from enginesmith.runtime.proposals import selective_search
 from enginesmith.runtime.two_stage import TwoStageDetector, detect_from_raw
 
@@ -94,9 +95,10 @@ def host_model_from_infer(kind: str | None, infer: Callable[[dict], dict], prepr
     return HostModel(kind, raw, close, description)
 
 
-def two_stage_target(target: str | Path, weights: Path | None = None) -> HostModel | None:
+def two_stage_target(target: str | Path, weights: Path | None = None,
+                     preprocess: PreprocessOverride | None = None) -> HostModel | None:
     """A HostModel when `target` (engine folder, checkpoint or registered name, as `enginesmith eval` takes) is
-    an R-CNN / Fast R-CNN; None otherwise."""
+    an R-CNN / Fast R-CNN; None otherwise. `preprocess` (--channels, --mean, --std) applies to PyTorch models."""
     path = Path(target)
     if (path / "manifest.json").is_file():
         return engine_host_model(path) if engine_info(path).raw.get("two_stage") else None  # validated manifest
@@ -107,11 +109,12 @@ def two_stage_target(target: str | Path, weights: Path | None = None) -> HostMod
         name = str(target)
     if name not in registry.names() or not registry.get(name).two_stage:
         return None
-    return torch_host_model(name, weights, None)
+    return torch_host_model(name, weights, None, preprocess)
 
 
-def torch_host_model(model_name: str, weights: Path | None, input_size: tuple[int, int] | None) -> HostModel:
-    """PyTorch eager FP32 through the same host code."""
+def torch_host_model(model_name: str, weights: Path | None, input_size: tuple[int, int] | None,
+                     preprocess: PreprocessOverride | None = None) -> HostModel:
+    """PyTorch eager FP32 through the same host code, fed as the options, the checkpoint or the model say."""
     spec = registry.get(model_name)
     info = read_checkpoint_info(weights) if weights else {}
     size = tuple(input_size or info.get("input_size") or spec.input_size)
@@ -122,8 +125,10 @@ def torch_host_model(model_name: str, weights: Path | None, input_size: tuple[in
     runner = TorchRunner(model.eval(), names, list(spec.output_names))
     runner.activate()
     num_classes = int(info.get("num_classes") or spec.num_classes)
-    return host_model_from_infer(spec.two_stage, runner.infer, spec.preprocess.with_size(*size),
-                                 num_classes, names, "PyTorch eager FP32", runner.deactivate)
+    pre, _ = resolve_preprocess(spec.preprocess.with_size(*size), preprocess, info.get("preprocess"), spec.name,
+                                str(weights))
+    return host_model_from_infer(spec.two_stage, runner.infer, pre, num_classes, names, "PyTorch eager FP32",
+                                 runner.deactivate)
 
 
 def engine_host_model(engine_dir: Path) -> HostModel:
@@ -228,7 +233,7 @@ def run_suite(suite_path: Path, out: Path, weights: dict[str, Path], dataset_dir
                                "input_size": f"{run.input_size[0]}x{run.input_size[1]}"}
         try:
             if run.target in BASELINES:
-                host = torch_host_model(run.model, run.weights, run.input_size)
+                host = torch_host_model(run.model, run.weights, run.input_size, run.preprocess)
             else:
                 built = build_engine(BuildConfig(
                     run.model, target=run.target, precision=run.precision, weights=run.weights,

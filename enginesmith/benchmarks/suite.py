@@ -46,6 +46,7 @@ from typing import Any, Mapping
 from enginesmith.backends.targets import PRECISIONS, TARGETS
 from enginesmith.errors import EnginesmithError
 from enginesmith.models import registry
+from enginesmith.runtime.preprocess_override import PreprocessOverride, make_override, resolve_preprocess
 
 
 
@@ -135,6 +136,7 @@ class Run:
     calib: Path | None = None
     nms: str = "host"
     num_classes: int | None = None
+    preprocess: PreprocessOverride | None = None  # --channels / --mean / --std for this model
 
     @property
     def size_text(self) -> str:
@@ -390,6 +392,28 @@ def parse_weights(items: list[str] | None, models: list[str]) -> dict[str, Path]
     return out
 
 
+def parse_per_model(items: list[str] | None, models: list[str], option: str) -> dict[str, str]:
+    """Values of a per-model option: 'VALUE' (only with one model) or 'MODEL=VALUE' -> {model: value}."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" in item:
+            name, _, value = item.partition("=")
+            out[registry.get(name.strip()).name] = value.strip()
+        elif len(set(models)) == 1:
+            out[models[0]] = item
+        else:
+            raise EnginesmithError(f"{option} {item!r}: with several models write MODEL=VALUE (models: "
+                                   f"{', '.join(dict.fromkeys(models))})")
+    return out
+
+
+def parse_preprocess(channels: list[str] | None, mean: list[str] | None, std: list[str] | None,
+                     models: list[str]) -> dict[str, PreprocessOverride]:
+    """--channels / --mean / --std ('VALUE' for one model, or 'MODEL=VALUE') -> {model: PreprocessOverride}."""
+    c, m, s = (parse_per_model(v, models, o) for v, o in ((channels, "--channels"), (mean, "--mean"), (std, "--std")))
+    return {name: make_override(c.get(name), m.get(name), s.get(name)) for name in dict.fromkeys([*c, *m, *s])}
+
+
 def _path(text: str | None, env: Mapping[str, str], what: str) -> str | None:
     return None if text is None else expand_vars(text, env, what)
 
@@ -403,9 +427,11 @@ def _precisions(target: str, wanted: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path | str | None = None,
-         env: Mapping[str, str] | None = None, allow_two_stage: bool = False) -> tuple[list[Run], list[Skipped]]:
+         env: Mapping[str, str] | None = None, allow_two_stage: bool = False,
+         preprocess: Mapping[str, PreprocessOverride] | None = None) -> tuple[list[Run], list[Skipped]]:
     """Expand `suite` into runs (order: model entry, size, batch, target, precision) and the skipped
-    combinations with their reasons. `weights`/`dataset` (the command line) override the suite's."""
+    combinations with their reasons. `weights`/`dataset` (the command line) override the suite's;
+    `preprocess` ({model: --channels/--mean/--std}) applies to that model's builds and PyTorch runs."""
     env = os.environ if env is None else env
     weights = dict(weights or {})
     runs: list[Run] = []
@@ -417,6 +443,8 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
             raise EnginesmithError(f"{e.where}: {spec.name} has host stages around its engine (selective search, "
                                    "region warps, NMS); measure it with `python -m enginesmith.benchmarks.proposal_arc "
                                    "--suite FILE` (benchmarks/suites/rcnn-arc.toml)")
+        if (preprocess or {}).get(spec.name) is not None:  # a wrong-length --mean or a gray model's --channels: now
+            resolve_preprocess(spec.preprocess, preprocess[spec.name], None, spec.name)  # type: ignore[index]
         w_text = str(weights[e.model]) if e.model in weights else _path(e.weights, env, f"{e.where}: weights")
         d_text = str(dataset) if dataset is not None else _path(e.dataset, env, f"{e.where}: dataset")
         c_text = _path(e.calib, env, f"{e.where}: calib")
@@ -441,7 +469,8 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
                     for precision in _precisions(target, e.precisions):
                         run = Run(model=spec.name, method=e.method, input_size=size, target=target, precision=precision,
                                   batch=batch, task=spec.task, weights=w, dataset=d, split=e.split, calib=c,
-                                  nms=e.nms if spec.task == "detection" else "host", num_classes=e.num_classes)
+                                  nms=e.nms if spec.task == "detection" else "host", num_classes=e.num_classes,
+                                  preprocess=(preprocess or {}).get(spec.name))
                         if run.key in seen:
                             raise EnginesmithError(f"{e.where}: {run.key} is listed twice in suite {suite.name}")
                         seen.add(run.key)
@@ -462,5 +491,5 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
 
 
 __all__ = ["Suite", "ModelEntry", "Run", "Skipped", "load_suite", "suite_from_args", "override", "plan",
-           "parse_weights", "parse_size", "split_list", "parse_batches", "expand_vars", "BASELINES", "BENCH_TARGETS",
+           "parse_weights", "parse_per_model", "parse_preprocess", "parse_size", "split_list", "parse_batches", "expand_vars", "BASELINES", "BENCH_TARGETS",
            "GPU_TARGETS", "DEFAULT_TARGETS", "DEFAULT_PRECISIONS", "DEFAULT_BATCHES"]

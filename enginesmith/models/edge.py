@@ -26,6 +26,10 @@ the raw head for training (enginesmith/training/losses.py).
 Trained from scratch by `enginesmith train MODEL --dataset OFFLINE_DIR` (training/recipes.py; ~20 min
 each on a 2-core CPU): offline test-split mAP50 (all-point) measured 0.36 (yolov3-tiny-256, 24 epochs of
 an earlier recipe), 0.40 (yolov3-tiny-3l-256), 0.39 (ssd-slim-256).
+
+Checkpoint family: enginesmith's own. Training feeds each model its registered PreprocessSpec (training/
+augment.py), RGB for all three, and the checkpoint records it ("preprocess", training/loop.py), so a build or
+an eval of that checkpoint feeds the same without any option (runtime/preprocess_override.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ Segmentation, CVPR 2015) on VGG16, in the form of the authors' reference Caffe n
 voc-fcn16s, voc-fcn8s in shelhamer/fcn.berkeleyvision.org).
 
 Input [N, 3, H, W] (BGR, Caffe mean subtracted, any H, W >= 1) -> logits [N, 21, H, W] (PASCAL VOC's 20
-classes + background).
+classes + background). Checkpoint family: the authors' Caffe models converted to PyTorch take BGR 0-255 minus
+the ILSVRC mean (the default here); a checkpoint trained on RGB is built with `--channels rgb` (the mean
+follows its colours) or with its own `--mean`.
 
 | layer        | op                                                         | params (21 classes) |
 |--------------|------------------------------------------------------------|---------------------|

@@ -2,6 +2,10 @@
 the paper's plain-34 baseline (written here: torchvision has no plain networks).
 
 Input [N, 3, H, W] RGB (ImageNet-normalised, 224x224 by default) -> logits [N, num_classes].
+Checkpoint family: torchvision's weights (and state dicts trained with torchvision's transforms) see RGB,
+pixels / 255, minus the ImageNet mean (0.485, 0.456, 0.406) over std (0.229, 0.224, 0.225), after Resize(256)
+and CenterCrop(224): the default here. A Caffe-converted ResNet takes BGR 0-255 minus its mean:
+`--channels bgr --mean ... --std 1,1,1` (its scale stays 1/255, so give the mean in 0-1 units).
 
 | name      | blocks (conv2_x..conv5_x) | block      | params (1000 classes) | paper FLOPs (mult-adds, 224) |
 |-----------|---------------------------|------------|-----------------------|------------------------------|

@@ -13,8 +13,15 @@ ssd.py), so its VOC checkpoints load unchanged (weights/ssd_checkpoint.py):
   scores = softmax over the 21 VOC classes (background first) with the background column dropped
   -> [N, P, 20]. P = 8732 (SSD300) or 24564 (SSD512).
 
-Preprocessing (ssd.pytorch's BaseTransform): stretch to the input size, BGR channel order, pixel
-values 0..255 minus the mean (104, 117, 123) given in B, G, R order, no std scaling.
+Preprocessing: stretch to the input size, pixel values 0..255 minus a per-colour mean, no std scaling
+(ssd.pytorch's BaseTransform: cv2.resize, float32, minus MEANS (104, 117, 123) on a BGR cv2 image). The channel
+order depends on the checkpoint family (README "Checkpoint families"):
+- checkpoints trained by ssd.pytorch's own train.py (`ssd300_mAP_77.43_v2.pth`, the one the README names, and
+  any you train with it) see RGB: data/voc0712.py `pull_item` swaps `img[:, :, (2, 1, 0)]` after the transform,
+  so the network is fed (R - 123, G - 117, B - 104). This is the default here: color RGB, mean (123, 117, 104).
+- the Caffe-converted `ssd_300_VOC0712.pth` (weiliu89's weights) sees BGR, (B - 104, G - 117, R - 123): build
+  it with `--channels bgr` (the mean follows its colours). Both have the same state-dict layout, so the file
+  cannot tell which it is.
 """
 
 from __future__ import annotations
@@ -238,8 +245,8 @@ def _spec(size: int, ci_input_size: tuple[int, int] | None = None) -> ModelSpec:
             input_size=(size, size),
             num_classes=NUM_CLASSES - 1,
             preprocess=PreprocessSpec(
-                input_size=(size, size), resize="stretch", color="BGR", scale=1.0,
-                mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0),
+                input_size=(size, size), resize="stretch", color="RGB", scale=1.0,
+                mean=(123.0, 117.0, 104.0), std=(1.0, 1.0, 1.0),  # ssd.pytorch train.py checkpoints (docstring)
             ),
             output_names=("boxes", "scores"),
             check_input_size=_check(size),

@@ -1,6 +1,8 @@
 """YOLOv3 (Redmon & Farhadi 2018), layer for layer as darknet's `cfg/yolov3.cfg`.
 
-Input [N, 3, H, W] RGB in [0, 1] (letterboxed, 416x416 by default; sides multiples of 32).
+Input [N, 3, H, W] RGB in [0, 1] (letterboxed, 416x416 by default; sides multiples of 32): the
+Darknet `.weights` family (darknet's load_image_stb gives RGB / 255, no mean; its letterbox pads with
+0.5 where enginesmith pads with 114 / 255, and resizes without Pillow's antialiasing).
 Outputs, decoded in the graph under the submodule `decode` (ONNX node names contain "/decode/"):
 - boxes  [N, A, 4]: x1, y1, x2, y2 in input pixels;
 - scores [N, A, C]: sigmoid(objectness) * sigmoid(class logit);

@@ -139,10 +139,12 @@ def engine_accuracy_stage(engine: Artifact, ctx: BuildContext) -> Artifact:
 
 def _accuracy_stage(name: str, parents: list[Artifact], params: dict[str, Any], make_runner: Callable[[], Any],
                     ctx: BuildContext) -> Artifact:
-    """Measure what `make_runner()` gives on ctx.val (keyed by the data's fingerprint, split and metric)."""
+    """Measure what `make_runner()` gives on ctx.val (keyed by the data's fingerprint, split, metric and the
+    preprocessing fed)."""
     val = ctx.val
     batch = None if ctx.config.dynamic_batch else ctx.config.batch  # static-batch models take only that
-    params = {**params, "val": val.fingerprint, "split": val.split, "metric": val.metric}
+    params = {**params, "val": val.fingerprint, "split": val.split, "metric": val.metric,
+              "preprocess": ctx.preprocess.to_dict()}  # the channel order and normalisation change the metric
 
     def produce(tmp: Path) -> StageResult:
         with make_runner() as runner, progress_bar(f"{val.metric} on {len(val)} held-out images", len(val)) as update:

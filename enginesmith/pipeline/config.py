@@ -25,6 +25,7 @@ from enginesmith.models.memory import check_build_fits, meta_model
 from enginesmith.models.weights import check_weights_file
 from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
 from enginesmith.runtime.images import image_file_size
+from enginesmith.runtime.preprocess_override import PreprocessOverride, make_override, resolve_preprocess
 
 FALLBACKS = ("none", "auto")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -66,10 +67,20 @@ class BuildConfig:
     overflow_fix: str = "enable"  # OpenVINO INT8: NNCF OverflowFix (7-bit weights for AVX2 without VNNI)
     force: bool = False  # replace an --out folder that is not an engine folder enginesmith wrote (pipeline/outdir.py)
     rebuild: tuple[str, ...] | bool = ()  # stages to build afresh even when cached; True: all (--no-cache)
+    # what the checkpoint was trained on, over the model's PreprocessSpec (runtime/preprocess_override.py):
+    # "rgb" | "bgr", and one value per channel fed, in the order fed
+    channels: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.calib_method is None:
             self.calib_method = TARGETS[self.target].default_calib_method if self.target in TARGETS else "minmax"
+
+    @property
+    def preprocess_override(self) -> PreprocessOverride:
+        """--channels / --mean / --std, checked (a bad channel order or value is one line)."""
+        return make_override(self.channels, self.mean, self.std)
 
     def validate(self) -> Any:
         """Refuse bad input before any heavy work, each in one line; return the model's spec."""
@@ -98,6 +109,7 @@ def validate(config: BuildConfig) -> Any:
     _check_model_options(config, spec)
     _check_calibration_size(config, spec)
     _check_weights_and_memory(config, spec)
+    _check_preprocess(config, spec)
     if config.val is not None and not Path(config.val).exists() and str(config.val) != "digits":
         raise EnginesmithError(f"--val {config.val}: no such file or folder; give a VOC folder, a COCO json or a "
                                "folder of class subfolders")
@@ -218,6 +230,15 @@ def _check_calibration_size(config: BuildConfig, spec: Any) -> None:
     default_calib_size = BuildConfig.__dataclass_fields__["calib_size"].default
     if config.calib_size > available and (config.calib_size != default_calib_size or config.calib is None):
         raise EnginesmithError(f"--calib-size {config.calib_size} is more than {source}: {available} images; {fix}")
+
+
+def _check_preprocess(config: BuildConfig, spec: Any) -> None:
+    """--channels / --mean / --std against the model's channels and what the checkpoint records."""
+    override = config.preprocess_override
+    if override.empty:
+        return
+    info = read_checkpoint_info(Path(config.weights)) if config.weights is not None else {}
+    resolve_preprocess(spec.preprocess, override, info.get("preprocess"), spec.name, str(config.weights))
 
 
 def _check_weights_and_memory(config: BuildConfig, spec: Any) -> None:

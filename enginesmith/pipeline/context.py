@@ -3,6 +3,7 @@ weights, the cache, the calibration source and the images every stage is verifie
 
 from __future__ import annotations
 
+import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,7 @@ from enginesmith.pipeline.config import BuildConfig
 from enginesmith.pipeline.export import INPUT_NAME
 from enginesmith.pipeline.inputs import stage_file
 from enginesmith.pipeline.quantize import Calibration
+from enginesmith.runtime.preprocess_override import resolve_preprocess
 
 VERIFY_IMAGES = 8  # calibration images every stage is verified on
 
@@ -35,7 +37,11 @@ class BuildContext:
         self.num_classes: int = int(config.num_classes or info.get("num_classes") or spec.num_classes)
         self.class_names = _class_names(spec, self.num_classes, info.get("class_names"))
         self.size = tuple(config.input_size or info.get("input_size") or spec.input_size)
-        self.preprocess = spec.preprocess.with_size(*self.size)
+        # the checkpoint family's channel order and normalisation: option, then checkpoint, then the model's
+        self.preprocess, warnings = resolve_preprocess(spec.preprocess.with_size(*self.size), config.preprocess_override,
+                                                       info.get("preprocess"), spec.name, str(config.weights))
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr)
         self.cache = Cache(Path(config.cache_dir), rebuild=config.rebuild)
         self.source = calibration_source(
             Path(config.calib) if config.calib else None, spec.default_calibration, config.calib_size, seed=config.seed

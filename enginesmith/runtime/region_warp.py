@@ -21,8 +21,10 @@ def context_pad(size: int) -> float:
 
 
 def mean_pixel(spec: PreprocessSpec) -> tuple[int, int, int]:
-    """The uint8 RGB value that the spec normalises to ~0 (ImageNet mean / scale)."""
-    return tuple(int(round(min(255.0, max(0.0, m / spec.scale)))) for m in spec.mean[:3])  # type: ignore[return-value]
+    """The uint8 RGB value that the spec normalises to ~0 (ImageNet mean / scale). The spec's mean is in the order
+    fed, so a BGR spec's is reversed into R, G, B."""
+    mean = spec.mean[:3][::-1] if spec.color == "BGR" else spec.mean[:3]
+    return tuple(int(round(min(255.0, max(0.0, m / spec.scale)))) for m in mean)  # type: ignore[return-value]
 
 
 def dilate_boxes(boxes: np.ndarray, size: int, pad: float) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Training checkpoints: where they live, what identifies them, atomic writes and safe reads.
 
 A checkpoint is `torch.save({"model": name, "state_dict": ..., "num_classes": C, "input_size": [H, W],
-"class_names": [...], "dataset": fingerprint, "epochs": n, "seed": s, "recipe": {...}, "recipe_key":
-hash, "metrics": {...}})`; models/weights/state_dict.py unwraps "state_dict", so a checkpoint loads with
+"class_names": [...], "preprocess": {...}, "dataset": fingerprint, "epochs": n, "seed": s, "recipe": {...},
+"recipe_key": hash, "metrics": {...}})` ("preprocess": the model's PreprocessSpec it was trained on, which a
+build honours); models/weights/state_dict.py unwraps "state_dict", so a checkpoint loads with
 the model's own `spec.load_weights(model, path)`.
 
 Default place: $ENGINESMITH_CACHE (default build/.cache)/checkpoints/<model>-<fingerprint[:12]>-e<epochs>.pt,

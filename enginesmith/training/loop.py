@@ -357,6 +357,7 @@ def train(model: str, dataset: Path, epochs: int | None = None, out: Path | None
     state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     payload = {"model": spec.name, "state_dict": state, "num_classes": len(class_names),
                "input_size": list(spec.input_size), "class_names": list(class_names), "dataset": fingerprint,
+               "preprocess": spec.preprocess.to_dict(),  # what it was trained on (channel order, mean, std, scale)
                "epochs": recipe.epochs, "seed": seed, "recipe": recipe.to_dict(), "recipe_key": run_key,
                "time_budget_s": time_budget_s, "metrics": metrics}
     save_checkpoint(path, payload)

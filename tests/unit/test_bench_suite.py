@@ -166,3 +166,19 @@ def test_the_shipped_suites_are_valid(tmp_path):
     runs, _ = plan(edge, env=env)
     assert all(r.measures_accuracy and r.dataset == tmp_path and r.split == "test" for r in runs)
     assert {r.precision for r in runs if r.target == "openvino"} == {"fp32", "fp16", "int8"}
+
+
+def test_channel_options_per_model_reach_the_runs_and_are_checked_before_any_build(tmp_path):
+    from enginesmith.benchmarks.suite import parse_preprocess
+    from enginesmith.runtime.preprocess_override import PreprocessOverride
+
+    pre = parse_preprocess(["bgr"], ["123,117,104"], None, ["ssd300"])
+    assert pre == {"ssd300": PreprocessOverride("BGR", (123.0, 117.0, 104.0), None)}
+    pre = parse_preprocess(["yolov3=bgr"], None, None, ["ssd300", "yolov3"])
+    assert pre == {"yolov3": PreprocessOverride("BGR", None, None)}
+    with pytest.raises(EnginesmithError, match="MODEL=VALUE"):
+        parse_preprocess(["bgr"], None, None, ["ssd300", "yolov3"])
+    runs, _ = plan(load_suite(_suite(tmp_path, BASIC)), preprocess=pre)
+    assert {r.preprocess for r in runs if r.model == "yolov3"} == {PreprocessOverride("BGR", None, None)}
+    with pytest.raises(EnginesmithError, match="give 3 values"):
+        plan(load_suite(_suite(tmp_path, BASIC)), preprocess=parse_preprocess(None, ["yolov3=1,2"], None, ["yolov3"]))

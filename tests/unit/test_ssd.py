@@ -185,7 +185,7 @@ def test_ssd_input_sizes_and_spec():
             spec.check_input_size(bad)
     assert s300.ci_input_size == (300, 300) and s512.ci_input_size is None
     p = s300.preprocess
-    assert (p.color, p.scale, p.mean, p.std, p.resize) == ("BGR", 1.0, (104.0, 117.0, 123.0), (1.0, 1.0, 1.0), "stretch")
+    assert (p.color, p.scale, p.mean, p.std, p.resize) == ("RGB", 1.0, (123.0, 117.0, 104.0), (1.0, 1.0, 1.0), "stretch")
     assert s300.num_classes == 20 and len(s300.class_names) == 20 and s300.output_names == ("boxes", "scores")
 
 

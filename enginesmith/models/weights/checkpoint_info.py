@@ -3,12 +3,15 @@ loaded only when a file is read).
 
 Fields read (all optional): `model` (a registered name), `num_classes` (a positive whole number),
 `class_names` (a list of strings, as many as num_classes when both are given) and `input_size` (two
-positive whole numbers, H and W). A field that is present but malformed is a one-line EnginesmithError
+positive whole numbers, H and W) and `preprocess` (what it was trained on: any of `color` "RGB" | "BGR" | "GRAY",
+`scale`, `mean`, `std`; enginesmith's trainer records its model's PreprocessSpec there, and
+runtime/preprocess_override.py honours it). A field that is present but malformed is a one-line EnginesmithError
 naming the file and the field: a build must not guess what the checkpoint meant.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +58,41 @@ def check_checkpoint_info(info: dict[str, Any], path: Path) -> dict[str, Any]:
         if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(_whole(s) and s >= 1 for s in size):
             raise bad("input_size", "two positive whole numbers [height, width]")
         out["input_size"] = (int(size[0]), int(size[1]))
+    if "preprocess" in info:
+        out["preprocess"] = _recorded_preprocess(info["preprocess"], bad)
+    return out
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _recorded_preprocess(pre: Any, bad: Any) -> dict[str, Any]:
+    """The `preprocess` field's color / scale / mean / std, checked (other keys, e.g. input_size, are not read)."""
+    want = 'a dict with color "RGB" | "BGR" | "GRAY" and numbers scale > 0, mean [...], std [...] > 0'
+    if not isinstance(pre, dict):
+        raise bad("preprocess", want)
+    out: dict[str, Any] = {}
+    if "color" in pre:
+        if pre["color"] not in ("RGB", "BGR", "GRAY"):
+            raise bad("preprocess", want)
+        out["color"] = pre["color"]
+    if "scale" in pre:
+        if not _number(pre["scale"]) or pre["scale"] <= 0:
+            raise bad("preprocess", want)
+        out["scale"] = float(pre["scale"])
+    for k in ("mean", "std"):
+        if k in pre:
+            v = pre[k]
+            if not isinstance(v, (list, tuple)) or not v or not all(_number(x) for x in v) or \
+                    (k == "std" and min(v) <= 0):
+                raise bad("preprocess", want)
+            out[k] = tuple(float(x) for x in v)
     return out
 
 
 def read_checkpoint_info(path: Path) -> dict[str, Any]:
-    """The metadata of a training checkpoint (model, num_classes, input_size, class_names), validated; {} for a
+    """The metadata of a training checkpoint (model, num_classes, input_size, class_names, preprocess), validated; {} for a
     plain state dict or a file torch cannot read (spec.load_weights / check_weights_file then says what is
     wrong with it). A zip-format checkpoint is memory-mapped, so its tensors are not read here."""
     if Path(path).suffix.lower() not in CHECKPOINT_SUFFIXES:
@@ -74,7 +107,7 @@ def read_checkpoint_info(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(obj, dict):
         return {}
-    info = {k: obj[k] for k in ("num_classes", "input_size", "class_names") if k in obj}
+    info = {k: obj[k] for k in ("num_classes", "input_size", "class_names", "preprocess") if k in obj}
     if isinstance(obj.get("model"), str):
         info["model"] = obj["model"]
     return check_checkpoint_info(info, Path(path))
