@@ -1,7 +1,9 @@
 """The `enginesmith detect` and `enginesmith classify` commands (parse, call runtime/files.py, print).
 Registered in cli.py:
 
-Results go to stdout, one line per image; warnings (an untrained engine, each image skipped) to stderr.
+Stdout: one line per image (its results, or "PATH: skipped: REASON") and the FPS. Stderr: where the results
+were written, a warning line for an engine built without --weights (after the run, beside its results), and
+errors.
 Exit codes: 0 every image processed; 1 some images could not be decoded (the others were processed and
 written; the bad ones are listed on stderr and under "skipped" in the JSON); 2 nothing was done (bad
 arguments, not an engine, no image decodable); 130 interrupted.
@@ -33,30 +35,35 @@ def _load(engine: Path, task: str, **kwargs: Any) -> Any:
     """Load `engine`, refusing (before loading it) an engine of another task."""
     from enginesmith.runtime.engine import load
     from enginesmith.runtime.manifest import engine_info
-    from enginesmith.runtime.trained import UntrainedEngineWarning, is_untrained, untrained_message
+    from enginesmith.runtime.trained import UntrainedEngineWarning
 
     info = engine_info(engine)
     if info.task != task:
         other = {"detection": "`enginesmith detect`", "classification": "`enginesmith classify`"}.get(
             info.task, "the Python API (enginesmith.runtime.load)")
         raise EnginesmithError(f"{engine} is a {info.task} engine ({info.model}), not a {task} engine; use {other}")
-    if is_untrained(info):  # one plain line on stderr, in place of the library's UntrainedEngineWarning
-        print(f"warning: {untrained_message(f'engine {engine} ({info.model})', info.task)}", file=sys.stderr)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # _finish says it in one plain line instead of the library's warning
         warnings.simplefilter("ignore", UntrainedEngineWarning)
         return load(engine, **kwargs)
 
 
 def _skip(path: Path, reason: str) -> None:
-    """One line on stderr per image that could not be decoded, as it is skipped (the run goes on)."""
-    print(f"warning: {path}: skipped: {reason}", file=sys.stderr, flush=True)
+    """One line per image that could not be decoded, as it is skipped (stdout, with the per-image results)."""
+    _out.print(f"{path}: skipped: {reason}", markup=False)
 
 
-def _finish(summary: Any, what: str, out_dir: Path) -> None:
+def _finish(summary: Any, what: str, out_dir: Path, engine: Any) -> None:
+    """The closing lines: FPS (stdout); where the results are, the untrained warning and the images skipped
+    (stderr, exit PARTIAL_EXIT when any was)."""
+    from enginesmith.runtime.trained import is_untrained, untrained_message
+
     _out.print(f"{summary.timed_images} images, {what}: {summary.fps:.1f} FPS (preprocess + inference + "
                f"post-processing; decoding and drawing excluded)")
     _err.print(f"drawn images and {summary.json_path.name} written to [bold]{escape(str(out_dir))}[/]",
                highlight=False)
+    info = engine.info
+    if is_untrained(info):
+        print(f"warning: {untrained_message(f'engine {info.folder} ({info.model})', info.task)}", file=sys.stderr)
     if summary.skipped:  # the others were processed and written; say which failed and exit non-zero
         n, total = len(summary.skipped), len(summary.skipped) + len(summary.images)
         names = ", ".join(s["image"] for s in summary.skipped[:LISTED]) + (f", and {n - LISTED} more" if n > LISTED else "")
@@ -103,7 +110,7 @@ def detect(
         _err.print("[bold red]interrupted[/]: the run did not finish (its results JSON is written only when it does)")
         raise typer.Exit(130)
     total = sum(len(r["detections"]) for r in summary.images)
-    _finish(summary, f"{total} detections", out_dir)
+    _finish(summary, f"{total} detections", out_dir, detector)
 
 
 def classify(
@@ -130,4 +137,4 @@ def classify(
     except KeyboardInterrupt:
         _err.print("[bold red]interrupted[/]: the run did not finish (its results JSON is written only when it does)")
         raise typer.Exit(130)
-    _finish(summary, f"top-{top_k}", out_dir)
+    _finish(summary, f"top-{top_k}", out_dir, classifier)
