@@ -286,7 +286,9 @@ def evaluate(
                            limit=limit, voc_metric=voc_metric, preprocess=make_override(channels, mean, std))
     except EnginesmithError as e:
         _fail(e)
-    sys.stdout.write(render_metrics(metrics) + "\n")
+    sys.stdout.write(render_metrics(metrics, warnings=False) + "\n")
+    for w in metrics.get("warnings", []):  # an untrained engine or model, class mapping, preprocessing overrides
+        print(f"warning: {w}", file=sys.stderr)
     if json_out is not None:
         from enginesmith.files import write_json_atomic
 

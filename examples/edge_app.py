@@ -1,6 +1,6 @@
 """Edge app: detect objects in a video file or a folder of frames with a built engine (no PyTorch).
 
-    pip install 'enginesmith[runtime-openvino]' opencv-python-headless
+    pip install "dist/enginesmith-0.1.0-py3-none-any.whl[runtime-openvino]" opencv-python-headless   # README: the wheel
     python examples/edge_app.py ENGINE_DIR VIDEO_OR_FRAMES_DIR [--out annotated.mp4]"""
 import argparse
 import collections

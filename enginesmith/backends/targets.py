@@ -115,13 +115,15 @@ class Target:
 TARGETS: dict[str, Target] = {
     "openvino": Target(
         "openvino", "OpenVINO", openvino, "openvino",
-        "pip install 'enginesmith[runtime-openvino]' (or: pip install openvino)", int8_quantizer="nncf",
+        "pip install openvino (or enginesmith with its extra, from its repository: "
+        "pip install '/path/to/enginesmith[runtime-openvino]')", int8_quantizer="nncf",
         default_calib_method="minmax", fp16_model="engine", quantize_options=("nncf_preset", "overflow_fix"), layer_ranking="openvino", engine_companions=(".bin",),
         streams_async=True, runner_options=openvino.runner_options,
     ),
     "onnxruntime": Target(
         "onnxruntime", "ONNX Runtime", onnxruntime, "onnxruntime",
-        "pip install 'enginesmith[runtime-onnxruntime]' (or: pip install onnxruntime)", int8_quantizer="qdq",
+        "pip install onnxruntime (or enginesmith with its extra, from its repository: "
+        "pip install '/path/to/enginesmith[runtime-onnxruntime]')", int8_quantizer="qdq",
         default_calib_method="percentile",
     ),
     "tensorrt": Target(

@@ -43,6 +43,7 @@ from enginesmith.models import registry
 from enginesmith.pipeline.export import INPUT_NAME
 from enginesmith.progress import progress_bar
 from enginesmith.runtime.manifest import engine_info
+from enginesmith.runtime.trained import is_untrained, untrained_message
 from enginesmith.runtime.preprocess import PreprocessSpec, load_image
 from enginesmith.runtime.preprocess_override import PreprocessOverride, resolve_preprocess
 
@@ -213,6 +214,21 @@ def model_predictor(name: str, weights: Path | None = None, num_classes: int | N
     return predictor
 
 
+def untrained_warning(target: str | Path, weights: Path | None = None) -> str | None:
+    """The one-line warning (runtime/trained.py) when `target` is untrained: an engine folder whose manifest says it
+    was built without weights, or a registered model name given no --weights; None otherwise (a checkpoint file, a
+    model with weights, an engine built from weights or from before the record)."""
+    path = Path(target)
+    if (path / "manifest.json").is_file():
+        info = engine_info(path)
+        return untrained_message(f"engine {path} ({info.model})", info.task) if is_untrained(info) else None
+    if path.is_file() or weights is not None:
+        return None
+    what = f"model {target} without --weights"
+    return (f"{what} is seeded and untrained: its accuracy is meaningless; give --weights CHECKPOINT (or a checkpoint "
+            "file, or an engine built with --weights)")
+
+
 def predictor_for(target: str | Path, weights: Path | None = None, num_classes: int | None = None,
                   input_size: tuple[int, int] | None = None, batch_size: int = DEFAULT_BATCH,
                   score_threshold: float = EVAL_SCORE_THRESHOLD, max_detections: int = EVAL_MAX_DETECTIONS,
@@ -377,7 +393,8 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
     anything data/classification.py classification_samples takes, e.g. a folder of class folders or
     "digits"). `limit` keeps the first N images; `voc_metric` is the VOC convention (devkit | continuous,
     evaluation/detection_metrics.py). Returns the metrics dict (fractions in [0, 1]) with "timing"
-    (images/s), "dataset", "split" and "warnings". `preprocess` (--channels, --mean, --std) applies to
+    (images/s), "dataset", "split", "warnings" and "trained" (False, with a warning first in "warnings", for an
+    engine built without weights or a model name given none). `preprocess` (--channels, --mean, --std) applies to
     PyTorch models. R-CNN / Fast R-CNN run with their host stages
     (benchmarks/proposal_arc.py) on the split's selective-search proposals (data/proposals.py, cached)."""
     voc_convention(voc_metric)  # a bad name is refused before any work
@@ -389,7 +406,8 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
     host = two_stage_target(target, weights, preprocess)
     if host is not None:
         try:
-            return _evaluate_two_stage(host, dataset, split, limit, progress, voc_metric)
+            return _note_untrained(_evaluate_two_stage(host, dataset, split, limit, progress, voc_metric), target,
+                                   weights)
         finally:
             host.close()
     predictor = predictor_for(target, weights, num_classes, input_size, batch_size, score_threshold,
@@ -411,6 +429,15 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
                 raise EnginesmithError(f"dataset {dataset} ({split}) has no images to evaluate")
             metrics = evaluate_classifier(predictor, images, labels, names, progress, where=f"dataset {dataset} ({split})")
     metrics.update(dataset=str(dataset), split=split)
+    return _note_untrained(metrics, target, weights)
+
+
+def _note_untrained(metrics: dict[str, Any], target: str | Path, weights: Path | None) -> dict[str, Any]:
+    """metrics with "trained" (False for an untrained engine or model) and, then, the warning among its warnings."""
+    warning = untrained_warning(target, weights)
+    metrics["trained"] = warning is None
+    if warning is not None:
+        metrics["warnings"] = [warning, *metrics.get("warnings", [])]
     return metrics
 
 
@@ -432,8 +459,9 @@ def _evaluate_two_stage(host: Any, dataset: str | Path, split: str, limit: int |
     return metrics
 
 
-def render_metrics(metrics: dict[str, Any], per_class: bool = True) -> str:
-    """evaluate()'s result as plain text for the terminal (metrics in percent, as the SSD paper's table)."""
+def render_metrics(metrics: dict[str, Any], per_class: bool = True, warnings: bool = True) -> str:
+    """evaluate()'s result as plain text for the terminal (metrics in percent, as the SSD paper's table);
+    warnings=False leaves out the "warning: ..." lines (the CLI prints them on stderr)."""
     t = metrics["timing"]
     lines = [f"model    {metrics['model']}",
              f"dataset  {metrics.get('dataset', '?')} ({metrics.get('split', '?')}), {t['images']} images"]
@@ -456,10 +484,10 @@ def render_metrics(metrics: dict[str, Any], per_class: bool = True) -> str:
     lines.append(f"speed  {t['images_per_s']:.1f} images/s (batch {t['batch']}; preprocessing + inference"
                  + (" on precomputed selective-search proposals" if "proposals" in t else "")
                  + (" + NMS" if metrics["task"] == "detection" else "") + ", image decoding excluded)")
-    lines += [f"warning: {w}" for w in metrics.get("warnings", [])]
+    lines += [f"warning: {w}" for w in metrics.get("warnings", [])] if warnings else []
     return "\n".join(lines)
 
 
 __all__ = ["Predictor", "render_metrics", "predictor_for", "engine_predictor", "model_predictor", "torch_predictor", "evaluate",
-           "evaluate_detector", "evaluate_classifier", "class_mapping", "read_checkpoint_info",
+           "evaluate_detector", "evaluate_classifier", "untrained_warning", "class_mapping", "read_checkpoint_info",
            "EVAL_SCORE_THRESHOLD", "EVAL_MAX_DETECTIONS", "EVAL_NMS_IOU"]

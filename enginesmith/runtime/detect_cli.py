@@ -1,12 +1,21 @@
 """The `enginesmith detect` and `enginesmith classify` commands (parse, call runtime/files.py, print).
 Registered in cli.py:
 
+Stdout: one line per image (its results, or "PATH: skipped: REASON") and the FPS. Stderr: where the results
+were written, a warning line for an engine built without --weights (after the run, beside its results), and
+errors.
+Exit codes: 0 every image processed; 1 some images could not be decoded (the others were processed and
+written; the bad ones are listed on stderr and under "skipped" in the JSON); 2 nothing was done (bad
+arguments, not an engine, no image decodable); 130 interrupted.
+
     app.command("detect")(detect)
     app.command("classify")(classify)
 """
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -18,35 +27,49 @@ from enginesmith.errors import EnginesmithError
 
 _err = Console(stderr=True)
 _out = Console(highlight=False, soft_wrap=True)
+PARTIAL_EXIT = 1  # some images were skipped (could not be decoded); the rest were processed
+LISTED = 10  # skipped images named in the closing line (all of them are in the JSON)
 
 
 def _load(engine: Path, task: str, **kwargs: Any) -> Any:
     """Load `engine`, refusing (before loading it) an engine of another task."""
     from enginesmith.runtime.engine import load
     from enginesmith.runtime.manifest import engine_info
+    from enginesmith.runtime.trained import UntrainedEngineWarning
 
     info = engine_info(engine)
     if info.task != task:
         other = {"detection": "`enginesmith detect`", "classification": "`enginesmith classify`"}.get(
             info.task, "the Python API (enginesmith.runtime.load)")
         raise EnginesmithError(f"{engine} is a {info.task} engine ({info.model}), not a {task} engine; use {other}")
-    return load(engine, **kwargs)
+    with warnings.catch_warnings():  # _finish says it in one plain line instead of the library's warning
+        warnings.simplefilter("ignore", UntrainedEngineWarning)
+        return load(engine, **kwargs)
 
 
 def _skip(path: Path, reason: str) -> None:
-    """One line per image that could not be decoded, as it is skipped (with the per-image results, stdout)."""
+    """One line per image that could not be decoded, as it is skipped (stdout, with the per-image results)."""
     _out.print(f"{path}: skipped: {reason}", markup=False)
 
 
-def _finish(summary: Any, what: str, out_dir: Path) -> None:
+def _finish(summary: Any, what: str, out_dir: Path, engine: Any) -> None:
+    """The closing lines: FPS (stdout); where the results are, the untrained warning and the images skipped
+    (stderr, exit PARTIAL_EXIT when any was)."""
+    from enginesmith.runtime.trained import is_untrained, untrained_message
+
     _out.print(f"{summary.timed_images} images, {what}: {summary.fps:.1f} FPS (preprocess + inference + "
                f"post-processing; decoding and drawing excluded)")
-    if summary.skipped:
-        n = len(summary.skipped)
-        _out.print(f"{n} image{'s' if n != 1 else ''} skipped (could not be decoded; listed under \"skipped\" in "
-                   f"{summary.json_path.name})", markup=False)
     _err.print(f"drawn images and {summary.json_path.name} written to [bold]{escape(str(out_dir))}[/]",
                highlight=False)
+    info = engine.info
+    if is_untrained(info):
+        print(f"warning: {untrained_message(f'engine {info.folder} ({info.model})', info.task)}", file=sys.stderr)
+    if summary.skipped:  # the others were processed and written; say which failed and exit non-zero
+        n, total = len(summary.skipped), len(summary.skipped) + len(summary.images)
+        names = ", ".join(s["image"] for s in summary.skipped[:LISTED]) + (f", and {n - LISTED} more" if n > LISTED else "")
+        print(f"error: {n} of {total} images could not be decoded and were skipped: {names} (reasons above and under "
+              f"\"skipped\" in {summary.json_path}); the other {total - n} were processed", file=sys.stderr)
+        raise typer.Exit(PARTIAL_EXIT)
 
 
 def detect(
@@ -61,7 +84,7 @@ def detect(
                                              "(.npy or text rows x1 y1 x2 y2, image pixels) instead of selective search"),
 ) -> None:
     """Detect objects in images with a built engine: drawn copies, detections.json, and the FPS. Images that
-    cannot be decoded are skipped and reported."""
+    cannot be decoded are skipped and listed; the rest are processed, and the exit code is then 1."""
     from enginesmith.runtime.files import collect_images, detect_files
     from enginesmith.runtime.types import DetectorConfig
 
@@ -87,7 +110,7 @@ def detect(
         _err.print("[bold red]interrupted[/]: the run did not finish (its results JSON is written only when it does)")
         raise typer.Exit(130)
     total = sum(len(r["detections"]) for r in summary.images)
-    _finish(summary, f"{total} detections", out_dir)
+    _finish(summary, f"{total} detections", out_dir, detector)
 
 
 def classify(
@@ -97,7 +120,8 @@ def classify(
                                  "classifications.json"),
     top_k: int = typer.Option(5, "--top-k", help="classes reported per image"),
 ) -> None:
-    """Classify images with a built engine: top-k classes per image, drawn copies, classifications.json, FPS."""
+    """Classify images with a built engine: top-k classes per image, drawn copies, classifications.json, FPS.
+    Images that cannot be decoded are skipped and listed; the rest are processed, and the exit code is then 1."""
     from enginesmith.runtime.files import classify_files, collect_images
 
     def show(path: Path, classes: Any) -> None:
@@ -113,4 +137,4 @@ def classify(
     except KeyboardInterrupt:
         _err.print("[bold red]interrupted[/]: the run did not finish (its results JSON is written only when it does)")
         raise typer.Exit(130)
-    _finish(summary, f"top-{top_k}", out_dir)
+    _finish(summary, f"top-{top_k}", out_dir, classifier)

@@ -26,6 +26,7 @@ from enginesmith.runtime.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIO
                                      nms_detections)
 from enginesmith.runtime.openvino_async import AsyncEngine
 from enginesmith.runtime.preprocess import Transform, preprocess
+from enginesmith.runtime.trained import warn_if_untrained
 from enginesmith.runtime.two_stage import TwoStageDetector
 from enginesmith.runtime.types import Classification, Detection, DetectorConfig, Segmentation
 
@@ -79,6 +80,12 @@ class _Engine(Generic[R]):
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.info.class_names
+
+    @property
+    def trained(self) -> bool | None:
+        """True when the engine was built from given weights (`--weights`), False for a seeded, untrained network
+        (its outputs are noise; `load` warns with UntrainedEngineWarning), None when the manifest predates the record."""
+        return self.info.trained
 
     # inference
     def _prepare(self, images: Sequence[ImageLike], channels: Channels) -> tuple[np.ndarray, list[Transform]]:
@@ -293,10 +300,13 @@ def load(engine_dir: str | Path, *, config: DetectorConfig | None = None, top_k:
     settings); top_k: a Classifier's number of classes returned; runner_options: passed to the backend's
     Runner (e.g. {"num_threads": 2} for OpenVINO, {"intra_op_num_threads": 2} for ONNX Runtime).
     Raises a one-line EnginesmithError for a folder that is not an engine, a backend that is not
-    installed, or a TensorRT engine built for another TensorRT version or GPU.
+    installed, or a TensorRT engine built for another TensorRT version or GPU. An engine built without
+    `--weights` (seeded, untrained) loads, with a `warnings.warn(..., UntrainedEngineWarning)`; the result's
+    `.trained` is False then.
     """
     info = engine_info(engine_dir)
     check_runnable(info)
+    warn_if_untrained(info)  # runtime/trained.py: an engine built without --weights says so, once
     if "two_stage" in info.raw:  # R-CNN / Fast R-CNN (issue 8): proposals + host stages, runtime/two_stage.py
         return TwoStageDetector(info, config, runner_options)
     if info.task == "detection":

@@ -330,6 +330,11 @@ class TwoStageDetector:
         return self.info.class_names
 
     @property
+    def trained(self) -> bool | None:
+        """As runtime/engine.py's: True (built with --weights), False (seeded, untrained), None (not recorded)."""
+        return self.info.trained
+
+    @property
     def batch_size(self) -> int:
         """Images per batch() group (runtime/files.py): one, the proposals belong to one image."""
         return 1

@@ -96,7 +96,7 @@ def test_bad_input_is_one_clear_line(engines, photo_dir, run_cli, tmp_path):
     assert "engine folder not found" in _error_line(run_cli("detect", str(tmp_path / "nope"), str(photo_dir)))
     (photo_dir / "zz-broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     proc = run_cli("detect", str(yolo), str(photo_dir), "--out", str(tmp_path / "o"))  # a folder run skips it
-    assert proc.returncode == 0 and "zz-broken.jpg: skipped: cannot decode image" in proc.stdout
+    assert proc.returncode == 1 and "zz-broken.jpg: skipped: cannot decode image" in proc.stdout  # test_detect_bad_images.py
     line = _error_line(run_cli("detect", str(yolo), str(photo_dir / "zz-broken.jpg"), "--out", str(tmp_path / "o2")))
     assert "no image could be decoded" in line and "zz-broken.jpg" in line
     empty = tmp_path / "empty"
