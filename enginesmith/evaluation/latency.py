@@ -93,7 +93,7 @@ def measure_pair(
     batch: int,
     min_time_s: float = 8.0,
     min_pairs: int = 15,
-    max_pairs: int = 1000,
+    max_pairs: int = 500,
     max_time_s: float | None = None,
     warmup: int = 2,
 ) -> PairedLatency:
