@@ -9,6 +9,8 @@ from enginesmith.backends.targets import get_precision
 from enginesmith.evaluation.detection_metrics import voc_metric_label
 from enginesmith.pipeline.artifacts import Artifact
 
+BUSY_SPREAD = 2.0  # p90 / p10 of the per-pair speed-up above which the report calls the measurement unreliable
+
 STAGE_CHECKS = {
     "export": "ONNX Runtime vs PyTorch",
     "simplify": "simplified vs exported (ONNX Runtime)",
@@ -111,6 +113,10 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
             "",
             speedup_line(m),
         ]
+        if m.get("pairs") and m["speedup_p90"] > BUSY_SPREAD * m["speedup_p10"]:
+            lines += ["", f"**The per-pair ratio varied more than {BUSY_SPREAD:g}x (p10-p90): the machine was busy, and "
+                          "this speed-up is not a number to quote. Measure again on a quiet machine "
+                          "(`--rebuild latency`).**"]
         if m.get("measured_at"):
             lines += ["", f"Measured {m['measured_at']}"
                       + ("; reused from the stage cache (`--rebuild latency` measures again)." if latency.cached else ".")]

@@ -4,6 +4,7 @@ and the report's speed-up line (pipeline/report.speedup_line)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import time
 
 import pytest
@@ -93,3 +94,22 @@ def test_the_speedup_line_says_the_spread_pairs_and_load():
     assert speedup_line(m) == ("Engine speed-up over PyTorch eager: **9.88x** (median latency ratio; per-pair ratio "
                                "p10-p90 8.50-11.25x over 42 interleaved pairs in 8.0 s; load average 3.88 before, "
                                "4.12 after, 2 CPUs).")
+
+
+def test_a_wide_spread_is_called_out_in_the_report():
+    from types import SimpleNamespace
+
+    from enginesmith.pipeline.report import render_report
+
+    def report(p10: float, p90: float) -> str:
+        stats = {"iterations": 20, "batch": 1, "p50_ms": 1.0, "p90_ms": 1.0, "mean_ms": 1.0, "fps": 1000.0}
+        m = {"engine": stats, "pytorch_eager_fp32": stats, "speedup": 10.0, "speedup_p10": p10, "speedup_p90": p90,
+             "pairs": 20, "seconds": 8.0, "load_average": [1.0], "load_average_end": [1.0], "cpus": 2}
+        config = SimpleNamespace(dynamic_batch=False, batch=1, target="openvino", precision="fp32", weights=None)
+        spec = SimpleNamespace(name="m", output_names=("logits",), definition=None, two_stage=None)
+        pre = SimpleNamespace(input_size=(32, 32), channels=1)
+        latency = SimpleNamespace(metrics=m, cached=False)
+        return render_report(config, spec, pre, [], latency, Path("out"), trained=False, calibration_images=0)
+
+    assert "not a number to quote" in report(3.0, 30.0)
+    assert "not a number to quote" not in report(9.0, 11.0)
