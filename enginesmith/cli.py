@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.markup import escape
 from rich.table import Table
 
@@ -144,20 +146,38 @@ def models(
                                        "--cfg makes)"),
 ) -> None:
     """List the registered models with task, input size, parameters and MACs."""
-    from enginesmith.models.catalog import cfg_row, model_rows
-
     try:
-        rows = [cfg_row(cfg)] if cfg is not None else model_rows()
+        if cfg is not None:
+            from enginesmith.models.catalog import cfg_row
+
+            rows = [cfg_row(cfg)]
+        else:
+            from enginesmith.models.catalog_cache import registered_rows
+
+            rows = registered_rows()
     except EnginesmithError as e:
         _fail(e)
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table("model", "task", "input", "classes", "params", "MACs", "boxes")
+    print_models(rows, out)
+
+
+def print_models(rows: list[dict], to: Console) -> None:
+    """The models table on `to`. Names are what a user copies, and rows what they grep: no cell is ever
+    truncated or wrapped. The table is printed at its natural width even where the console is narrower (a
+    pipe's 80 columns, a narrow terminal, which then wraps whole lines itself)."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    for header in ("model", "task", "input", "classes", "params", "MACs", "boxes"):
+        table.add_column(header, no_wrap=True)
     for r in rows:
-        table.add_row(r["name"], r["task"], "x".join(str(d) for d in r["input_shape"][1:]), str(r["num_classes"]), _si(r["params"]),
-                      _si(r["macs"]), str(r.get("boxes", "")))
-    out.print(table)
+        table.add_row(r["name"], r["task"], "x".join(str(d) for d in r["input_shape"][1:]), str(r["num_classes"]),
+                      _si(r["params"]), _si(r["macs"]), str(r.get("boxes", "")))
+    natural = Measurement.get(to, to.options.update_width(100_000), table).maximum
+    # Console.print never renders wider than its console: a console of the table's width, on the same file
+    wide = Console(file=to.file, width=max(to.width, natural), force_terminal=to.is_terminal,
+                   color_system=to.color_system, highlight=False)  # type: ignore[arg-type]
+    wide.print(table, crop=False)
 
 
 cache_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The stage cache: what it holds, and cleaning it.")
@@ -296,7 +316,7 @@ def evaluate(
 
 
 def _si(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
             return f"{n / scale:.2f} {unit}"
     return str(int(n))

@@ -65,7 +65,9 @@ def run_cli(tmp_path: Path, cache_dir: Path):
     """Run `python -m enginesmith.cli ARGS` (the real CLI) in tmp_path; return CompletedProcess."""
 
     def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "ENGINESMITH_CACHE": str(cache_dir), "COLUMNS": "200"}
+        # XDG_CACHE_HOME: the user cache (`enginesmith models` rows, models/catalog_cache.py) is the session's too
+        env = {**os.environ, "ENGINESMITH_CACHE": str(cache_dir), "XDG_CACHE_HOME": str(cache_dir / "user-cache"),
+               "COLUMNS": "200"}
         return subprocess.run(
             [sys.executable, "-m", "enginesmith.cli", *args], cwd=tmp_path, env=env, capture_output=True,
             text=True, timeout=timeout,

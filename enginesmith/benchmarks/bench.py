@@ -48,7 +48,7 @@ from enginesmith.errors import EnginesmithError
 from enginesmith.files import write_json_atomic
 from enginesmith.models import registry
 from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
-from enginesmith.pipeline.run import BuildConfig, build_engine
+from enginesmith.pipeline.run import MEASUREMENT_STAGES, BuildConfig, build_engine
 from enginesmith.progress import progress_bar
 from enginesmith.runtime.nms import DEFAULT_SCORE_THRESHOLD, nms_detections
 from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
@@ -158,8 +158,9 @@ def build_run(run: Run, engines: Path, cache_dir: Path, quick: bool, calib_size:
     result = build_engine(config, on_stage=stages.append)
     manifest = json.loads((result.out / "manifest.json").read_text())
     built = Built(engine_dir=result.out, engine_file=result.engine, manifest=manifest,
-                  build_s=sum(float(s.get("wall_time_s", 0.0)) for s in manifest["stages"]),
-                  cached=all(a.cached for a in stages if a.stage not in ("latency", "accuracy", "accuracy-fp32")))
+                  build_s=sum(float(s.get("wall_time_s", 0.0)) for s in manifest["stages"]
+                              if s["stage"] not in MEASUREMENT_STAGES),
+                  cached=all(a.cached for a in stages if a.stage not in MEASUREMENT_STAGES))
     engine_stage = next((s for s in manifest["stages"] if s["stage"] == "engine"), None)
     if engine_stage is not None:
         built.engine_bytes = engine_stage["metrics"].get("engine_bytes")

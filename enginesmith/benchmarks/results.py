@@ -3,8 +3,9 @@
 One row per model x input size x target x precision x batch (a dict with the keys of COLUMNS; None
 where a value was not measured). results.md has the SSD paper's table (Method, mAP, FPS, batch size,
 # Boxes, Input resolution) plus target and precision, then every measured column; a cell that was
-not measured reads "—", never a made-up number. fps_vs_map.png plots FPS against mAP, one marker per
-engine, with the Pareto front; rows without mAP go on a separate strip beside the plot.
+not measured reads "—", never a made-up number. fps_vs_map.png (benchmarks/plot.py) plots FPS against mAP or
+top-1, one marker per engine and one label per network; `python -m enginesmith.benchmarks.results RESULTS.json`
+renders it again from a results.json.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -80,9 +79,6 @@ DETAIL_COLUMNS = ("Method", "input", "target", "precision", "batch", "p50 ms", "
                   "FPS", "E2E FPS", "E2E/inf", "pre / inf / post ms per image", "OV throughput FPS",
                   "vs PyTorch", "GMAC/s", "% of peak", "boxes", "candidates", "peak RSS MB", "engine MB",
                   "build s", "cosine to FP32", "mAP", "COCO AP", "top-1")
-PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "mixed": "D"}
-TARGET_COLORS = {"torch": "#7f7f7f", "torch-cuda": "#000000", "torch-compile": "#8c564b", "onnxruntime": "#1f77b4",
-                 "openvino": "#9467bd", "tensorrt": "#2ca02c"}
 
 
 def empty_row() -> dict[str, Any]:
@@ -268,74 +264,6 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def plot_fps_vs_map(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """fps_vs_map.png (matplotlib Agg): FPS (log) against VOC07 mAP, one marker per engine (colour =
-    target, shape = precision), the Pareto front dashed; rows without mAP on a strip at the left."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise EnginesmithError(f"writing {path.name} needs matplotlib (results.json/csv/md are written); "
-                               "pip install 'enginesmith[data]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    ok = [r for r in rows if r["status"] == "ok" and r["fps"]]
-    with_map = [r for r in ok if r["map_voc07"] is not None]
-    without = [r for r in ok if r["map_voc07"] is None]
-    fig, (strip, ax) = plt.subplots(1, 2, figsize=(11, 6.5), sharey=True, gridspec_kw={"width_ratios": [1, 5]})
-
-    def label(r: dict[str, Any]) -> str:
-        return f"{r['method']} {r['target']} {r['precision']} b{r['batch']}"
-
-    def mark(axis: Any, x: float, r: dict[str, Any]) -> None:
-        axis.scatter([x], [r["fps"]], marker=PRECISION_MARKERS.get(r["precision"], "o"),
-                     color=TARGET_COLORS.get(r["target"], "#d62728"), s=42, zorder=3, edgecolors="white", linewidths=0.5)
-        axis.annotate(label(r), (x, r["fps"]), fontsize=5.5, xytext=(4, 2), textcoords="offset points", zorder=4)
-
-    for r in with_map:
-        mark(ax, float(r["map_voc07"]), r)
-    if with_map:
-        front = [with_map[i] for i in pareto_front([(float(r["map_voc07"]), float(r["fps"])) for r in with_map])]
-        ax.plot([r["map_voc07"] for r in front], [r["fps"] for r in front], "k--", lw=1, drawstyle="steps-pre",
-                zorder=2, label="Pareto front")
-        ax.scatter([r["map_voc07"] for r in front], [r["fps"] for r in front], s=130, facecolors="none",
-                   edgecolors="k", linewidths=0.8, zorder=2)  # ringed: visible even when the front is one engine
-        ax.margins(x=0.2, y=0.1)
-    else:
-        ax.text(0.5, 0.5, "no mAP measured\n(give --weights and --dataset)", ha="center", va="center",
-                transform=ax.transAxes, color="#555555")
-    for i, r in enumerate(without):
-        mark(strip, 0.2 + 0.6 * ((i * 0.618) % 1.0), r)
-    if not without:
-        strip.text(0.5, 0.5, "(none)", ha="center", va="center", transform=strip.transAxes, color="#555555")
-    strip.set_xlim(0, 1.6)
-    strip.set_xticks([])
-    strip.set_title("mAP not measured", fontsize=9)
-    ax.set_xlabel("mAP (VOC07 11-point AP@0.5, %)")
-    strip.set_ylabel("FPS (inference only, images/s)")
-    if ok:
-        ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    handles = [Line2D([], [], marker="o", ls="", color=c, label=t) for t, c in TARGET_COLORS.items()
-               if any(r["target"] == t for r in ok)]
-    handles += [Line2D([], [], marker=m, ls="", color="#444444", label=p) for p, m in PRECISION_MARKERS.items()
-                if any(r["precision"] == p for r in ok)]
-    if with_map:
-        handles.append(Line2D([], [], ls="--", marker="o", mfc="none", color="k", label="Pareto front"))
-    if handles:
-        ax.legend(handles=handles, fontsize=7, loc="best")
-    fig.suptitle(title or "FPS vs mAP, one marker per engine", fontsize=11)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=150)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-
-
 def write_results(out: Path, run: dict[str, Any], rows: list[dict[str, Any]], skipped: list[dict[str, str]],
                   plot: bool = True) -> dict[str, Path]:
     """Write results.json, results.csv, results.md (and fps_vs_map.png) into `out`, each atomically."""
@@ -351,10 +279,37 @@ def write_results(out: Path, run: dict[str, Any], rows: list[dict[str, Any]], sk
     write_text_atomic(paths["md"], render_markdown(run, rows, skipped))
     if plot:
         paths["png"] = out / "fps_vs_map.png"
-        plot_fps_vs_map(rows, paths["png"], f"{run.get('suite', 'enginesmith bench')}: FPS vs mAP")
+        render_plot(run, rows, paths["png"])
     return paths
+
+
+def render_plot(run: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> None:
+    """fps_vs_map.png of a run's rows (benchmarks/plot.py), titled with its suite."""
+    from enginesmith.benchmarks.plot import plot_fps_vs_map
+
+    plot_fps_vs_map(rows, path, str(run.get("suite") or "enginesmith bench"))
 
 
 def load_results(path: Path) -> dict[str, Any]:
     """results.json as written by write_results."""
     return json.loads(Path(path).read_text())
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """`python -m enginesmith.benchmarks.results RESULTS.json [--out PNG]`: render the plot again from a results.json
+    (default: fps_vs_map.png beside it); nothing is measured and the json is only read."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m enginesmith.benchmarks.results", description=main.__doc__)
+    parser.add_argument("results", type=Path, help="a results.json written by `enginesmith bench`")
+    parser.add_argument("--out", type=Path, default=None, help="the PNG to write (default: fps_vs_map.png beside it)")
+    args = parser.parse_args(argv)
+    data = load_results(args.results)
+    out = args.out or args.results.with_name("fps_vs_map.png")
+    render_plot(data.get("run") or {}, data["rows"], out)
+    print(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -39,8 +39,8 @@ def check_input_side(size: tuple[int, ...], native: tuple[int, ...] | None = Non
 
 # Modules of enginesmith.models that are not model families; every other module is imported (once,
 # the first time the registry is read) and registers its models itself.
-NOT_FAMILIES = {"registry", "ops", "profile", "catalog", "layers", "weights", "classes", "memory", "darknet_plan",
-                "darknet_net"}
+NOT_FAMILIES = {"registry", "ops", "profile", "catalog", "catalog_cache", "layers", "weights", "classes", "memory",
+                "darknet_plan", "darknet_net"}
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ class BuildConfig:
     nms: str = "host"  # detectors: "engine" appends ONNX NonMaxSuppression; "host" leaves it to runtime/nms.py
     out: Path | None = None
     cache_dir: Path = field(default_factory=lambda: Path(os.environ.get("ENGINESMITH_CACHE", "build/.cache")))
+    # the latency check's least measuring time, engine and PyTorch interleaved (at most 2.5x it: slow models get
+    # fewer pairs); one budget for both, where each had 8 s of its own before
     latency_budget_s: float = 8.0
     seed: int = 0
     val: Path | None = None  # held-out data: the task metric is measured and held to accuracy_budget

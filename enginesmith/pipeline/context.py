@@ -30,6 +30,7 @@ class BuildContext:
 
     def __init__(self, config: BuildConfig, spec: Any, on_stage: Callable[[Artifact], None]) -> None:
         self.config, self.spec, self.on_stage = config, spec, on_stage
+        self.ran: list[Artifact] = []  # every stage this build ran or reused, in order (the report's stage table)
         # the weights are read once: hashed while copied into the cache, and the copy is what gets loaded
         self.weights = stage_file(Path(config.weights), Path(config.cache_dir)) if config.weights else None
         # a training checkpoint says what it was trained for; explicit options still win
@@ -103,7 +104,8 @@ class BuildContext:
         return c.accuracy_budget if c.accuracy_budget is not None else DEFAULT_BUDGET[self.spec.task]
 
     def record(self, art: Artifact) -> Artifact:
-        """Report a finished stage (cached or built) to the caller's on_stage; return it."""
+        """Add a finished stage (cached or built) to `ran` and report it to the caller's on_stage; return it."""
+        self.ran.append(art)
         self.on_stage(art)
         return art
 

@@ -64,7 +64,7 @@ def _attempt(base: Artifact, reference_acc: Artifact | None, keep_float: tuple[s
     precision = engine_precision(config.precision)
     calibrated = get_precision(config.precision).calibrated
     quantized = precision_artifacts(ctx.cache, config.target, precision, base, ctx.calibration if calibrated else None,
-                                    ctx.on_stage, QuantizeOptions(keep_float=keep_float, nncf_preset=config.nncf_preset,
+                                    ctx.record, QuantizeOptions(keep_float=keep_float, nncf_preset=config.nncf_preset,
                                                                   overflow_fix=config.overflow_fix))
     try:
         engine = engine_artifact(ctx.cache, config.target, precision, quantized or base, INPUT_NAME,

@@ -58,8 +58,10 @@ def engine_manifest(ctx: BuildContext, engine: Artifact, stages: list[Artifact],
         "weights": ctx.weights_id,
         "trained": ctx.trained,
         "sha256": engine.sha256,
+        # every stage the build ran or reused (statistics, accuracy, latency, search attempts too), in order
         "stages": [{"stage": a.stage, "key": a.manifest["key"], "sha256": a.sha256, "params": a.manifest["params"],
-                    "metrics": a.metrics, "wall_time_s": a.wall_time_s, "tools": a.manifest["tools"]} for a in stages],
+                    "metrics": a.metrics, "wall_time_s": a.wall_time_s, "cached": a.cached, "tools": a.manifest["tools"]}
+                   for a in stages],
         "latency": latency.metrics,
         "accuracy": accuracy,
     }

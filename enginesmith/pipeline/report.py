@@ -9,6 +9,8 @@ from enginesmith.backends.targets import get_precision
 from enginesmith.evaluation.detection_metrics import voc_metric_label
 from enginesmith.pipeline.artifacts import Artifact
 
+BUSY_SPREAD = 2.0  # p90 / p10 of the per-pair speed-up above which the report calls the measurement unreliable
+
 STAGE_CHECKS = {
     "export": "ONNX Runtime vs PyTorch",
     "simplify": "simplified vs exported (ONNX Runtime)",
@@ -42,7 +44,25 @@ def _details(a: Artifact) -> str:
         return f"IoU {m.get('iou')}, score > {m.get('score')}, top {m.get('max_detections')}"
     if a.stage == "engine":
         return f"{', '.join(a.manifest['files'])}: {m.get('engine_bytes', 0) / 1e6:.1f} MB"
+    if a.stage == "latency":
+        return f"{m.get('pairs', '?')} interleaved pairs: see the latency check below"
     return ", ".join(f"{k} {v}" for k, v in m.items() if isinstance(v, (int, float, str)) and k != "verify")
+
+
+def speedup_line(m: dict[str, Any]) -> str:
+    """The speed-up (PyTorch p50 / engine p50), the spread of the per-pair ratio, how many interleaved pairs
+    and seconds it took, and the load average (1 min) before and after: a number and the conditions it was
+    measured under, on one line."""
+    line = f"Engine speed-up over PyTorch eager: **{m['speedup']:.2f}x** (median latency ratio"
+    if m.get("pairs"):
+        line += (f"; per-pair ratio p10-p90 {m['speedup_p10']:.2f}-{m['speedup_p90']:.2f}x over {m['pairs']} "
+                 f"interleaved pairs in {m['seconds']:.1f} s")
+    load = m.get("load_average")
+    if load:
+        end = m.get("load_average_end")
+        line += f"; load average {load[0]:.2f}" + (f" before, {end[0]:.2f} after" if end else "")
+        line += f", {m.get('cpus')} CPUs"
+    return line + ")."
 
 
 def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact], latency: Artifact | None,
@@ -69,6 +89,7 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
     if not trained:
         lines.append("- **accuracy cannot be judged for untrained weights: this report shows speed and "
                      "numerical equivalence only.** Give `--weights PATH` for a trained model.")
+    # every stage the build ran or reused from the cache, in order, with the time it took (cached: its first build's)
     lines += ["", "| stage | status | time | check | result | details |", "|---|---|---|---|---|---|"]
     for a in stages:
         check = STAGE_CHECKS.get(a.stage, "-")
@@ -90,11 +111,14 @@ def render_report(config: Any, spec: Any, preprocess: Any, stages: list[Artifact
             f"| PyTorch eager fp32 | {t['iterations']} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | {t['mean_ms']:.2f} | "
             f"{t['fps']:.1f} |",
             "",
-            f"Engine speed-up over PyTorch eager: **{m['speedup']:.2f}x** (median latency ratio).",
+            speedup_line(m),
         ]
+        if m.get("pairs") and m["speedup_p90"] > BUSY_SPREAD * m["speedup_p10"]:
+            lines += ["", f"**The per-pair ratio varied more than {BUSY_SPREAD:g}x (p10-p90): the machine was busy, and "
+                          "this speed-up is not a number to quote. Measure again on a quiet machine "
+                          "(`--rebuild latency`).**"]
         if m.get("measured_at"):
-            load = m.get("load_average") or [float("nan")]
-            lines += ["", f"Measured {m['measured_at']} with a load average of {load[0]:.2f} on {m.get('cpus')} CPUs"
+            lines += ["", f"Measured {m['measured_at']}"
                       + ("; reused from the stage cache (`--rebuild latency` measures again)." if latency.cached else ".")]
         kind = spec.two_stage
         if kind:

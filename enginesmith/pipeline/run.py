@@ -7,7 +7,7 @@ by `BuildConfig.validate()` (config.py), before any heavy work, with one-line En
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +24,10 @@ from enginesmith.pipeline.publish import publish
 from enginesmith.pipeline.report import render_report
 from enginesmith.pipeline.simplify import simplify_stage
 
-__all__ = ["BuildConfig", "BuildResult", "build_engine", "parse_input_size", "validate"]
+__all__ = ["BuildConfig", "BuildResult", "MEASUREMENT_STAGES", "build_engine", "parse_input_size", "validate"]
+
+# stages that measure what was built (speed, the task metric) rather than make it: not build time
+MEASUREMENT_STAGES = ("latency", "accuracy", "accuracy-fp32")
 
 
 @dataclass
@@ -32,10 +35,11 @@ class BuildResult:
     config: BuildConfig
     out: Path
     engine: Path
-    stages: list[Artifact]
+    stages: list[Artifact]  # the engine's lineage: export, simplify, [nms], [precision], engine
     latency: Artifact | None
     report: str
     accuracy: dict[str, Any] | None = None
+    ran: list[Artifact] = field(default_factory=list)  # every stage run or reused, in order (report, manifest)
 
 
 def build_engine(
@@ -79,11 +83,12 @@ def _run_stages(ctx: BuildContext, out: Path, state: OutState,
     accuracy = _accuracy_summary(ctx, result, reference_acc)
     latency = latency_stage(engine, ctx)
     stages = [a for a in (exported, simplified, with_nms, quantized, engine) if a is not None]
-    report = render_report(config, ctx.spec, ctx.preprocess, stages, latency, out, trained=ctx.trained,
+    ran = list(ctx.ran)  # the lineage and everything else that ran: statistics, accuracy, search attempts, latency
+    report = render_report(config, ctx.spec, ctx.preprocess, ran, latency, out, trained=ctx.trained,
                            calibration_images=len(ctx.source), calibration_warning=ctx.source.warning,
                            accuracy=accuracy)
-    publish(ctx, out, state, engine, stages, with_nms, latency, accuracy, report)
-    return BuildResult(config, out, out / engine.manifest["files"][0], stages, latency, report, accuracy)
+    publish(ctx, out, state, engine, ran, with_nms, latency, accuracy, report)
+    return BuildResult(config, out, out / engine.manifest["files"][0], stages, latency, report, accuracy, ran)
 
 
 def _accuracy_summary(ctx: BuildContext, result: Any, reference_acc: Artifact | None) -> dict[str, Any] | None:
