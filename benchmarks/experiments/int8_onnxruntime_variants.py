@@ -1,6 +1,7 @@
 """INT8 ONNX Runtime experiments on a trained detector: which quantizer setting loses the mAP.
-usage: exp_int8.py FP32_ENGINE_DIR DATASET [variants...]"""
-import json, sys, time
+usage: int8_onnxruntime_variants.py FP32_ENGINE_DIR DATASET SPLIT [METHOD[:fullrange|:s8s8|:pertensor|:keep=NODE,...] ...]
+Environment: FP32=points skips the FP32 run; EXTRA="a.onnx b.onnx" also evaluates ready Q/DQ models; EXP_OUT=folder (build/int8-exp)."""
+import json, os, sys, time
 from pathlib import Path
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +20,7 @@ spec = PreprocessSpec.from_dict(man["preprocess"])
 onnx_fp32 = eng / man["engine"]
 val = load_validation(data, "detection", split)
 src = calibration_source(data, "photos", 300)
-out = Path("/work/ckpt/exp"); out.mkdir(exist_ok=True)
+out = Path(os.environ.get("EXP_OUT", "build/int8-exp")); out.mkdir(parents=True, exist_ok=True)
 rcache = {}
 def ranges(method):
     if method not in rcache:

@@ -1,3 +1,5 @@
+"""Remove the Q/DQ pairs on the outputs of the Conv nodes whose names start with the given prefixes.
+usage: qdq_heads_float.py SRC.onnx DST.onnx /conf.,/loc."""
 import json, sys, os
 from pathlib import Path
 import onnx
