@@ -67,7 +67,7 @@ def decode_feeders(graph: Any, decode: set[str]) -> set[str]:
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n.name)
-    region = decode_feeders(graph, decode)
+    region = set(decode)
     changed = True
     while changed:
         changed = False
