@@ -1,5 +1,5 @@
 """INT8 ONNX Runtime experiments on a trained detector: which quantizer setting loses the mAP.
-usage: int8_onnxruntime_variants.py FP32_ENGINE_DIR DATASET SPLIT [METHOD[:fullrange|:s8s8|:pertensor|:keep=NODE,...] ...]
+usage: int8_onnxruntime_variants.py FP32_ENGINE_DIR DATASET SPLIT [METHOD[:trt|:fullrange|:s8s8|:pertensor|:keep=NODE,...] ...]
 Environment: FP32=points skips the FP32 run; EXTRA="a.onnx b.onnx" also evaluates ready Q/DQ models; EXP_OUT=folder (build/int8-exp)."""
 import json, os, sys, time
 from pathlib import Path
@@ -46,7 +46,8 @@ import os; base = float(os.environ["FP32"]) if "FP32" in os.environ else run(onn
 print(f"fp32 {base:.2f}", flush=True)
 for v in variants:
     method, *opts = v.split(":")
-    cfg = _qdq_config(False)
+    symmetric = "trt" in opts  # TensorRT's form: int8 symmetric activations and weights, zero points 0
+    cfg = _qdq_config(symmetric)
     per_channel = True
     kw = {}
     for o in opts:
@@ -56,7 +57,7 @@ for v in variants:
         if o.startswith("keep="): kw["keep_float"] = o[5:].split(",")
     dst = out / f"{v.replace(':','_').replace('/','_').replace(',','_')[:80]}.onnx"
     t = time.time()
-    info = quantize_qdq(onnx_fp32, dst, ranges(method), symmetric=False, per_channel=per_channel, _config=cfg, **kw)
+    info = quantize_qdq(onnx_fp32, dst, ranges(method), symmetric=symmetric, per_channel=per_channel, _config=cfg, **kw)
     m = run(dst)
     print(f"{v}: mAP {m:.2f} drop {base-m:+.2f} ({time.time()-t:.0f}s) qdq={info['qdq_pairs']} decode_kept={info['decode_inputs_kept_float']}", flush=True)
 for extra in os.environ.get("EXTRA", "").split():
