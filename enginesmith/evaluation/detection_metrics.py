@@ -105,11 +105,9 @@ def box_iou(a: np.ndarray, b: np.ndarray, inclusive: bool = False) -> np.ndarray
         area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
         area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     union = area_a[:, None] + area_b[None, :] - inter
-    if inclusive:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return inter / union
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+        # voc_eval.py divides as it is (a degenerate pair gives nan/inf, which never passes the threshold)
+        return inter / union if inclusive else np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False,

@@ -83,9 +83,10 @@ def read_cfg_source(path: str | Path) -> CfgSource:
     p = Path(path)
     if not p.is_file():
         raise EnginesmithError(f"darknet cfg not found: {p}" if not p.exists() else f"darknet cfg {p} is not a file")
-    if p.stat().st_size > MAX_CFG_BYTES:
-        raise EnginesmithError(f"{p} is {p.stat().st_size} bytes, not a Darknet cfg (those are a few KB of text)")
-    data = p.read_bytes()
+    with open(p, "rb") as f:  # bounded: a file that grows after a size check is still read at most once, in full
+        data = f.read(MAX_CFG_BYTES + 1)
+    if len(data) > MAX_CFG_BYTES:
+        raise EnginesmithError(f"{p} is over {MAX_CFG_BYTES} bytes, not a Darknet cfg (those are a few KB of text)")
     if b"\0" in data:
         raise EnginesmithError(f"{p} is binary, not a Darknet cfg (a text file of [sections] and key=value lines)")
     return CfgSource(p, data.decode("utf-8", errors="replace"), hashlib.sha256(data).hexdigest(), len(data))

@@ -158,3 +158,19 @@ def test_class_count_and_input_size_come_from_the_cfg(tmp_path: Path) -> None:
     names.write_text("cat\n")
     with pytest.raises(EnginesmithError, match="has 1 class names, but the cfg has classes=2"):
         cfg_spec(read_cfg_source(cfg), names)
+
+
+def test_oversized_and_binary_cfg_files_are_one_line_errors(tmp_path):
+    from enginesmith.errors import EnginesmithError
+    from enginesmith.models.darknet_plan import MAX_CFG_BYTES, read_cfg_source
+
+    big = tmp_path / "big.cfg"
+    big.write_bytes(b"[net]\n" + b"#" * MAX_CFG_BYTES)
+    with pytest.raises(EnginesmithError, match=r"big\.cfg is over \d+ bytes, not a Darknet cfg"):
+        read_cfg_source(big)
+    binary = tmp_path / "bin.cfg"
+    binary.write_bytes(b"[net]\n\0\0")
+    with pytest.raises(EnginesmithError, match="is binary, not a Darknet cfg"):
+        read_cfg_source(binary)
+    with pytest.raises(EnginesmithError, match="darknet cfg not found"):
+        read_cfg_source(tmp_path / "missing.cfg")
