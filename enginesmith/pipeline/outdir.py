@@ -8,9 +8,11 @@ The rule (checked before any stage runs, and again at publish time):
 - anything else (a file, a folder holding other things): refused, unless `--force`;
 - never: the working folder or one above it, the stage cache or a folder inside it, a mount point, a
   symbolic link (the swap would replace the link, not what it names).
-A build holds an flock on the `--out` folder itself from the start to the end (no lock file is made), so a
-second build into the same folder is refused at once, whatever cache it uses; at publish time the folder
-must still be what was checked at the start (the same engine, by its `build_id`).
+A build holds an flock from the start to the end, so a second build into the same folder is refused at once,
+whatever cache it uses: on the `--out` folder itself when it exists, else on a hidden empty sibling folder
+`.NAME.lock` (made for the build, removed after it; one a killed build left is reused and removed by the next
+build). `--out` is never made before the publish, so a build killed before it leaves no `--out`. At publish time
+the folder must still be what was checked at the start (the same engine, by its `build_id`).
 """
 
 from __future__ import annotations
@@ -82,27 +84,63 @@ def out_state(out: Path, cache_root: Path, force: bool) -> OutState:
 
 @contextlib.contextmanager
 def hold_out(out: Path) -> Iterator[None]:
-    """Hold `out` for the whole build: an exclusive flock on the folder itself (made empty first when it does not
-    exist; removed again if the build publishes nothing). Any other build into the same folder, whatever its
+    """Hold `out` for the whole build: an exclusive flock on the folder itself when it exists, else on the hidden
+    sibling folder `.NAME.lock` (removed when the build ends). Any other build into the same folder, whatever its
     cache, is refused at once. The publish swaps a new folder in, so the next build locks that one."""
     out = Path(out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    made = os.stat(out).st_ino if created else None
-    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    target = out if out.is_dir() else lock_folder(out)
+    made = [p for p in reversed(out.parents) if not p.exists()]  # parents this build makes, outermost first
+    fd = _lock_dir(target, out)
     try:
+        yield
+    finally:
+        if target != out:
+            _remove_lock_folder(target, fd)
+        os.close(fd)
+        for folder in reversed(made):  # nothing was published: leave no empty folders behind either
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def lock_folder(out: Path) -> Path:
+    """The hidden sibling a build into a not-yet-existing `out` locks: `.NAME.lock` beside it."""
+    return out.with_name(f".{out.name}.lock")
+
+
+def _lock_dir(folder: Path, out: Path) -> int:
+    """An fd holding an exclusive flock on `folder` (made when missing). Refused at once if another build holds
+    it. A lock folder removed by its previous holder between our open and our flock is opened again."""
+    for _ in range(10):
+        try:
+            if folder != out:
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    folder.mkdir()
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # a parent or the folder was removed meanwhile (a build ending beside us)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise EnginesmithError(f"another enginesmith build is writing to --out {out}; wait for it to finish or "
                                    "choose another --out") from None
-        yield
-    finally:
-        os.close(fd)
-        if made is not None:
-            with contextlib.suppress(OSError):  # still the empty folder this build made: leave nothing behind
-                if os.stat(out).st_ino == made and not any(out.iterdir()):
-                    out.rmdir()
+        try:
+            same = os.stat(folder).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the folder we locked was removed (or swapped) meanwhile: lock the one there now
+    raise EnginesmithError(f"--out {out} keeps changing under this build (another build publishing there?); "
+                           "run the build again")
+
+
+def _remove_lock_folder(folder: Path, fd: int) -> None:
+    """Remove the lock folder this build holds (while still holding it, so a build waiting on it re-checks)."""
+    with contextlib.suppress(OSError):
+        if os.stat(folder).st_ino == os.fstat(fd).st_ino:
+            folder.rmdir()
 
 
 def publish_engine_folder(fill: Callable[[Path], None], out: Path, state: OutState) -> None:
