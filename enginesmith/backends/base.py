@@ -15,11 +15,11 @@ import numpy as np
 
 from enginesmith.errors import EnginesmithError
 
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8")  # what an engine is built at (targets.PRECISIONS maps mixed to int8)
+ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # what an engine is built at (targets.PRECISIONS maps mixed to int8)
 
 
 def check_precision(precision: str, target: str) -> None:
-    """An engine backend builds fp32, fp16 or int8 ("mixed" reaches it as int8: backends/targets.py)."""
+    """An engine backend builds fp32, fp16, bf16 or int8 ("mixed" reaches it as int8: backends/targets.py)."""
     if precision not in ENGINE_PRECISIONS:
         raise EnginesmithError(
             f"unknown precision {precision!r} for target {target}; choose one of: {', '.join(ENGINE_PRECISIONS)}"

@@ -32,10 +32,33 @@ _CHECK_COMPILE = (
 )
 
 
+# The CPU plugin's INFERENCE_PRECISION_HINT for an engine built at each precision. fp32 and int8 are pinned to
+# f32 (left alone, the plugin picks bf16 on AMX / AVX512-BF16 CPUs); an int8 IR's quantized layers run int8.
+INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+
+
 def runner_options(precision: str) -> dict[str, Any]:
-    """The Runner options for an engine built at `precision`: an fp16 build executes in f16, every other
-    build in f32 (left alone, the CPU plugin would pick bf16 on AMX CPUs)."""
-    return {"inference_precision": "f16" if precision == "fp16" else "f32"}
+    """The Runner options for an engine built at `precision` (INFERENCE_PRECISION)."""
+    return {"inference_precision": INFERENCE_PRECISION.get(precision, "f32")}
+
+
+def precision_runs_here(precision: str) -> tuple[bool, str]:
+    """(True, "") unless `precision` is bf16 and this CPU has no bf16 instructions (AVX512-BF16 or AMX-BF16),
+    as OpenVINO's CPU plugin reports them (OPTIMIZATION_CAPABILITIES has "BF16"). Elsewhere the plugin would
+    quietly run a bf16 engine in f32, so a bf16 build there measures nothing it claims."""
+    if precision != "bf16":
+        return True, ""
+    import openvino as ov
+
+    return bf16_refusal(list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
+
+
+def bf16_refusal(capabilities: list[str]) -> tuple[bool, str]:
+    """(True, "") when the CPU plugin's OPTIMIZATION_CAPABILITIES include BF16, else (False, one line)."""
+    if "BF16" in capabilities:
+        return True, ""
+    return False, (f"--precision bf16 needs a CPU with bf16 instructions (AVX512-BF16 or AMX-BF16); OpenVINO reports "
+                   f"this CPU's capabilities as {', '.join(capabilities) or 'none'}: build fp32, fp16 or int8 instead")
 
 
 def available() -> tuple[bool, str]:
@@ -56,7 +79,8 @@ def build(source: Any, out_dir: Path, precision: str) -> Path:
     """Write model.xml/model.bin into out_dir and prove they compile for CPU (in a child process).
 
     `source` is an ONNX path or an `openvino.Model` (the NNCF-quantized model). fp16 stores the weights
-    as f16 (`compress_to_fp16`); everything else keeps them as they are.
+    as f16 (`compress_to_fp16`); everything else keeps them as they are (a bf16 engine is the FP32 IR, run
+    with the bf16 inference hint: runner_options).
     """
     import openvino as ov
 
@@ -162,7 +186,8 @@ class Runner(_OpenVINORunnerBase):
     """An OpenVINO CPU CompiledModel.
 
     - performance_hint: "LATENCY" (default, one request at a time) or "THROUGHPUT".
-    - inference_precision: "f32" (default) or "f16" (on AVX2 CPUs OpenVINO still executes f16 as f32).
+    - inference_precision: "f32" (default), "f16" (on AVX2 CPUs OpenVINO still executes f16 as f32) or "bf16"
+      (AVX512-BF16 / AMX-BF16 CPUs; elsewhere f32).
     - num_threads: INFERENCE_NUM_THREADS, when given.
     """
 
@@ -180,7 +205,7 @@ class Runner(_OpenVINORunnerBase):
         if hint not in PERFORMANCE_HINTS:
             raise EnginesmithError(f"unknown OpenVINO performance hint {performance_hint!r}; use LATENCY or THROUGHPUT")
         if inference_precision not in ("f32", "f16", "bf16"):
-            raise EnginesmithError(f"unknown OpenVINO inference precision {inference_precision!r}; use f32 or f16")
+            raise EnginesmithError(f"unknown OpenVINO inference precision {inference_precision!r}; use f32, f16 or bf16")
         self.engine_path = Path(engine_path)
         self.config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": inference_precision}
         if num_threads:

@@ -36,6 +36,7 @@ class Precision:
 PRECISIONS: dict[str, Precision] = {
     "fp32": Precision("fp32", "fp32", calibrated=False, searches=False),
     "fp16": Precision("fp16", "fp16", calibrated=False, searches=False),
+    "bf16": Precision("bf16", "bf16", calibrated=False, searches=False),
     "int8": Precision("int8", "int8", calibrated=True, searches=False),
     "mixed": Precision("mixed", "int8", calibrated=True, searches=True),
 }
@@ -55,6 +56,14 @@ def engine_precision(name: str) -> str:
 
 def _no_build_options(cache_root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return {}, {}
+
+
+def _every_precision_runs(precision: str) -> tuple[bool, str]:
+    return True, ""
+
+
+# What a backend without bf16 kernels builds: every precision but bf16 (OpenVINO's CPU plugin has them).
+WITHOUT_BF16 = tuple(p for p in PRECISIONS if p != "bf16")
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,9 @@ class Target:
     streams_async: bool = False  # runtime: an async request queue overlaps preprocessing and inference
     takes_max_roi_pool: bool = True  # its ONNX importer takes MaxRoiPool (Fast R-CNN's pooling)
     check_device: Callable[[dict[str, Any]], None] | None = None  # refuses a manifest this machine cannot load
-    precisions: tuple[str, ...] = tuple(PRECISIONS)  # the --precision values it builds (all four, today)
+    precisions: tuple[str, ...] = tuple(PRECISIONS)  # the --precision values it builds
+    # (True, "") when this machine's hardware runs an engine precision ("bf16": a CPU with bf16 instructions)
+    precision_runs_here: Callable[[str], tuple[bool, str]] = _every_precision_runs
     runner_options: Callable[[str], dict[str, Any]] = field(default=lambda precision: {})
     build_options: Callable[[Path], tuple[dict[str, Any], dict[str, Any]]] = _no_build_options
 
@@ -118,18 +129,18 @@ TARGETS: dict[str, Target] = {
         "pip install openvino (or enginesmith with its extra, from its repository: "
         "pip install '/path/to/enginesmith[runtime-openvino]')", int8_quantizer="nncf",
         default_calib_method="minmax", fp16_model="engine", quantize_options=("nncf_preset", "overflow_fix"), layer_ranking="openvino", engine_companions=(".bin",),
-        streams_async=True, runner_options=openvino.runner_options,
+        streams_async=True, runner_options=openvino.runner_options, precision_runs_here=openvino.precision_runs_here,
     ),
     "onnxruntime": Target(
         "onnxruntime", "ONNX Runtime", onnxruntime, "onnxruntime",
         "pip install onnxruntime (or enginesmith with its extra, from its repository: "
         "pip install '/path/to/enginesmith[runtime-onnxruntime]')", int8_quantizer="qdq",
-        default_calib_method="percentile",
+        default_calib_method="percentile", precisions=WITHOUT_BF16,
     ),
     "tensorrt": Target(
         "tensorrt", "TensorRT", tensorrt, "tensorrt", tensorrt_device.INSTALL_HINT, int8_quantizer="qdq",
         default_calib_method="minmax", int8_symmetric=True, needs_gpu=True, takes_max_roi_pool=False,
-        build_options=tensorrt.stage_options, check_device=tensorrt_device.check_device,
+        build_options=tensorrt.stage_options, check_device=tensorrt_device.check_device, precisions=WITHOUT_BF16,
     ),
 }
 CPU_TARGETS = tuple(name for name, t in TARGETS.items() if not t.needs_gpu)

@@ -384,7 +384,7 @@ def measure_job(job: dict[str, Any], isolated: bool = True) -> dict[str, Any]:
                               "peak_rss_mb": peak_rss if isolated else None, "base_rss_mb": base_rss if isolated else None,
                               "throughput": None}
     if job.get("throughput"):
-        hint = "f16" if job["precision"] == "fp16" else "f32"
+        hint = TARGETS["openvino"].options(job["precision"])["inference_precision"]
         result["throughput"] = openvino_throughput(Path(job["engine"]), x, hint, profile.throughput_s, job.get("ov_streams"))
     return result
 

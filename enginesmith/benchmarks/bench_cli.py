@@ -29,7 +29,7 @@ def bench(
     targets: Optional[str] = typer.Option(None, help="comma-separated: torch (PyTorch eager FP32, the baseline), "
                                           "onnxruntime, openvino, tensorrt, torch-cuda, torch-compile [default: "
                                           "torch,onnxruntime,openvino]"),
-    precisions: Optional[str] = typer.Option(None, help="comma-separated: fp32, fp16, int8, mixed [default: "
+    precisions: Optional[str] = typer.Option(None, help="comma-separated: fp32, fp16, bf16, int8, mixed [default: "
                                              "fp32,fp16,int8]"),
     batch: Optional[str] = typer.Option(None, "--batch", help="batch sizes, e.g. 1,8 [default: 1,8]"),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="HxW[,HxW...], e.g. 320,416,608 "

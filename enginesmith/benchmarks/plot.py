@@ -17,7 +17,7 @@ from typing import Any
 from enginesmith.benchmarks.results import pareto_front
 from enginesmith.errors import EnginesmithError
 
-PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "mixed": "D"}
+PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "P", "int8": "^", "mixed": "D"}
 TARGET_COLORS = {"torch": "#7f7f7f", "torch-cuda": "#000000", "torch-compile": "#8c564b", "onnxruntime": "#1f77b4",
                  "openvino": "#9467bd", "tensorrt": "#2ca02c"}
 METRIC_LABELS = {"map_voc07": "mAP (VOC07 11-point AP@0.5, %)", "top1": "top-1 accuracy (%)"}

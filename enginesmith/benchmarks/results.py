@@ -29,7 +29,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("model", "registered model name"),
     ("input_size", "network input HxW"),
     ("target", "torch (PyTorch eager, CPU) | torch-cuda | onnxruntime | openvino | tensorrt"),
-    ("precision", "fp32 | fp16 | int8 | mixed"),
+    ("precision", "fp32 | fp16 | bf16 | int8 | mixed"),
     ("batch", "images per inference call"),
     ("status", "ok | error"),
     ("map_voc07", "VOC07 11-point mAP@0.5, points (the SSD paper's metric, computed as the VOC devkit's "

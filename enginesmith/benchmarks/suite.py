@@ -420,10 +420,21 @@ def _path(text: str | None, env: Mapping[str, str], what: str) -> str | None:
 
 def _precisions(target: str, wanted: tuple[str, ...]) -> tuple[str, ...]:
     """What `target` runs of `wanted`: PyTorch targets always run fp32 (the ratios' baseline) and
-    torch-cuda / torch-compile fp16 when asked; engines run exactly `wanted`."""
+    torch-cuda / torch-compile fp16 when asked; engines run what they build of `wanted` (targets.py)."""
     if target in BASELINES:
         return tuple(p for p in BASELINES[target].precisions if p == "fp32" or p in wanted)
-    return wanted
+    return tuple(p for p in wanted if p in TARGETS[target].precisions) if target in TARGETS else wanted
+
+
+def _not_run(target: str, wanted: tuple[str, ...]) -> Skipped | None:
+    """The precisions of `wanted` that `target` does not run, as one Skipped line (None when it runs all)."""
+    left = [p for p in wanted if p not in _precisions(target, wanted)]
+    if not left:
+        return None
+    if target in BASELINES:
+        return Skipped(f"{target}/{','.join(left)}", f"{target} runs {' and '.join(BASELINES[target].precisions)} "
+                                                     "only (PyTorch)")
+    return Skipped(f"{target}/{','.join(left)}", f"{TARGETS[target].display} does not build {' or '.join(left)}")
 
 
 def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path | str | None = None,
@@ -479,11 +490,9 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
                             continue
                         runs.append(run)
         for target in e.targets:
-            if target in BASELINES:
-                left = [p for p in e.precisions if p not in BASELINES[target].precisions]
-                if left:
-                    skipped.append(Skipped(f"{e.model}/{target}/{','.join(left)}",
-                                           f"{target} runs {' and '.join(BASELINES[target].precisions)} only (PyTorch)"))
+            not_run = _not_run(target, e.precisions)
+            if not_run is not None:
+                skipped.append(Skipped(f"{e.model}/{not_run.key}", not_run.reason))
     if not runs:
         raise EnginesmithError(f"suite {suite.name} has nothing to run"
                                + (f": {skipped[0].key} skipped ({skipped[0].reason})" if skipped else ""))

@@ -199,8 +199,9 @@ class PeakEstimate:
     basis: str
 
     def for_precision(self, precision: str) -> float:
-        """The peak a `precision` engine can reach: fp16 -> fp16, int8/mixed -> int8, else fp32."""
-        return {"fp16": self.fp16_gmacs, "int8": self.int8_gmacs}.get(engine_precision(precision), self.fp32_gmacs)
+        """The peak a `precision` engine can reach: fp16/bf16 -> the 16-bit peak, int8/mixed -> int8, else fp32."""
+        return {"fp16": self.fp16_gmacs, "bf16": self.fp16_gmacs, "int8": self.int8_gmacs}.get(
+            engine_precision(precision), self.fp32_gmacs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -146,7 +146,9 @@ def _check_choices(config: BuildConfig, spec: Any) -> None:
     target = get_target(config.target)
     precision = get_precision(config.precision)
     if precision.name not in target.precisions:
-        raise EnginesmithError(f"{target.display} builds {', '.join(target.precisions)}, not {precision.name}")
+        others = [t.name for t in TARGETS.values() if precision.name in t.precisions]
+        raise EnginesmithError(f"{target.display} builds {', '.join(target.precisions)}, not {precision.name}"
+                               + (f"; --target {' or '.join(others)} builds it" if others else ""))
     if config.fallback not in FALLBACKS:
         raise EnginesmithError(f"unknown --fallback {config.fallback!r}; choose none or auto")
     if config.fallback == "auto" and not precision.calibrated:
@@ -166,6 +168,9 @@ def _check_choices(config: BuildConfig, spec: Any) -> None:
                                "support (onnx-tensorrt docs/operators.md); build it for "
                                f"{' or '.join(t.name for t in TARGETS.values() if t.takes_max_roi_pool)}")
     ok, why = target.available()
+    if not ok:
+        raise EnginesmithError(why)
+    ok, why = target.precision_runs_here(precision.engine)
     if not ok:
         raise EnginesmithError(why)
 

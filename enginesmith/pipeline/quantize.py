@@ -101,7 +101,7 @@ def precision_artifacts(
     from, or None when the engine is built straight from the simplified ONNX. "mixed" is INT8 with
     `options.keep_float` left in float."""
     t, p = get_target(target), get_precision(precision)
-    if p.engine == "fp32" or (p.engine == "fp16" and t.fp16_model == "engine"):
+    if p.engine in ("fp32", "bf16") or (p.engine == "fp16" and t.fp16_model == "engine"):
         return None
     if p.engine == "fp16":
         art = cache.run("fp16", [simplified], {"keep_io_types": True}, lambda tmp: _fp16(simplified.file, tmp))

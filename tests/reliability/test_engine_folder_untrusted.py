@@ -150,7 +150,7 @@ MALFORMED: dict[str, tuple[Tamper, str]] = {
     "inputs-not-list": (_set("inputs", "images"), "field inputs must be a non-empty list"),
     "task-int": (_set("task", 5), "unknown task 5"),
     "target-unknown": (_set("target", "coreml"), "unknown target 'coreml'"),
-    "precision-fp64": (_set("precision", "fp64"), "field precision must be one of fp32, fp16, int8, mixed"),
+    "precision-fp64": (_set("precision", "fp64"), "field precision must be one of fp32, fp16, bf16, int8, mixed"),
     "trained-yes": (_set("trained", "yes"), "field trained must be true, false or null"),
     "device-string": (_set("device", "gpu"), "field device must be a JSON object or null"),
     "stages-string": (_set("stages", "x"), "field stages must be a list of stage records"),

@@ -59,6 +59,15 @@ def test_a_suite_expands_into_model_size_batch_target_precision_runs(tmp_path):
     assert all(r.weights is None and r.dataset is None and not r.measures_accuracy for r in runs)
 
 
+def test_bf16_runs_on_the_target_that_builds_it_and_is_skipped_with_a_reason_elsewhere():
+    suite = suite_from_args(["lenet5"], ("torch", "onnxruntime", "openvino"), ("fp32", "bf16"), (1,))
+    runs, skipped = plan(suite, env={})
+    assert [r.key for r in runs] == ["lenet5@32x32/torch/fp32/b1", "lenet5@32x32/onnxruntime/fp32/b1",
+                                     "lenet5@32x32/openvino/fp32/b1", "lenet5@32x32/openvino/bf16/b1"]
+    assert {s.key: s.reason for s in skipped} == {"lenet5/torch/bf16": "torch runs fp32 only (PyTorch)",
+                                                  "lenet5/onnxruntime/bf16": "ONNX Runtime does not build bf16"}
+
+
 def test_command_line_suite_with_model_at_size_and_overrides(tmp_path):
     suite = suite_from_args(["lenet5", "yolov3-tiny@64"], ("onnxruntime", "openvino"), ("fp32",), (1,))
     runs, _ = plan(suite, env={})

@@ -57,17 +57,21 @@ def test_the_check_finds_a_comparison_when_there_is_one():
     assert [line for line, _ in _engine_name_comparisons(ast.parse(code))] == [2, 4]
 
 
-def test_table_covers_exactly_the_engine_targets_and_the_four_precisions():
+def test_table_covers_exactly_the_engine_targets_and_the_five_precisions():
     assert set(TARGETS) == ENGINE_NAMES
-    assert tuple(PRECISIONS) == ("fp32", "fp16", "int8", "mixed")
+    assert tuple(PRECISIONS) == ("fp32", "fp16", "bf16", "int8", "mixed")
+    assert {n: t.precisions for n, t in TARGETS.items()} == {  # bf16: OpenVINO's CPU plugin only
+        "openvino": ("fp32", "fp16", "bf16", "int8", "mixed"), "onnxruntime": ("fp32", "fp16", "int8", "mixed"),
+        "tensorrt": ("fp32", "fp16", "int8", "mixed")}
     assert CPU_TARGETS == ("openvino", "onnxruntime")
 
 
 def test_mixed_is_int8_with_a_search_in_one_place():
-    assert [engine_precision(p) for p in ("fp32", "fp16", "int8", "mixed")] == ["fp32", "fp16", "int8", "int8"]
+    assert [engine_precision(p) for p in ("fp32", "fp16", "bf16", "int8", "mixed")] == ["fp32", "fp16", "bf16", "int8",
+                                                                                     "int8"]
     assert [p for p, v in PRECISIONS.items() if v.calibrated] == ["int8", "mixed"]
     assert [p for p, v in PRECISIONS.items() if v.searches] == ["mixed"]
-    with pytest.raises(EnginesmithError, match="unknown precision 'int4'; choose one of fp32, fp16, int8, mixed"):
+    with pytest.raises(EnginesmithError, match="unknown precision 'int4'; choose one of fp32, fp16, bf16, int8, mixed"):
         get_precision("int4")
 
 
@@ -88,11 +92,12 @@ def test_each_target_decides_as_the_pipeline_did(name):
             t.takes_max_roi_pool, t.streams_async, t.engine_companions) == BEFORE[name]
 
 
-def test_runner_options_execute_fp16_in_f16_and_every_other_openvino_build_in_f32():
+def test_runner_options_execute_fp16_in_f16_bf16_in_bf16_and_every_other_openvino_build_in_f32():
     ov = TARGETS["openvino"]
     assert {p: ov.options(p) for p in PRECISIONS} == {
         "fp32": {"inference_precision": "f32"}, "fp16": {"inference_precision": "f16"},
-        "int8": {"inference_precision": "f32"}, "mixed": {"inference_precision": "f32"}}
+        "bf16": {"inference_precision": "bf16"}, "int8": {"inference_precision": "f32"},
+        "mixed": {"inference_precision": "f32"}}
     assert ov.options("fp16", inference_precision="f32", num_threads=2) == {"inference_precision": "f32", "num_threads": 2}
     assert all(TARGETS[n].options(p) == {} for n in ("onnxruntime", "tensorrt") for p in PRECISIONS)
 
@@ -121,6 +126,7 @@ def test_a_precision_a_target_does_not_build_is_refused_before_any_stage(monkeyp
     from enginesmith.pipeline.config import BuildConfig
 
     monkeypatch.setitem(TARGETS, "onnxruntime", replace(TARGETS["onnxruntime"], precisions=("fp32", "fp16")))
-    with pytest.raises(EnginesmithError, match="^ONNX Runtime builds fp32, fp16, not int8$"):
+    with pytest.raises(EnginesmithError, match="^ONNX Runtime builds fp32, fp16, not int8; --target openvino or "
+                                               "tensorrt builds it$"):
         BuildConfig("lenet5", target="onnxruntime", precision="int8").validate()
     assert BuildConfig("lenet5", target="onnxruntime", precision="fp16").validate().name == "lenet5"
