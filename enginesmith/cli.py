@@ -48,9 +48,12 @@ def _os_error(e: OSError) -> EnginesmithError:
 
 def build(
     model: str = typer.Argument(..., help="registered model name (see `enginesmith models`)"),
-    target: str = typer.Option("openvino", help=" | ".join(TARGETS)),
-    precision: str = typer.Option("int8", help=f"{' | '.join(PRECISIONS)} (mixed: int8 with the sensitive layers in "
-                                  "float; needs --val)"),
+    target: str = typer.Option("openvino", help=" | ".join(TARGETS) + " | auto (build every engine this machine can run, "
+                               "keep the fastest inside the accuracy budget)"),
+    precision: Optional[str] = typer.Option(None, help=f"{' | '.join(PRECISIONS)} (mixed: int8 with the sensitive layers "
+                                            "in float; needs --val) [default: int8; --target auto picks it]"),
+    objective: str = typer.Option("latency", help="--target auto: latency (one image at a time) | throughput "
+                                  "(images per second, batch 1 or 8)"),
     weights: Optional[Path] = typer.Option(None, help="Darknet .weights or PyTorch state dict"),
     cfg: Optional[Path] = typer.Option(None, help="model darknet: your network's Darknet .cfg ([net], convolutional, "
                                        "maxpool, upsample, route, shortcut, reorg, yolo, region)"),
@@ -89,8 +92,13 @@ def build(
     from enginesmith.runtime.preprocess_override import parse_values
 
     try:
+        auto = target == "auto"
+        if auto:
+            _check_auto_options(precision, batch, dynamic_batch, fallback)
+        elif objective != "latency":
+            raise EnginesmithError("--objective chooses what --target auto optimises; give --target auto or drop it")
         config = BuildConfig(
-            model=model, target=target, precision=precision, weights=weights, cfg=cfg, names=names, calib=calib, calib_method=calib_method,
+            model=model, target=target, precision=precision or "int8", weights=weights, cfg=cfg, names=names, calib=calib, calib_method=calib_method,
             calib_size=calib_size, batch=batch, dynamic_batch=dynamic_batch,
             input_size=parse_input_size(input_size) if input_size else None, num_classes=num_classes, out=out_dir,
             nms=nms, val=val, val_split=val_split, accuracy_budget=accuracy_budget, fallback=fallback,
@@ -113,7 +121,15 @@ def build(
             result = a.error.split(";")[0] if a.error else f"metric {a.metric:.2f}, drop {a.drop:.2f}"
             console.print(f"  [cyan]mixed[/] {what}: {result}", highlight=False)
 
-        result = build_engine(config, on_stage=on_stage, on_start=on_start, on_search_step=on_search_step)
+        if auto:
+            from enginesmith.benchmarks.auto_target import build_auto
+
+            out, _ = build_auto(config, objective, calib_method,
+                                echo=lambda line: console.print(f"  [cyan]{escape(line)}[/]", highlight=False))
+            report = (out / "report.md").read_text()
+        else:
+            result = build_engine(config, on_stage=on_stage, on_start=on_start, on_search_step=on_search_step)
+            out, report = result.out, result.report
     except EnginesmithError as e:
         _fail(e)
     except OSError as e:
@@ -123,8 +139,16 @@ def build(
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]: nothing half-written was kept")
         raise typer.Exit(130)
-    sys.stdout.write(result.report)
-    console.print(f"engine, manifest.json and report.md written to [bold]{result.out}[/]", highlight=False)
+    sys.stdout.write(report)
+    console.print(f"engine, manifest.json and report.md written to [bold]{out}[/]", highlight=False)
+
+
+def _check_auto_options(precision: str | None, batch: int, dynamic_batch: bool, fallback: str) -> None:
+    """--target auto chooses the precision and batch itself: options that would fix them are refused."""
+    for given, what in ((precision is not None, "--precision"), (batch != 1 or dynamic_batch, "--batch/--dynamic-batch"),
+                        (fallback != "none", "--fallback")):
+        if given:
+            raise EnginesmithError(f"--target auto chooses the precision and batch itself (by --objective); drop {what}")
 
 
 app.command("build")(build)

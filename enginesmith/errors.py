@@ -12,3 +12,8 @@ class EnginesmithError(Exception):
     """
 
     exit_code = 2
+
+
+class AccuracyBudgetError(EnginesmithError):
+    """The engine was built and measured, and its task metric dropped more than `--accuracy-budget` allows
+    (a plain build, or a mixed-precision search that could not get back within it)."""

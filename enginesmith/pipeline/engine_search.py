@@ -16,7 +16,7 @@ import numpy as np
 from enginesmith.backends.onnxruntime import Runner
 from enginesmith.backends.targets import engine_precision, get_precision, get_target
 from enginesmith.calibration.sensitivity import layer_sensitivity
-from enginesmith.errors import EnginesmithError
+from enginesmith.errors import AccuracyBudgetError, EnginesmithError
 from enginesmith.pipeline.accuracy import engine_accuracy_stage
 from enginesmith.pipeline.artifacts import Artifact
 from enginesmith.pipeline.build import engine_artifact, run_batches
@@ -49,7 +49,7 @@ def precision_and_engine(base: Artifact, reference_acc: Artifact | None, ctx: Bu
     if not within_budget(result.final):
         assert reference_acc is not None  # without --val every verified attempt is within budget
         hint = "" if not calibrated else "; try --precision mixed (keeps the most sensitive layers in float)"
-        raise EnginesmithError(
+        raise AccuracyBudgetError(
             f"the {config.target} {config.precision} engine's {ctx.val.metric} is {result.final.metric:.2f} against "
             f"{reference_acc.metrics['value']:.2f} for FP32 PyTorch on {len(ctx.val)} held-out images: a drop of "
             f"{result.final.drop:.2f} points exceeds --accuracy-budget {ctx.budget:g}{hint}"

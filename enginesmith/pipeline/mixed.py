@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from enginesmith.calibration.sensitivity import LayerSensitivity
-from enginesmith.errors import EnginesmithError
+from enginesmith.errors import AccuracyBudgetError
 from enginesmith.pipeline.artifacts import Artifact
 
 
@@ -67,7 +67,7 @@ def search(
     on_step: Callable[[int, int, Attempt], None] = lambda i, n, a: None,
 ) -> SearchResult:
     """Run the search. `attempt(keep_float)` builds and measures; `rank(first_attempt)` orders the
-    layers; `within_budget(a)` judges. Raises EnginesmithError when even all layers in float fail."""
+    layers; `within_budget(a)` judges. Raises AccuracyBudgetError when even all layers in float fail."""
     result = SearchResult()
     first = attempt(())
     result.attempts.append(first)
@@ -83,7 +83,7 @@ def search(
         on_step(i, len(steps), a)
         if within_budget(a):
             return result
-    raise EnginesmithError(
+    raise AccuracyBudgetError(
         f"the accuracy budget does not hold even with all {len(names)} quantizable layers in float "
         f"(last drop {_fmt(result.final.drop)}); the loss is not from INT8: check the validation data and "
         "--accuracy-budget, or build fp16/fp32"
