@@ -103,10 +103,11 @@ def append_efficient_nms(model: Any, nms: EfficientNMS) -> Any:
 
 
 def efficient_nms_onnx(src: Path, dst: Path, nms: EfficientNMS) -> Path:
-    """Write `src` with EfficientNMS_TRT appended to `dst` (atomically) and return `dst`."""
+    """Write `src` with EfficientNMS_TRT appended to `dst` and return `dst` (the build passes a file in its own
+    temporary folder, so it is written in place)."""
     import onnx
 
-    from enginesmith.calibration.onnx_io import save_onnx_atomic
-
-    save_onnx_atomic(append_efficient_nms(onnx.load(str(src)), nms), Path(dst))
-    return Path(dst)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(append_efficient_nms(onnx.load(str(src)), nms), str(dst))
+    return dst
