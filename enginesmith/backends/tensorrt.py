@@ -197,7 +197,8 @@ def build(source: Any, out_dir: Path, precision: str, *, options: BuildOptions |
           max_batch: int | None = None, workspace_mb: int | None = None) -> Path:
     """Parse the ONNX file with TensorRT's parser and write the serialized engine as out_dir/model.plan.
 
-    max_batch / workspace_mb override the same fields of `options` (kept for older callers)."""
+    The options and the ONNX file (valid, symmetric Q/DQ) are checked before the GPU. max_batch /
+    workspace_mb override the same fields of `options` (kept for older callers)."""
     check_precision(precision, TARGET)
     opts = options or BuildOptions()
     if max_batch is not None or workspace_mb is not None:
@@ -205,17 +206,17 @@ def build(source: Any, out_dir: Path, precision: str, *, options: BuildOptions |
     opts.check()
     if not isinstance(source, (str, Path)):
         raise EnginesmithError(f"target tensorrt builds from an ONNX file, got {type(source).__name__}; pass the ONNX path")
+    src = Path(source)
+    validate_onnx(src)
+    fp16_typed, qdq = onnx_typing(src)
+    if qdq:
+        check_qdq_symmetric(src)
     ok, reason = available()
     if not ok:
         raise EnginesmithError(reason)
     import tensorrt as trt
     from polygraphy.backend.trt import EngineBytesFromNetwork
 
-    src = Path(source)
-    validate_onnx(src)
-    fp16_typed, qdq = onnx_typing(src)
-    if qdq:
-        check_qdq_symmetric(src)
     strongly_typed, fp16_flag = plan_typing(trt.__version__, precision, fp16_typed, qdq)
     with tempfile.TemporaryDirectory(prefix="enginesmith-trt-") as tmp, timing_cache_files(opts.timing_cache) as (old, new):
         onnx_path = src if opts.efficient_nms is None else efficient_nms_onnx(src, Path(tmp) / src.name, opts.efficient_nms)

@@ -213,6 +213,10 @@ def test_a_static_model_gets_an_empty_profile_and_dynamic_spatial_dims_are_refus
     static = _qdq_model(0)  # input [1, 4]
     _, config = _loaders(_save(static, tmp_path / "s.onnx"), "int8")
     assert [dict(p) for p in config.profiles] == [{}]  # Polygraphy fills a static input's shape itself
+    old_ir = _conv_model()  # weights listed as graph inputs too (IR < 4 style): not profiled
+    old_ir.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, ["n", 1, 1, 1]))
+    _, config = _loaders(_save(old_ir, tmp_path / "w.onnx"), "fp32", max_batch=2)
+    assert list(config.profiles[0]) == ["images"] and config.profiles[0]["images"].max == (2, 1, 4, 4)
     spatial = _conv_model()
     spatial.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
     with pytest.raises(EnginesmithError, match="TensorRT input images has dynamic dims \\[-1, 1, -1, 4\\] beyond the batch"):
@@ -302,7 +306,116 @@ def test_a_gpu_without_tensorrt_is_refused_before_anything_runs(tmp_path, monkey
         trt_backend.build(_save(_conv_model(), tmp_path / "m.onnx"), tmp_path / "out", "fp16")
     with pytest.raises(EnginesmithError, match="cannot run a TensorRT engine here: .*tensorrt cannot be imported"):
         trt_backend.Runner(tmp_path / "model.plan").activate()
+    with pytest.raises(EnginesmithError, match="cannot describe the TensorRT device: .*tensorrt cannot be imported"):
+        trt_backend.device_info()
     assert not (tmp_path / "out").exists()
+
+
+class _FakeCudart:
+    """What polygraphy.cuda.wrapper().handle gives: the CUDA runtime's C functions (ctypes)."""
+
+    def __init__(self, status: int, count: int) -> None:
+        self.status, self.count = status, count
+        self.cudaGetErrorName = lambda status: {100: b"cudaErrorNoDevice", 35: b"cudaErrorInsufficientDriver"}[status]
+
+    def cudaGetDeviceCount(self, count_ref) -> int:  # noqa: N802  (the C name)
+        count_ref._obj.value = self.count
+        return self.status
+
+
+@pytest.mark.parametrize("status,count,expected", [
+    (100, 0, (0, "no CUDA GPU (cudaGetDeviceCount: cudaErrorNoDevice)")),
+    (35, 0, (0, "no CUDA GPU (cudaGetDeviceCount: cudaErrorInsufficientDriver)")),
+    (0, 0, (0, "no CUDA GPU")), (0, 2, (2, "")),
+])
+def test_gpu_count_asks_the_cuda_runtime(monkeypatch, status, count, expected):
+    from polygraphy import cuda
+
+    monkeypatch.setattr(cuda, "wrapper", lambda: SimpleNamespace(handle=_FakeCudart(status, count)))
+    assert trt_backend.gpu_count() == expected
+
+
+def test_gpu_count_without_the_cuda_runtime_library(monkeypatch):
+    from polygraphy import cuda
+
+    def no_library():
+        raise OSError("libcudart.so: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(cuda, "wrapper", no_library)
+    assert trt_backend.gpu_count() == (0, "no CUDA GPU: the CUDA runtime library cannot be loaded (libcudart.so: cannot "
+                                          "open shared object file: No such file or directory)")
+
+
+def _fake_gpu_machine(monkeypatch, version: str = "10.8.0.43", gpu=("NVIDIA L4", "8.9")) -> None:
+    """A GPU (as cudaGetDeviceCount says), a `tensorrt` module of `version` and nvidia-smi's answer `gpu`."""
+    monkeypatch.setattr(trt_backend, "gpu_count", lambda: (1, ""))
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__=version))
+    monkeypatch.setattr(trt_backend, "local_gpu", lambda: gpu)
+
+
+def test_tensorrt_older_than_10_is_refused(monkeypatch):
+    _fake_gpu_machine(monkeypatch, version="8.6.1.6")
+    ok, why = trt_backend.available()
+    assert not ok and "(TensorRT 8.6.1.6 is older than 10)" in why
+
+
+def test_the_engine_stage_key_holds_the_device_and_the_options(monkeypatch, tmp_path):
+    """stage_options as the pipeline calls it (Target.build_options): the device from nvidia-smi and TensorRT's
+    version, the profile/workspace/NMS options, and the shared timing cache beside the stage cache."""
+    from enginesmith.backends.targets import TARGETS
+
+    _fake_gpu_machine(monkeypatch)
+    device = {"tensorrt": "10.8.0.43", "gpu": "NVIDIA L4", "compute_capability": "8.9"}
+    assert trt_backend.device_info() == device
+    kwargs, key = TARGETS["tensorrt"].build_options(tmp_path)
+    assert kwargs == {"options": trt_backend.BuildOptions(
+        timing_cache=tmp_path / "tensorrt" / "timing-trt10.8.0.43-sm8.9-nvidia-l4.cache")}
+    assert key == {"device": device, "profile": [1, 1, 8], "workspace_mb": 2048, "efficient_nms": None}
+    mine = trt_backend.BuildOptions(max_batch=4, timing_cache=tmp_path / "mine.cache",
+                                    efficient_nms=trt_backend.EfficientNMS(max_detections=10))
+    kwargs, key = trt_backend.stage_options(tmp_path, mine)
+    assert kwargs == {"options": mine}  # a timing cache given is kept
+    assert key["profile"] == [1, 1, 4] and key["efficient_nms"] == {"iou": 0.45, "score": 0.25, "max_detections": 10,
+                                                                    "class_agnostic": False}
+
+
+def test_the_device_must_be_described_by_nvidia_smi(monkeypatch):
+    _fake_gpu_machine(monkeypatch, gpu=(None, None))
+    with pytest.raises(EnginesmithError, match="nvidia-smi does not report CUDA device 0's name and compute capability"):
+        trt_backend.device_info()
+
+
+def test_local_gpu_runs_nvidia_smi(monkeypatch, tmp_path):
+    """tensorrt_device.local_gpu with an nvidia-smi on PATH that answers like the real one."""
+    from enginesmith.backends.tensorrt_device import local_gpu
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\ncase \"$1\" in --query-gpu=index,uuid,name,compute_cap) printf '%s' \"$SMI\";; esac\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("SMI", SMI)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert local_gpu() == ("NVIDIA L4", "8.9")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert local_gpu() == ("Tesla T4", "7.5")
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
+    assert local_gpu() == (None, None)
+
+
+def test_the_onnx_file_is_checked_before_the_gpu(tmp_path):
+    with pytest.raises(EnginesmithError, match="symmetric Q/DQ \\(zero points 0\\).*q0 in asym.onnx"):
+        trt_backend.build(_save(_qdq_model(3), tmp_path / "asym.onnx"), tmp_path / "out", "int8")
+    with pytest.raises(EnginesmithError, match="ONNX file not found"):
+        trt_backend.build(tmp_path / "missing.onnx", tmp_path / "out", "fp32", max_batch=4, workspace_mb=64)
+    with pytest.raises(EnginesmithError, match="builds from an ONNX file, got ModelProto; pass the ONNX path"):
+        trt_backend.build(_conv_model(), tmp_path / "out", "fp32")
+    assert not (tmp_path / "out").exists()
+
+
+def test_major_version():
+    from enginesmith.backends.tensorrt_options import major
+
+    assert [major("10.8.0.43"), major("11"), major("dev"), major("")] == [10, 11, 0, 0]
 
 
 def test_bad_options_are_refused_before_the_gpu_check(tmp_path):
