@@ -1,82 +1,73 @@
-"""TensorRT 10/11 backend: ONNX -> model.plan, run with cuda-python device buffers (no torch).
+"""TensorRT 10/11 backend: ONNX -> model.plan with Polygraphy's loaders, run with Polygraphy's TrtRunner.
 
-Written against the TensorRT 10.x and 11.x Python API; `scripts/tensorrt_api_names.py` checks every
-`trt.*` name and engine/builder method used here against the names in both bindings wheels.
+What is ours, and checked on the CPU: the mapping from enginesmith's options to Polygraphy's loaders
+(`polygraphy_loaders`: strongly typed or not, the fp16 flag only for TensorRT 10's weakly typed fallback,
+TF32 off for fp32, the dynamic-batch profile, workspace, timing cache), the rules behind it
+(tensorrt_options.py), EfficientNMS_TRT as an ONNX edit (tensorrt_nms.py), the device a plan is tied to
+(tensorrt_device.py) and one-line errors. Creating the network, parsing, configuring the builder,
+building, deserializing, CUDA buffers and streams are Polygraphy's, which handles TensorRT 10 vs 11 itself;
+scripts/tensorrt_api_names.py checks the TensorRT names on both paths against the bindings wheels.
 
-Precision follows the ONNX file (explicit quantization): an FP16-typed model builds FP16, a symmetric
-Q/DQ model (zero points 0) builds INT8, both as STRONGLY_TYPED networks. TensorRT 11 removed the
-implicit INT8 calibrator and the fp16/int8 builder flags; only on TensorRT 10, an fp32 ONNX asked for
-fp16 falls back to a weakly typed network with BuilderFlag.FP16.
+Files: model.plan is written by us, atomically (temp file + rename), from EngineBytesFromNetwork's bytes;
+Polygraphy's SaveEngine would deserialize the engine first and then write the file in place. The timing
+cache is read from an open file, and Polygraphy writes the updated cache into a temp file we rename.
 
-An fp32 build clears BuilderFlag.TF32 (on by default on Ampere and later), so an fp32 engine computes
-in fp32 and is held to the fp32 tolerance.
-
-Build options: an optimization profile for a dynamic batch (min/opt/max), a timing cache file reused
-across builds, the workspace limit, and optionally the EfficientNMS_TRT plugin on the raw detector head
-(`detections [N, K, 6]`, `num_detections [N]` first, raw `boxes`/`scores` kept as outputs).
-
-The GPU is checked (cudaGetDeviceCount) before any TensorRT builder or runtime is created: without one,
-creating them can crash the process. Importing this module imports neither tensorrt nor cuda-python.
-
-Longer than 400 lines: one backend's build options, builder, plan typing and CUDA runner, written against one
-API and checked as one file by scripts/tensorrt_api_names.py; there is no GPU here to test a split against.
+The GPU is counted (cudaGetDeviceCount, through the CUDA runtime Polygraphy's runner loads) before any
+TensorRT builder or runtime is created: without one, creating them can crash the process. Importing this
+module imports neither tensorrt nor polygraphy.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from enginesmith.backends.base import Runner as _BaseRunner
 from enginesmith.backends.base import check_engine_file, check_precision, first_line
 from enginesmith.backends.onnxruntime import validate_onnx
+from enginesmith.backends.tensorrt_device import local_gpu
+from enginesmith.backends.tensorrt_nms import EfficientNMS, efficient_nms_onnx
+from enginesmith.backends.tensorrt_options import (BuildOptions, batch_profile, check_qdq_symmetric, major, onnx_typing,
+                                                    plan_typing, timing_cache_file)
 from enginesmith.errors import EnginesmithError
+
+__all__ = ["ENGINE_FILE", "BuildOptions", "EfficientNMS", "Runner", "available", "build", "device_info", "stage_options"]
 
 ENGINE_FILE = "model.plan"
 TARGET = "tensorrt"
 REBUILD = "rebuild for this device with `enginesmith build --target tensorrt`"
 
 
-# -- cuda-python -------------------------------------------------------------------------------------
-def _cudart() -> Any:
-    """cuda-python's runtime module (cuda.bindings.runtime; older releases: cuda.cudart)."""
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        from cuda import cudart  # older cuda-python
-    return cudart
-
-
-def _check(result: Any, what: str) -> Any:
-    """cuda-python calls return (err, *values); raise on error, return the value(s)."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise EnginesmithError(f"CUDA error {err} in {what}; check the GPU and driver (nvidia-smi)")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else values
-
-
+# -- the GPU and the device --------------------------------------------------------------------------
 def gpu_count() -> tuple[int, str]:
-    """(number of CUDA GPUs, why none) through cuda-python; (0, reason) without a driver or GPU."""
+    """(number of CUDA GPUs this process sees, why none): cudaGetDeviceCount through polygraphy.cuda, the CUDA
+    runtime (libcudart) TrtRunner uses, so it honours CUDA_VISIBLE_DEVICES; (0, reason) without one."""
     try:
-        cudart = _cudart()
-    except Exception as e:
-        return 0, f"cuda-python cannot be imported ({first_line(e)}); pip install cuda-python"
+        from polygraphy import cuda
+        from polygraphy.logger import G_LOGGER
+    except ImportError as e:
+        return 0, f"polygraphy cannot be imported ({first_line(e)}); pip install polygraphy"
     try:
-        err, count = cudart.cudaGetDeviceCount()
-    except Exception as e:  # a broken libcudart
-        return 0, f"the CUDA runtime cannot be loaded ({first_line(e)})"
-    if int(err) != 0:
-        return 0, f"no CUDA GPU (cudaGetDeviceCount: {getattr(err, 'name', err)})"
-    if not count:
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # its library search warns; the reason below says it in one line
+            cudart = cuda.wrapper().handle
+    except Exception as e:  # OSError: no libcudart on the loader path
+        return 0, f"no CUDA GPU: the CUDA runtime library cannot be loaded ({first_line(e)})"
+    count = ctypes.c_int(0)
+    status = int(cudart.cudaGetDeviceCount(ctypes.byref(count)))
+    if status != 0:
+        cudart.cudaGetErrorName.restype = ctypes.c_char_p
+        return 0, f"no CUDA GPU (cudaGetDeviceCount: {cudart.cudaGetErrorName(status).decode()})"
+    if count.value < 1:
         return 0, "no CUDA GPU"
-    return int(count), ""
+    return int(count.value), ""
 
 
 def available() -> tuple[bool, str]:
@@ -88,7 +79,7 @@ def available() -> tuple[bool, str]:
         import tensorrt as trt
     except Exception as e:
         return False, _lacks(f"tensorrt cannot be imported: {first_line(e)}")
-    if _major(trt.__version__) < 10:
+    if major(trt.__version__) < 10:
         return False, _lacks(f"TensorRT {trt.__version__} is older than 10")
     return True, ""
 
@@ -98,85 +89,29 @@ def _lacks(why: str) -> str:
             "build for --target openvino or onnxruntime, or run on a machine with TensorRT")
 
 
-def _major(version: str) -> int:
-    try:
-        return int(str(version).split(".")[0])
-    except ValueError:
-        return 0
-
-
 def device_info() -> dict[str, str]:
-    """What a plan is tied to: {"tensorrt": version, "gpu": name, "compute_capability": "8.9"} of GPU 0.
+    """What a plan is tied to: {"tensorrt": version, "gpu": name, "compute_capability": "8.9"} of CUDA device 0.
 
-    These are exactly the keys runtime/manifest.py reads from manifest["device"]."""
-    count, why = gpu_count()
-    if count < 1:
-        raise EnginesmithError(f"cannot describe the TensorRT device: {why}; run on a machine with an NVIDIA GPU")
+    The GPU is described by nvidia-smi, as tensorrt_device.check_device describes it when the engine is
+    loaded, so the record and the check read one source. These are the keys runtime/manifest.py reads."""
+    ok, why = available()
+    if not ok:
+        raise EnginesmithError(f"cannot describe the TensorRT device: {why}")
     import tensorrt as trt
 
-    props = _check(_cudart().cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
-    return device_record(trt.__version__, props.name, props.major, props.minor)
+    gpu, cc = local_gpu()
+    if gpu is None or cc is None:
+        raise EnginesmithError("cannot describe the TensorRT device: nvidia-smi does not report CUDA device 0's name and "
+                               "compute capability; install the NVIDIA driver's nvidia-smi or fix CUDA_VISIBLE_DEVICES")
+    return device_record(trt.__version__, gpu, cc)
 
 
-def device_record(tensorrt_version: str, gpu_name: str | bytes, major: int, minor: int) -> dict[str, str]:
-    """manifest["device"]: {"tensorrt": "10.8.0.43", "gpu": "NVIDIA L4", "compute_capability": "8.9"}
-    (cuda-python gives the name as NUL-padded bytes)."""
-    if isinstance(gpu_name, bytes):
-        gpu_name = gpu_name.split(b"\0", 1)[0].decode(errors="replace")
-    return {"tensorrt": str(tensorrt_version), "gpu": str(gpu_name).strip(), "compute_capability": f"{int(major)}.{int(minor)}"}
+def device_record(tensorrt_version: str, gpu_name: str, compute_capability: str) -> dict[str, str]:
+    """manifest["device"]: {"tensorrt": "10.8.0.43", "gpu": "NVIDIA L4", "compute_capability": "8.9"}."""
+    return {"tensorrt": str(tensorrt_version), "gpu": str(gpu_name).strip(), "compute_capability": str(compute_capability)}
 
 
-# -- build --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EfficientNMS:
-    """EfficientNMS_TRT on the raw head: boxes [N, A, 4] x1y1x2y2 and scores [N, A, C] (probabilities)."""
-
-    iou: float = 0.45
-    score: float = 0.25
-    max_detections: int = 100
-    class_agnostic: bool = False
-    boxes: str = "boxes"
-    scores: str = "scores"
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """How a plan is built beyond the ONNX file.
-
-    min/opt/max_batch: the optimization profile of a dynamic batch axis (a static batch needs none).
-    timing_cache: a file read before and written after the build, so later builds reuse the tactic timings.
-    workspace_mb: the builder's workspace limit. efficient_nms: append EfficientNMS_TRT to the raw head.
-    """
-
-    min_batch: int = 1
-    opt_batch: int = 1
-    max_batch: int = 8
-    workspace_mb: int = 2048
-    timing_cache: Path | None = None
-    efficient_nms: EfficientNMS | None = None
-
-    def check(self) -> None:
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise EnginesmithError(f"TensorRT profile needs 1 <= min <= opt <= max batch, got {self.min_batch}/"
-                                   f"{self.opt_batch}/{self.max_batch}; fix the batch options")
-        if self.workspace_mb < 1:
-            raise EnginesmithError(f"TensorRT workspace must be at least 1 MB, got {self.workspace_mb}")
-
-    def cache_params(self) -> dict[str, Any]:
-        """What changes the plan (the timing cache only speeds the build up, so it is not part of the key)."""
-        nms = self.efficient_nms
-        return {"profile": [self.min_batch, self.opt_batch, self.max_batch], "workspace_mb": self.workspace_mb,
-                "efficient_nms": None if nms is None else {"iou": nms.iou, "score": nms.score,
-                                                           "max_detections": nms.max_detections,
-                                                           "class_agnostic": nms.class_agnostic}}
-
-
-def timing_cache_file(folder: Path, device: dict[str, str]) -> Path:
-    """The timing cache for this TensorRT version and GPU inside `folder` (a cache from another device is not reused)."""
-    slug = "".join(c if c.isalnum() else "-" for c in device.get("gpu", "gpu")).strip("-").lower() or "gpu"
-    return Path(folder) / f"timing-trt{device.get('tensorrt', '?')}-sm{device.get('compute_capability', '?')}-{slug}.cache"
-
-
+# -- pipeline options ----------------------------------------------------------------------------------
 def stage_options(cache_root: Path, options: BuildOptions | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(keyword arguments for `build`, what goes into the engine stage's cache key) for a pipeline build.
 
@@ -185,120 +120,67 @@ def stage_options(cache_root: Path, options: BuildOptions | None = None) -> tupl
     device = device_info()
     opts = options or BuildOptions()
     if opts.timing_cache is None:
-        from dataclasses import replace
-
         opts = replace(opts, timing_cache=timing_cache_file(Path(cache_root) / "tensorrt", device))
     return {"options": opts}, {"device": device, **opts.cache_params()}
 
 
-def onnx_typing(onnx_path: Path) -> tuple[bool, bool]:
-    """(has fp16 tensors, has Q/DQ nodes) of an ONNX file, read without its weights."""
-    import onnx
+# -- Polygraphy's loaders -------------------------------------------------------------------------------
+def polygraphy_loaders(trt: Any, onnx_path: Path, precision: str, opts: BuildOptions, strongly_typed: bool,
+                       fp16_flag: bool, load_cache: IO[bytes] | None) -> tuple[Any, Any]:
+    """(NetworkFromOnnxPath, CreateConfig) for a build: constructed only (nothing runs until they are called).
 
-    m = onnx.load(str(onnx_path), load_external_data=False)
-    g = m.graph
-    fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer) or any(
-        v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for v in list(g.input) + list(g.output)
-    )
-    qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.node)
-    return fp16, qdq
+    `trt` is the tensorrt module (for MemoryPoolType.WORKSPACE); load_cache: an open timing-cache file."""
+    from polygraphy.backend.trt import CreateConfig, NetworkFromOnnxPath, Profile
 
-
-def check_qdq_symmetric(onnx_path: Path) -> None:
-    """TensorRT's explicit quantization takes symmetric Q/DQ only: every zero point must be 0."""
-    import onnx
-    from onnx import numpy_helper
-
-    m = onnx.load(str(onnx_path), load_external_data=False)
-    inits = {t.name: t for t in m.graph.initializer}
-    for node in m.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2]:
-            zp = inits.get(node.input[2])
-            if zp is not None and np.any(numpy_helper.to_array(zp) != 0):
-                raise EnginesmithError(f"TensorRT INT8 needs symmetric Q/DQ (zero points 0), but {node.name or node.op_type} "
-                                       f"in {onnx_path.name} has a non-zero zero point; quantize with the tensorrt quantizer")
+    profile = Profile()
+    for name, lo, mid, hi in batch_profile(onnx_path, opts):
+        profile.add(name, lo, mid, hi)
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed)
+    config = CreateConfig(tf32=precision != "fp32", fp16=fp16_flag, profiles=[profile], load_timing_cache=load_cache,
+                          memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(opts.workspace_mb) << 20})
+    return network, config
 
 
-def network_flags(trt: Any, strongly_typed: bool) -> int:
-    """create_network flags: STRONGLY_TYPED when asked (TensorRT 10 and 11); explicit batch is the only mode since 10."""
-    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+@contextlib.contextmanager
+def _polygraphy(what: str, hint: str, quiet: bool = True) -> Iterator[None]:
+    """Run Polygraphy (and TensorRT under it): its INFO lines hidden when `quiet` (TensorRT's warnings and errors
+    still print), and its exceptions turned into one line: "{what}: {first line}; {hint}"."""
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.WARNING) if quiet else contextlib.nullcontext():
+        try:
+            yield
+        except EnginesmithError:
+            raise
+        except Exception as e:  # PolygraphyException from G_LOGGER.critical, TypeError/RuntimeError from TensorRT
+            raise EnginesmithError(f"{what}: {first_line(e)}; {hint}") from None
 
 
-def plan_typing(trt_version: str, precision: str, fp16_typed: bool, qdq: bool) -> tuple[bool, bool]:
-    """(strongly typed network, set BuilderFlag.FP16) for a build; refuses what the TensorRT version cannot do.
+@contextlib.contextmanager
+def timing_cache_files(path: Path | None) -> Iterator[tuple[IO[bytes] | None, IO[bytes] | None]]:
+    """(the timing cache to read, or None; a temp file for Polygraphy to write the updated cache into, or None).
 
-    The ONNX file carries the precision: fp16 -> FP16-typed, int8 -> Q/DQ. Only TensorRT 10 may
-    turn an fp32 ONNX into fp16 with the (weakly typed) FP16 flag; TensorRT 11 removed it."""
-    if precision == "int8" and not qdq:
-        raise EnginesmithError(f"TensorRT {precision} needs a Q/DQ ONNX (explicit quantization) and this one has none; "
-                               "run the quantize stage for tensorrt first")
-    if precision == "fp16" and not fp16_typed and not qdq:
-        if _major(trt_version) >= 11:
-            raise EnginesmithError(f"TensorRT {trt_version} builds fp16 from an FP16-typed ONNX only (the FP16 builder "
-                                   "flag is gone); convert it with the fp16 precision stage first")
-        return False, True
-    return True, False
-
-
-def _efficient_nms(trt: Any, network: Any, logger: Any, nms: EfficientNMS) -> None:
-    """Append EfficientNMS_TRT to the raw head; outputs detections [N, K, 6], num_detections [N], then boxes/scores."""
-    outputs = {network.get_output(i).name: network.get_output(i) for i in range(network.num_outputs)}
-    if nms.boxes not in outputs or nms.scores not in outputs:
-        raise EnginesmithError(f"EfficientNMS needs the raw head outputs {nms.boxes!r} and {nms.scores!r}, the network has "
-                               f"{sorted(outputs)}; build with --nms host or export the raw head")
-    trt.init_libnvinfer_plugins(logger, "")
-    creator = trt.get_plugin_registry().get_creator("EfficientNMS_TRT", "1", "")
-    if creator is None:
-        raise EnginesmithError("this TensorRT has no EfficientNMS_TRT plugin; build with --nms host (NMS on the host)")
-    f32, i32 = trt.PluginFieldType.FLOAT32, trt.PluginFieldType.INT32
-    fields = trt.PluginFieldCollection([
-        trt.PluginField("background_class", np.array([-1], np.int32), i32),
-        trt.PluginField("max_output_boxes", np.array([nms.max_detections], np.int32), i32),
-        trt.PluginField("score_threshold", np.array([nms.score], np.float32), f32),
-        trt.PluginField("iou_threshold", np.array([nms.iou], np.float32), f32),
-        trt.PluginField("score_activation", np.array([0], np.int32), i32),
-        trt.PluginField("class_agnostic", np.array([int(nms.class_agnostic)], np.int32), i32),
-        trt.PluginField("box_coding", np.array([0], np.int32), i32),  # corners x1y1x2y2
-    ])
-    inputs = [outputs[nms.boxes], outputs[nms.scores]]
-    if isinstance(creator, trt.IPluginCreatorV3One):
-        plugin = creator.create_plugin("efficient_nms", fields, trt.TensorRTPhase.BUILD)
-        layer = network.add_plugin_v3(inputs, [], plugin)
-    else:
-        plugin = creator.create_plugin("efficient_nms", fields)
-        layer = network.add_plugin_v2(inputs, plugin)
-    if plugin is None or layer is None:
-        raise EnginesmithError("TensorRT could not create the EfficientNMS_TRT layer; build with --nms host")
-    count, det_boxes, det_scores, det_classes = (layer.get_output(i) for i in range(4))
-
-    def column(t: Any) -> Any:  # [N, K] -> [N, K, 1]
-        shuffle = network.add_shuffle(t)
-        shuffle.reshape_dims = (0, 0, 1)
-        return shuffle.get_output(0)
-
-    classes = network.add_cast(det_classes, trt.float32).get_output(0)
-    scores = network.add_cast(det_scores, trt.float32).get_output(0)
-    concat = network.add_concatenation([network.add_cast(det_boxes, trt.float32).get_output(0), column(scores),
-                                        column(classes)])
-    concat.axis = 2
-    flat = network.add_shuffle(count)  # [N, 1] -> [N]
-    flat.reshape_dims = (0,)
-    detections, num = concat.get_output(0), flat.get_output(0)
-    detections.name, num.name = "detections", "num_detections"
-    raw = [outputs[n] for n in outputs]
-    for t in raw:
-        network.unmark_output(t)
-    for t in (detections, num, *raw):
-        network.mark_output(t)
+    The temp file (".name.*" beside `path`) replaces `path` when the block ends without an error and it
+    holds a cache; otherwise it is removed and `path` is left as it was."""
+    if path is None:
+        yield None, None
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        old = stack.enter_context(open(path, "rb")) if path.is_file() else None
+        new = stack.enter_context(tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False))
+        try:
+            yield old, new
+            new.flush()
+            if os.fstat(new.fileno()).st_size:
+                os.replace(new.name, path)
+        finally:
+            Path(new.name).unlink(missing_ok=True)
 
 
-def _read_timing_cache(path: Path | None) -> bytes:
-    if path is None or not Path(path).is_file():
-        return b""
-    return Path(path).read_bytes()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder and a rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -310,225 +192,91 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+# -- build ----------------------------------------------------------------------------------------------
 def build(source: Any, out_dir: Path, precision: str, *, options: BuildOptions | None = None,
           max_batch: int | None = None, workspace_mb: int | None = None) -> Path:
-    """Parse the ONNX file with TensorRT's OnnxParser and write the serialized engine as model.plan.
+    """Parse the ONNX file with TensorRT's parser and write the serialized engine as out_dir/model.plan.
 
-    max_batch / workspace_mb override the same fields of `options` (kept for older callers)."""
+    The options and the ONNX file (valid, symmetric Q/DQ) are checked before the GPU. max_batch /
+    workspace_mb override the same fields of `options` (kept for older callers)."""
     check_precision(precision, TARGET)
     opts = options or BuildOptions()
     if max_batch is not None or workspace_mb is not None:
-        from dataclasses import replace
-
         opts = replace(opts, max_batch=int(max_batch or opts.max_batch), workspace_mb=int(workspace_mb or opts.workspace_mb))
     opts.check()
     if not isinstance(source, (str, Path)):
         raise EnginesmithError(f"target tensorrt builds from an ONNX file, got {type(source).__name__}; pass the ONNX path")
-    ok, reason = available()
-    if not ok:
-        raise EnginesmithError(reason)
-    import tensorrt as trt
-
     src = Path(source)
     validate_onnx(src)
     fp16_typed, qdq = onnx_typing(src)
     if qdq:
         check_qdq_symmetric(src)
+    ok, reason = available()
+    if not ok:
+        raise EnginesmithError(reason)
+    import tensorrt as trt
+    from polygraphy.backend.trt import EngineBytesFromNetwork
+
     strongly_typed, fp16_flag = plan_typing(trt.__version__, precision, fp16_typed, qdq)
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt, strongly_typed))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(src)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "unknown parser error"
-        raise EnginesmithError(f"TensorRT cannot parse {src.name}: {errors[:500]}; simplify the ONNX or change the opset")
-    if opts.efficient_nms is not None:
-        _efficient_nms(trt, network, logger, opts.efficient_nms)
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_mb) << 20)
-    if fp16_flag:
-        config.set_flag(getattr(trt.BuilderFlag, "FP16"))  # TensorRT 10 only (plan_typing refuses it on 11)
-    if precision == "fp32":  # TF32 is on by default; an fp32 engine is held to the fp32 tolerance
-        config.clear_flag(trt.BuilderFlag.TF32)
-    timing_cache = config.create_timing_cache(_read_timing_cache(opts.timing_cache))
-    if not config.set_timing_cache(timing_cache, False):  # a cache from another device or version: start afresh
-        config.set_timing_cache(config.create_timing_cache(b""), False)
-    inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    dynamic = [t for t in inputs if -1 in tuple(t.shape)]
-    if dynamic:
-        profile = builder.create_optimization_profile()
-        for tensor in dynamic:
-            shape = tuple(tensor.shape)
-            if -1 in shape[1:]:
-                raise EnginesmithError(f"TensorRT input {tensor.name} has dynamic dims {shape} beyond the batch; "
-                                       "export with a fixed input size")
-            rest = shape[1:]
-            profile.set_shape(tensor.name, (opts.min_batch, *rest), (opts.opt_batch, *rest), (opts.max_batch, *rest))
-        config.add_optimization_profile(profile)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise EnginesmithError(f"TensorRT failed to build an engine from {src.name} (see the TensorRT log above); "
-                               "try a larger workspace, another precision, or --target onnxruntime")
-    if opts.timing_cache is not None:
-        _write_atomic(Path(opts.timing_cache), bytes(config.get_timing_cache().serialize()))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    engine_file = out_dir / ENGINE_FILE
-    engine_file.write_bytes(bytes(plan))
+    with tempfile.TemporaryDirectory(prefix="enginesmith-trt-") as tmp, timing_cache_files(opts.timing_cache) as (old, new):
+        onnx_path = src if opts.efficient_nms is None else efficient_nms_onnx(src, Path(tmp) / src.name, opts.efficient_nms)
+        with _polygraphy(f"TensorRT cannot parse {src.name}", "simplify the ONNX or change the opset (parser errors above)"):
+            network, config = polygraphy_loaders(trt, onnx_path, precision, opts, strongly_typed, fp16_flag, old)
+            parsed = network()
+        with _polygraphy(f"TensorRT failed to build an engine from {src.name}",
+                         "try a larger workspace, another precision, or --target onnxruntime (TensorRT log above)"):
+            plan = EngineBytesFromNetwork(parsed, config=config, save_timing_cache=new)()
+    engine_file = Path(out_dir) / ENGINE_FILE
+    write_atomic(engine_file, bytes(plan))
     return engine_file
 
 
-# -- run ----------------------------------------------------------------------------------------------
-def _output_allocator_class(trt: Any) -> type:
-    """An IOutputAllocator for outputs whose shape is known only after execution (data-dependent)."""
-
-    class OutputAllocator(trt.IOutputAllocator):  # type: ignore[misc, name-defined]
-        def __init__(self) -> None:
-            trt.IOutputAllocator.__init__(self)
-            self.buffers: dict[str, tuple[int, int]] = {}
-            self.shapes: dict[str, tuple[int, ...]] = {}
-
-        def reallocate_output_async(self, tensor_name: str, memory: int, size: int, alignment: int,
-                                    stream: int) -> int:
-            ptr, have = self.buffers.get(tensor_name, (0, 0))
-            if have < size:
-                if ptr:
-                    _check(_cudart().cudaFree(ptr), "cudaFree")
-                ptr = _check(_cudart().cudaMalloc(max(int(size), 1)), "cudaMalloc")
-                self.buffers[tensor_name] = (ptr, int(size))
-            return ptr
-
-        def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int) -> int:
-            return self.reallocate_output_async(tensor_name, memory, size, alignment, 0)
-
-        def notify_shape(self, tensor_name: str, shape: Any) -> None:
-            self.shapes[tensor_name] = tuple(int(d) for d in shape)
-
-        def _free_all(self) -> None:
-            for ptr, _ in self.buffers.values():
-                _cudart().cudaFree(ptr)
-            self.buffers.clear()
-
-    return OutputAllocator
-
-
+# -- run ------------------------------------------------------------------------------------------------
 class Runner(_BaseRunner):
-    """Deserialize model.plan and run it with execute_async_v3 on a CUDA stream, buffers from cuda-python.
+    """Deserialize model.plan and run it with Polygraphy's TrtRunner (its CUDA stream, device buffers and
+    output allocator, which also serves data-dependent output shapes).
 
-    `last_gpu_ms` is the time between CUDA events recorded on the stream around the last execution
-    (GPU time of the network, copies excluded)."""
+    No CUDA events: TrtRunner's own `inference_time` is time.time() around the copies, execution and sync,
+    and the benchmarks time every backend with perf_counter around `infer`, so a GPU-only time for one
+    backend would compare with nothing and nothing reads it."""
 
     name = "tensorrt"
 
     def __init__(self, engine_path: str | Path, **_: Any) -> None:
         super().__init__()
         self.engine_path = Path(engine_path)
-        self._engine: Any = None
-        self._context: Any = None
-        self._runtime: Any = None
-        self._stream: Any = None
-        self._events: tuple[Any, Any] | None = None
-        self._allocator: Any = None
-        self._dynamic_outputs: set[str] = set()
-        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes), grown on demand
-        self.last_gpu_ms: float | None = None
+        self._runner: Any = None
+        self._dtypes: dict[str, Any] = {}
 
     def _load(self) -> None:
         ok, reason = available()  # GPU first: creating a TensorRT runtime without one can crash the process
         if not ok:
             raise EnginesmithError(f"cannot run a TensorRT engine here: {reason}")
         import tensorrt as trt
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+        from polygraphy.backend.trt import util as trt_util
+        from polygraphy.datatype import DataType
 
         path = check_engine_file(self.engine_path, "TensorRT engine")
-        self._trt = trt
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        try:
-            engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-        except Exception:  # some releases raise instead of returning None
-            engine = None
-        if engine is None:
-            raise EnginesmithError(f"cannot load TensorRT engine {path} with TensorRT {trt.__version__}: corrupt, or built "
-                                   f"by another TensorRT version or GPU; {REBUILD}")
-        self._engine = engine
-        self._context = engine.create_execution_context()
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-        self.input_names = [n for n in names if is_input[n]]
-        self.output_names = [n for n in names if not is_input[n]]
-        cudart = _cudart()
-        self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self._events = (_check(cudart.cudaEventCreate(), "cudaEventCreate"), _check(cudart.cudaEventCreate(), "cudaEventCreate"))
-
-    def _device(self, name: str, nbytes: int) -> int:
-        ptr, size = self._buffers.get(name, (0, 0))
-        if size < nbytes:
-            cudart = _cudart()
-            if ptr:
-                _check(cudart.cudaFree(ptr), "cudaFree")
-            ptr = _check(cudart.cudaMalloc(max(nbytes, 1)), "cudaMalloc")
-            self._buffers[name] = (ptr, nbytes)
-        return ptr
+        with _polygraphy(f"cannot load TensorRT engine {path} with TensorRT {trt.__version__} (corrupt, or built by "
+                         "another TensorRT version or GPU)", REBUILD):
+            runner = TrtRunner(EngineFromBytes(path.read_bytes()))
+            runner.activate()
+        self._runner = runner
+        inputs = runner.get_input_metadata(use_numpy_dtypes=False)
+        outputs = trt_util.get_metadata_from_engine(runner.engine, runner.context, mode=trt.TensorIOMode.OUTPUT)
+        self.input_names, self.output_names = list(inputs), list(outputs)
+        self._dtypes = {n: DataType.to_dtype(meta.dtype, "numpy") for n, meta in inputs.items()}
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cudart, trt = _cudart(), self._trt
-        engine, context = self._engine, self._context
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        hosts: list[np.ndarray] = []  # kept alive until the stream is synchronised
-        for name in self.input_names:
-            arr = np.ascontiguousarray(feed[name], dtype=trt.nptype(engine.get_tensor_dtype(name)))
-            if not context.set_input_shape(name, arr.shape):
-                raise EnginesmithError(f"TensorRT engine rejects shape {arr.shape} for input {name}; stay within the "
-                                       "build's optimization profile")
-            ptr = self._device(name, arr.nbytes)
-            _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self._stream), "copy to GPU")
-            context.set_tensor_address(name, ptr)
-            hosts.append(arr)
-        dtypes = {n: trt.nptype(engine.get_tensor_dtype(n)) for n in self.output_names}
-        shapes: dict[str, tuple[int, ...]] = {}
-        for name in self.output_names:
-            shape = tuple(context.get_tensor_shape(name))
-            if any(d < 0 for d in shape):  # data-dependent: TensorRT asks the allocator once it knows the size
-                if self._allocator is None:
-                    self._allocator = _output_allocator_class(trt)()
-                context.set_output_allocator(name, self._allocator)
-                self._dynamic_outputs.add(name)
-                continue
-            shapes[name] = shape
-            context.set_tensor_address(name, self._device(name, int(np.prod(shape)) * np.dtype(dtypes[name]).itemsize))
-        start, stop = self._events  # type: ignore[misc]
-        _check(cudart.cudaEventRecord(start, self._stream), "cudaEventRecord")
-        if not context.execute_async_v3(int(self._stream)):
-            raise EnginesmithError("TensorRT execution failed (see the TensorRT log); check the input shapes")
-        _check(cudart.cudaEventRecord(stop, self._stream), "cudaEventRecord")
-        outputs: dict[str, np.ndarray] = {}
-        for name in self.output_names:
-            if name in self._dynamic_outputs:
-                _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-                shape, ptr = self._allocator.shapes[name], self._allocator.buffers[name][0]
-            else:
-                shape, ptr = shapes[name], self._buffers[name][0]
-            out = np.empty(shape, dtype=dtypes[name])
-            if out.nbytes:
-                _check(cudart.cudaMemcpyAsync(out.ctypes.data, ptr, out.nbytes, d2h, self._stream), "copy from GPU")
-            outputs[name] = out
-        _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        self.last_gpu_ms = float(_check(cudart.cudaEventElapsedTime(start, stop), "cudaEventElapsedTime"))
-        del hosts
-        return outputs
+        feed = {n: np.ascontiguousarray(feed[n], dtype=self._dtypes[n]) for n in self.input_names}
+        shapes = {n: a.shape for n, a in feed.items()}
+        with _polygraphy(f"TensorRT could not run {self.engine_path.name} on inputs {shapes}",
+                         "feed shapes within the build's optimization profile (BuildOptions min/max batch)", quiet=False):
+            out = self._runner.infer(feed, check_inputs=False)
+        return {n: np.array(out[n]) for n in self.output_names}  # copies: TrtRunner reuses its host buffers
 
     def _release(self) -> None:
-        cudart = _cudart()
-        for ptr, _ in self._buffers.values():
-            cudart.cudaFree(ptr)
-        self._buffers.clear()
-        if self._allocator is not None:
-            self._allocator._free_all()
-            self._allocator = None
-        for event in self._events or ():
-            cudart.cudaEventDestroy(event)
-        self._events = None
-        if self._stream is not None:
-            cudart.cudaStreamDestroy(self._stream)
-        self._stream = self._context = self._engine = self._runtime = None
+        runner, self._runner = self._runner, None
+        if runner is not None and runner.is_active:
+            runner.deactivate()

@@ -3,6 +3,7 @@ manifest and compared with this machine's before the plan is loaded (stdlib only
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from importlib import metadata
@@ -10,7 +11,8 @@ from typing import Any
 
 from enginesmith.errors import EnginesmithError
 
-INSTALL_HINT = "install NVIDIA TensorRT 10+ and cuda-python on a machine with an NVIDIA GPU"
+INSTALL_HINT = ("install NVIDIA TensorRT 10+ and Polygraphy (pip install tensorrt-cu12 polygraphy) on a machine with an "
+                "NVIDIA GPU and the CUDA runtime (libcudart)")
 
 
 def recorded_tensorrt(manifest: dict[str, Any]) -> dict[str, str | None]:
@@ -75,18 +77,34 @@ def local_tensorrt_version() -> str | None:
 
 
 def local_gpu() -> tuple[str | None, str | None]:
-    """(GPU name, compute capability "8.9") of GPU 0 from nvidia-smi; (None, None) when it cannot be asked."""
+    """(name, compute capability "8.9") of CUDA device 0 from nvidia-smi; (None, None) when it cannot be asked.
+
+    CUDA device 0 is the first entry of CUDA_VISIBLE_DEVICES (an index or a GPU UUID) when that is set, else
+    nvidia-smi's first GPU (with GPUs of different kinds, CUDA orders them fastest first unless
+    CUDA_DEVICE_ORDER=PCI_BUS_ID: set one of the two)."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None, None
     try:
-        out = subprocess.run([exe, "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20).stdout
+        out = subprocess.run([exe, "--query-gpu=index,uuid,name,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return None, None
-    first = next((ln for ln in out.splitlines() if ln.strip()), "")
-    parts = [p.strip() for p in first.split(",")]
-    return (parts[0] or None, parts[1] if len(parts) > 1 and parts[1] else None) if parts[0] else (None, None)
+    return cuda_device_zero(out, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def cuda_device_zero(smi_csv: str, visible: str | None) -> tuple[str | None, str | None]:
+    """(name, compute capability) of CUDA device 0 from nvidia-smi's `index,uuid,name,compute_cap` CSV rows and
+    CUDA_VISIBLE_DEVICES (None: unset); (None, None) when no row is device 0 ("[N/A]" fields read as None)."""
+    rows = [[f.strip() for f in line.split(",")] for line in smi_csv.splitlines() if line.strip()]
+    rows = [r for r in rows if len(r) >= 4]
+    if visible is not None:
+        first = visible.split(",")[0].strip()
+        rows = [r for r in rows if first and (r[0] == first or (first.startswith("GPU-") and r[1].startswith(first)))]
+    if not rows:
+        return None, None
+    name, cc = (None if f in ("", "[N/A]", "N/A") else f for f in rows[0][2:4])
+    return name, cc
 
 
 def check_device(manifest: dict[str, Any]) -> None:
