@@ -93,17 +93,46 @@ def device_info() -> dict[str, str]:
     """What a plan is tied to: {"tensorrt": version, "gpu": name, "compute_capability": "8.9"} of CUDA device 0.
 
     The GPU is described by nvidia-smi, as tensorrt_device.check_device describes it when the engine is
-    loaded, so the record and the check read one source. These are the keys runtime/manifest.py reads."""
+    loaded, so the record and the check read one source; where nvidia-smi cannot (Jetson has none), by the
+    CUDA runtime. These are the keys runtime/manifest.py reads."""
     ok, why = available()
     if not ok:
         raise EnginesmithError(f"cannot describe the TensorRT device: {why}")
     import tensorrt as trt
 
     gpu, cc = local_gpu()
+    if gpu is None or cc is None:  # no nvidia-smi (Jetson), or it cannot name device 0 (a MIG UUID): ask CUDA
+        gpu, cc = cuda_device_zero_properties()
     if gpu is None or cc is None:
-        raise EnginesmithError("cannot describe the TensorRT device: nvidia-smi does not report CUDA device 0's name and "
-                               "compute capability; install the NVIDIA driver's nvidia-smi or fix CUDA_VISIBLE_DEVICES")
+        raise EnginesmithError("cannot describe the TensorRT device: neither nvidia-smi nor the CUDA runtime reports "
+                               "CUDA device 0's name and compute capability; check the driver and CUDA_VISIBLE_DEVICES")
     return device_record(trt.__version__, gpu, cc)
+
+
+CUDA_DEV_ATTR_CC_MAJOR, CUDA_DEV_ATTR_CC_MINOR = 75, 76  # cudaDevAttrComputeCapabilityMajor/Minor (driver_types.h)
+CUDA_DEVICE_PROP_BYTES = 1 << 13  # more than any release's cudaDeviceProp (1,008 bytes in CUDA 12); name is first
+
+
+def cuda_device_zero_properties() -> tuple[str | None, str | None]:
+    """(name, compute capability "8.7") of CUDA device 0 from the CUDA runtime Polygraphy loads (no nvidia-smi,
+    as on Jetson): cudaDeviceGetAttribute for the capability, and cudaDeviceProp's first field, char name[256],
+    for the name. (None, None) when the runtime cannot be asked."""
+    try:
+        from polygraphy import cuda
+        from polygraphy.logger import G_LOGGER
+
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+            cudart = cuda.wrapper().handle
+    except Exception:
+        return None, None
+    major_, minor_ = ctypes.c_int(0), ctypes.c_int(0)
+    props = ctypes.create_string_buffer(CUDA_DEVICE_PROP_BYTES)
+    if (int(cudart.cudaDeviceGetAttribute(ctypes.byref(major_), CUDA_DEV_ATTR_CC_MAJOR, 0)) != 0
+            or int(cudart.cudaDeviceGetAttribute(ctypes.byref(minor_), CUDA_DEV_ATTR_CC_MINOR, 0)) != 0
+            or int(cudart.cudaGetDeviceProperties(props, 0)) != 0):
+        return None, None
+    name = props.raw[:256].split(b"\0", 1)[0].decode(errors="replace").strip()
+    return (name or None), f"{major_.value}.{minor_.value}"
 
 
 def device_record(tensorrt_version: str, gpu_name: str, compute_capability: str) -> dict[str, str]:

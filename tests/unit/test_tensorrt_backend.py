@@ -5,6 +5,8 @@ called: that needs TensorRT), the timing-cache files, the device keys the runtim
 
 from __future__ import annotations
 
+import ctypes
+
 import importlib.util
 import subprocess
 import sys
@@ -379,9 +381,39 @@ def test_the_engine_stage_key_holds_the_device_and_the_options(monkeypatch, tmp_
                                                                     "class_agnostic": False}
 
 
-def test_the_device_must_be_described_by_nvidia_smi(monkeypatch):
+class _FakeCudartDevice(_FakeCudart):
+    """A CUDA runtime that also describes device 0, the way libcudart's C functions fill their arguments."""
+
+    def __init__(self, name: bytes, major: int, minor: int, status: int = 0) -> None:
+        super().__init__(0, 1)
+        self.name, self.attrs, self.prop_status = name, {75: major, 76: minor}, status
+
+    def cudaDeviceGetAttribute(self, value_ref, attr: int, device: int) -> int:  # noqa: N802
+        assert device == 0
+        value_ref._obj.value = self.attrs[attr]
+        return self.prop_status
+
+    def cudaGetDeviceProperties(self, props, device: int) -> int:  # noqa: N802
+        assert device == 0 and len(props.raw) >= 1008  # room for cudaDeviceProp
+        ctypes.memmove(props, self.name + b"\0" * (256 - len(self.name)) + b"\x07" * 16, 256 + 16)
+        return self.prop_status
+
+
+def test_without_nvidia_smi_the_device_is_described_by_the_cuda_runtime(monkeypatch):
+    """Jetson has no nvidia-smi: the record comes from cudaDeviceGetAttribute and cudaDeviceProp.name."""
+    from polygraphy import cuda
+
     _fake_gpu_machine(monkeypatch, gpu=(None, None))
-    with pytest.raises(EnginesmithError, match="nvidia-smi does not report CUDA device 0's name and compute capability"):
+    monkeypatch.setattr(cuda, "wrapper", lambda: SimpleNamespace(handle=_FakeCudartDevice(b"Orin", 8, 7)))
+    assert trt_backend.device_info() == {"tensorrt": "10.8.0.43", "gpu": "Orin", "compute_capability": "8.7"}
+
+
+def test_the_device_must_be_described_by_nvidia_smi_or_the_cuda_runtime(monkeypatch):
+    from polygraphy import cuda
+
+    _fake_gpu_machine(monkeypatch, gpu=(None, None))
+    monkeypatch.setattr(cuda, "wrapper", lambda: SimpleNamespace(handle=_FakeCudartDevice(b"Orin", 8, 7, status=1)))
+    with pytest.raises(EnginesmithError, match="neither nvidia-smi nor the CUDA runtime reports CUDA device 0's name"):
         trt_backend.device_info()
 
 
