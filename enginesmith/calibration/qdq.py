@@ -191,6 +191,8 @@ def quantize_qdq(
     qmodel = quantizer.model.model
     float_edges = read_float(qmodel.graph, placement.float_edges) if placement else 0
     unquantized_heads = _keep_decode_inputs_float(qmodel.graph, set(excluded))
+    if placement:
+        _drop_unused_initializers(qmodel.graph)
     save_onnx_atomic(qmodel, dst)
 
     return {
@@ -205,6 +207,14 @@ def quantize_qdq(
         "reduce_range": bool(cfg["reduce_range"]),
         "per_channel": bool(per_channel),
     }
+
+
+def _drop_unused_initializers(graph: Any) -> None:
+    """Remove the scales and zero points of the Q/DQ pairs read_float dropped (ONNX Runtime warns about each)."""
+    read = set(_readers(graph)) | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def _tensorrt_options(placement: Placement) -> dict[str, Any]:
