@@ -41,6 +41,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import numpy as np
+
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 INPUT_QUANTIZED = ("MaxPool", "AveragePool", "GlobalAveragePool", "Resize")
 EPILOGUE = ("Relu", "BatchNormalization")  # fused into the Conv before a residual Add (MO get_fusible_backbone)
@@ -71,21 +73,19 @@ def tensorrt_placement(model: Any, excluded: Iterable[str]) -> Placement:
     skip = set(excluded)
     quantize, float_edges, kept_float = [], [], []
     for node in graph.nodes:
-        if node.name in skip:
+        weighted = node.op in WEIGHTED and _has_constant_weight(node)
+        small = weighted and node.name not in skip and _weighted_kept_float(node, graph)
+        if weighted and (node.name in skip or small):  # its inputs read float even where shared (rule 5)
+            kept_float += [node.name] if small else []
+            float_edges += [(node.name, t.name) for t in _activations(node)]
+        elif node.name in skip:
             continue
-        if node.op in WEIGHTED and _has_constant_weight(node):
-            if _weighted_kept_float(node, graph):
-                kept_float.append(node.name)
-                float_edges += [(node.name, t.name) for t in _activations(node)]
-            else:
-                quantize.append(node.name)
+        elif weighted or node.op in INPUT_QUANTIZED:
+            quantize.append(node.name)
         elif node.op == "Add" and len(_activations(node)) == 2:
             quantize.append(node.name)
             branch = _conv_branch(node)
-            if branch is not None:
-                float_edges.append((node.name, branch))
-        elif node.op in INPUT_QUANTIZED:
-            quantize.append(node.name)
+            float_edges += [(node.name, branch)] if branch is not None else []
     chosen = set(quantize)
     # ONNX Runtime's quantizer quantizes every input of a chosen node first (the float edges are bypassed
     # afterwards), so each of them needs a range.
@@ -100,10 +100,22 @@ def tensorrt_placement(model: Any, excluded: Iterable[str]) -> Placement:
 
 
 def _activations(node: Any) -> list[Any]:
-    """The node's non-constant float inputs, in input order."""
+    """The node's non-constant float inputs (an unknown type counts as float), in input order."""
     import onnx_graphsurgeon as gs
 
-    return [t for t in node.inputs if isinstance(t, gs.Variable) and t.name and not _is_constant(t)]
+    return [t for t in node.inputs
+            if isinstance(t, gs.Variable) and t.name and not _is_constant(t) and _is_float(t.dtype)]
+
+
+def _is_float(dtype: Any) -> bool:
+    """True for a float numpy dtype or an unknown one (None); onnx-graphsurgeon gives non-numpy types as ONNX
+    enums, of which bfloat16 (16) is the float one."""
+    if dtype is None:
+        return True
+    try:
+        return np.dtype(dtype).kind == "f"
+    except TypeError:
+        return dtype == 16
 
 
 def _is_constant(tensor: Any) -> bool:
@@ -112,9 +124,8 @@ def _is_constant(tensor: Any) -> bool:
 
 
 def _n_quantized(node: Any) -> int:
-    """How many leading activation inputs the quantizer quantizes: one for weighted ops, pooling and Resize."""
+    """How many leading activation inputs the quantizer quantizes: both of an Add, else the first."""
     return 2 if node.op == "Add" else 1
-
 
 
 def _has_constant_weight(node: Any) -> bool:
@@ -127,10 +138,12 @@ def _weighted_kept_float(node: Any, graph: Any) -> bool:
     """Rule 5: GEMV or small GEMM (MO find_nodes_from_matmul_to_exclude), or a Conv too small for int8
     kernels (MO find_nodes_from_convs_to_exclude, int8 mode)."""
     weight = node.inputs[1]
+    if weight.shape is None or len(weight.shape) < 2:
+        return False
     if node.op in ("Gemm", "MatMul"):
         out = [d if isinstance(d, int) and d > 0 else 1 for d in (node.outputs[0].shape or [])]
         trans_b = node.op == "Gemm" and bool(node.attrs.get("transB", 0))
-        k = weight.shape[-1 if trans_b else -2] if len(weight.shape) >= 2 else 0
+        k = weight.shape[-1 if trans_b else -2]
         n = out[-1] if len(out) >= 2 else 0
         return (len(out) < 3 and 1 in out) or 0 < n < MIN_GEMM_DIM or 0 < k < MIN_GEMM_DIM
     if node.op != "Conv":

@@ -230,3 +230,35 @@ def test_runs_on_onnxruntime_close_to_float(quantized, data, capsys):
     with capsys.disabled():
         print(f"\n[tensorrt placement {src.parent.name}] centered cosine mean {cos.mean():.4f} min {cos.min():.4f}")
     assert cos.min() >= 0.98
+
+
+def test_the_pipelines_tensorrt_int8_stages_give_this_placement(quantized, tmp_path):
+    """`--target tensorrt --precision int8`'s statistics + quantize-qdq stages: ranges for every tensor the
+    placement quantizes (pooling inputs included, which ONNX Runtime's form never calibrates: its own cache
+    entry, keyed by the placement), and the Q/DQ of the reference."""
+    import json
+    import shutil
+
+    from enginesmith.pipeline.artifacts import Cache, StageResult
+    from enginesmith.pipeline.quantize import Calibration, precision_artifacts
+
+    src = quantized[0]
+    cache = Cache(tmp_path / "cache")
+
+    def copy(tmp):
+        shutil.copyfile(src, tmp / "model.onnx")
+        return StageResult(["model.onnx"], {})
+
+    simplified = cache.run("simplify", [], {"label": src.parent.name}, copy)
+    calibration = Calibration(calibration_source(None, "photos", 8, seed=0), SPEC, "minmax", 1)
+    stages: dict[str, list] = {"tensorrt": [], "onnxruntime": []}
+    for target, seen in stages.items():
+        precision_artifacts(cache, target, "int8", simplified, calibration, seen.append)
+    trt = {a.stage: a for a in stages["tensorrt"]}
+    ranges = json.loads(trt["statistics"].file.read_text())
+    assert set(ranges) == set(calibration_tensors(src, symmetric=True))
+    ort_stats = next(a for a in stages["onnxruntime"] if a.stage == "statistics")
+    assert ort_stats.manifest["key"] != trt["statistics"].manifest["key"]
+    assert set(ranges) - set(json.loads(ort_stats.file.read_text()))  # e.g. a pooling or Resize input
+    assert trt["statistics"].manifest["params"]["placement"] == "tensorrt"
+    assert _fed_by_dq(onnx.load(str(trt["quantize-qdq"].file)).graph) == _reference(onnx.load(str(src)).graph)
