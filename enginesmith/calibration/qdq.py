@@ -60,6 +60,8 @@ def _qdq_config(symmetric: bool) -> dict[str, Any]:
     )
 
 
+ORT_OP_TYPES = ("Conv", "Gemm", "MatMul")  # what the ONNX Runtime form quantizes (inputs and outputs)
+
 # Ops that only move or regroup values: a head's raw output passes through them on its way to the decode.
 LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Concat", "Squeeze", "Unsqueeze", "Identity"})
 
@@ -134,9 +136,6 @@ def read_float(graph: Any, edges: Iterable[tuple[str, str]]) -> int:
         del graph.node[:]
         graph.node.extend(kept)
     return rewired
-
-
-ORT_OP_TYPES = ("Conv", "Gemm", "MatMul")
 
 
 def quantize_qdq(
