@@ -7,9 +7,9 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType
 from enginesmith.pipeline.accuracy import load_validation, measure
-from enginesmith.calibration.qdq import quantize_qdq, _qdq_config
+from enginesmith.calibration.qdq import calibration_tensors, quantize_qdq, _qdq_config
 from enginesmith.calibration.sources import calibration_source, calibration_batches
-from enginesmith.calibration.statistics import activation_ranges, quantizable_tensors
+from enginesmith.calibration.statistics import activation_ranges
 from enginesmith.runtime.preprocess import PreprocessSpec
 
 eng, data = Path(sys.argv[1]), Path(sys.argv[2])
@@ -22,17 +22,21 @@ val = load_validation(data, "detection", split)
 src = calibration_source(data, "photos", 300)
 out = Path(os.environ.get("EXP_OUT", "build/int8-exp")); out.mkdir(parents=True, exist_ok=True)
 rcache = {}
-def ranges(method):
-    if method not in rcache:
-        f = out / f"ranges-{method}.json"
+def ranges(method, symmetric):
+    """The ranges the pipeline's statistics stage computes: of qdq.calibration_tensors for the form (:trt =
+    TensorRT's placement, the tensors it quantizes)."""
+    key = f"{method}-trt" if symmetric else method
+    if key not in rcache:
+        f = out / f"ranges-{key}.json"
         if f.exists():
-            rcache[method] = {k: tuple(v) for k, v in json.loads(f.read_text()).items()}
+            rcache[key] = {k: tuple(v) for k, v in json.loads(f.read_text()).items()}
         else:
             t = time.time()
-            r = activation_ranges(onnx_fp32, lambda: calibration_batches(src, spec, 1), method=method)
-            f.write_text(json.dumps(r)); rcache[method] = r
-            print(f"ranges {method} {time.time()-t:.0f}s", flush=True)
-    return rcache[method]
+            names = calibration_tensors(onnx_fp32, symmetric=symmetric)
+            r = activation_ranges(onnx_fp32, lambda: calibration_batches(src, spec, 1), names, method=method)
+            f.write_text(json.dumps(r)); rcache[key] = r
+            print(f"ranges {key} {time.time()-t:.0f}s", flush=True)
+    return rcache[key]
 
 def run(onnx_path):
     so = ort.SessionOptions(); so.intra_op_num_threads = 2
@@ -57,7 +61,7 @@ for v in variants:
         if o.startswith("keep="): kw["keep_float"] = o[5:].split(",")
     dst = out / f"{v.replace(':','_').replace('/','_').replace(',','_')[:80]}.onnx"
     t = time.time()
-    info = quantize_qdq(onnx_fp32, dst, ranges(method), symmetric=symmetric, per_channel=per_channel, _config=cfg, **kw)
+    info = quantize_qdq(onnx_fp32, dst, ranges(method, symmetric), symmetric=symmetric, per_channel=per_channel, _config=cfg, **kw)
     m = run(dst)
     print(f"{v}: mAP {m:.2f} drop {base-m:+.2f} ({time.time()-t:.0f}s) qdq={info['qdq_pairs']} decode_kept={info['decode_inputs_kept_float']}", flush=True)
 for extra in os.environ.get("EXTRA", "").split():

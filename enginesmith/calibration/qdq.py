@@ -1,7 +1,7 @@
 """Q/DQ ONNX from our calibration ranges, with ONNX Runtime's QDQ quantizer (no ORT calibrator).
 
-The ranges come from calibration.statistics (streaming, cached); they are handed to
-``onnxruntime.quantization.qdq_quantizer.QDQQuantizer`` as a ``TensorsData`` exactly the way
+The ranges come from calibration.statistics (streaming, cached) for calibration_tensors(); they are handed
+to ``onnxruntime.quantization.qdq_quantizer.QDQQuantizer`` as a ``TensorsData`` exactly the way
 ``quantize_static`` does after its calibrator ran, so ORT never collects activations itself
 (its calibrators held 5.5 GB for 100 images here).
 
@@ -9,13 +9,17 @@ Two forms:
 - symmetric=True, the TensorRT form (explicit quantization): int8 activations and int8
   weights, all zero points 0 (symmetric activations and weights), per-channel weights, full
   8-bit range, biases left in float (TensorRT fuses float bias itself; it does not take int32
-  DequantizeLinear biases).
+  DequantizeLinear biases). Placed where NVIDIA's TensorRT guide recommends and ModelOpt places them
+  (tensorrt_placement.py: weighted-op inputs, the skip input of residual Adds, pooling/Resize inputs, no
+  outputs, the GEMV classifier float): ModelOpt 0.47 puts its Q/DQ on the same inputs of every node of
+  resnet50, yolov3 and ssd300 but YOLOv3's three decode Muls, which we keep float
+  (benchmarks/qdq-placement-modelopt.md).
 - symmetric=False, the ONNX Runtime CPU form: uint8 asymmetric activations (ReLU outputs use
   all 256 levels), int8 symmetric per-channel weights with ``reduce_range`` (7-bit weights,
-  [-64, 63]) and int32 biases. Why reduce_range: ORT's x86 u8s8 kernels without VNNI use
-  vpmaddubsw, whose int16 pair sums saturate with full-range u8 x s8 products; 7-bit weights
-  cannot overflow (2 * 255 * 64 < 32767). That is the CPU this project targets (DESIGN.md:
-  AVX2 without VNNI) — ORT documents reduce_range for exactly this case. On a VNNI CPU it costs
+  [-64, 63]) and int32 biases, on the inputs and outputs of Conv/Gemm/MatMul. Why reduce_range: ORT's
+  x86 u8s8 kernels without VNNI use vpmaddubsw, whose int16 pair sums saturate with full-range u8 x s8
+  products; 7-bit weights cannot overflow (2 * 255 * 64 < 32767). That is the CPU this project targets
+  (DESIGN.md: AVX2 without VNNI) — ORT documents reduce_range for exactly this case. On a VNNI CPU it costs
   one bit of weight resolution; measured cosine to float on ORT (held-out inputs, tests/unit/
   test_quantizers.py and the report) stays >= 0.99 for both the 4-conv net and ResNet-18.
 
@@ -28,11 +32,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from enginesmith.calibration.statistics import decode_node_names
+from enginesmith.calibration.statistics import decode_node_names, quantizable_tensors
+from enginesmith.calibration.tensorrt_placement import PER_CHANNEL_AXIS, Placement, tensorrt_placement
 from enginesmith.calibration.onnx_io import save_onnx_atomic
 from enginesmith.errors import EnginesmithError
 
@@ -54,6 +59,8 @@ def _qdq_config(symmetric: bool) -> dict[str, Any]:
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
 
+
+ORT_OP_TYPES = ("Conv", "Gemm", "MatMul")  # what the ONNX Runtime form quantizes (inputs and outputs)
 
 # Ops that only move or regroup values: a head's raw output passes through them on its way to the decode.
 LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Concat", "Squeeze", "Unsqueeze", "Identity"})
@@ -88,32 +95,47 @@ def _keep_decode_inputs_float(graph: Any, decode: set[str]) -> int:
     class logits before the softmax (SSD-slim on ONNX Runtime: 0.8 of its 1.1-point INT8 drop on the val
     split) and the box offsets before exp(). Returns how many pairs were removed."""
     region = decode_feeders(graph, decode)
-    consumers: dict[str, list] = {}
+    readers = _readers(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    edges, removed = [], 0
+    for dq in graph.node:
+        q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        dq_readers = readers.get(dq.output[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+        if dq_readers and all(r.name in region for r in dq_readers):
+            edges += [(r.name, q.input[0]) for r in dq_readers]
+            removed += 1
+    read_float(graph, edges)
+    return removed
+
+
+def _readers(graph: Any) -> dict[str, list[Any]]:
+    """tensor name -> the nodes that read it."""
+    out: dict[str, list[Any]] = {}
     for n in graph.node:
         for i in n.input:
-            consumers.setdefault(i, []).append(n)
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def read_float(graph: Any, edges: Iterable[tuple[str, str]]) -> int:
+    """Make each (node, tensor) edge read `tensor` itself instead of its Q -> DQ copy, then drop the Q/DQ
+    nodes nothing reads any more. Returns how many inputs were rewired."""
+    wanted = set(edges)
     producer = {o: n for n in graph.node for o in n.output}
-    drop, removed = set(), 0
-    for dq in graph.node:
-        if dq.op_type != "DequantizeLinear" or dq.output[0] not in consumers:
-            continue
-        readers = consumers[dq.output[0]]
-        q = producer.get(dq.input[0])
-        if q is None or q.op_type != "QuantizeLinear" or not all(r.name in region for r in readers):
-            continue
-        float_tensor = q.input[0]
-        for r in readers:
-            for k, name in enumerate(r.input):
-                if name == dq.output[0]:
-                    r.input[k] = float_tensor
-        drop.add(id(dq))
-        if all(c is dq for c in consumers.get(q.output[0], [])):
-            drop.add(id(q))
-        removed += 1
-    kept = [n for n in graph.node if id(n) not in drop]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return removed
+    rewired = 0
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear" and (node.name, q.input[0]) in wanted:
+                node.input[k] = q.input[0]
+                rewired += 1
+    for op in ("DequantizeLinear", "QuantizeLinear"):  # a DQ first: its Q is unread once the DQ is gone
+        read = set(_readers(graph)) | {o.name for o in graph.output}
+        kept = [n for n in graph.node if n.op_type != op or n.output[0] in read]
+        del graph.node[:]
+        graph.node.extend(kept)
+    return rewired
 
 
 def quantize_qdq(
@@ -123,28 +145,27 @@ def quantize_qdq(
     *,
     symmetric: bool,
     per_channel: bool = True,
-    op_types: Sequence[str] = ("Conv", "Gemm", "MatMul"),
+    op_types: Sequence[str] = ORT_OP_TYPES,
     exclude_patterns: Sequence[str] = ("/decode/",),
     keep_float: Sequence[str] = (),
     _config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a Q/DQ ONNX of `onnx_in` to `onnx_out` (atomically) using `ranges` (tensor -> (lo, hi)).
 
-    `ranges` must cover the float inputs and outputs of every node to quantize
-    (statistics.quantizable_tensors gives that list). Returns info: quantized_nodes,
-    quantize_linear / dequantize_linear node counts, qdq_pairs, excluded_nodes, and the config.
-    `keep_float` names nodes to leave in float (the mixed-precision search).
+    Placement: symmetric=True is TensorRT's (tensorrt_placement.py); symmetric=False quantizes the inputs
+    and outputs of `op_types` as ONNX Runtime's quantizer does. `ranges` must cover calibration_tensors().
+    Returns info: quantized_nodes, quantize_linear / dequantize_linear node counts, qdq_pairs,
+    excluded_nodes, and the config. `keep_float` names nodes to leave in float (the mixed-precision search).
     `_config` overrides the chosen kernel config (used only to measure alternatives).
     """
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
     src, dst = Path(onnx_in), Path(onnx_out)
-    if not src.is_file():
-        raise EnginesmithError(f"ONNX model not found: {src}")
     cfg = dict(_config) if _config is not None else _qdq_config(symmetric)
     model = _load_for_quantizer(src, cfg)
     excluded = sorted(decode_node_names(model.graph, exclude_patterns) | set(keep_float))
+    placement = tensorrt_placement(model, excluded) if symmetric else None
     tensors = TensorsData(
         CalibrationMethod.MinMax,
         {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.items()},
@@ -156,19 +177,21 @@ def quantize_qdq(
         cfg["weight_type"],
         cfg["activation_type"],
         tensors,
-        [],  # nodes_to_quantize: all of op_types
+        list(placement.quantize) if placement else [],  # [] = every node of op_types
         excluded,
-        list(op_types),
-        dict(cfg["extra_options"]),
+        list(placement.op_types) if placement else list(op_types),
+        {**cfg["extra_options"], **(_tensorrt_options(placement) if placement else {})},
     )
     try:
         quantizer.quantize_model()
     except ValueError as e:
-        raise EnginesmithError(
-            f"Q/DQ quantization of {src} failed: {e}; compute ranges with statistics.quantizable_tensors()"
-        ) from None
+        raise EnginesmithError(f"Q/DQ quantization of {src} failed: {e}; compute ranges for "
+                               "qdq.calibration_tensors()") from None
     qmodel = quantizer.model.model
+    float_edges = read_float(qmodel.graph, placement.float_edges) if placement else 0
     unquantized_heads = _keep_decode_inputs_float(qmodel.graph, set(excluded))
+    if placement:
+        _drop_unused_initializers(qmodel.graph)
     save_onnx_atomic(qmodel, dst)
 
     return {
@@ -177,11 +200,44 @@ def quantize_qdq(
         "excluded_nodes": len(excluded),
         "kept_float": sorted(keep_float),
         "decode_inputs_kept_float": unquantized_heads,
+        **({"float_inputs": float_edges, "weighted_kept_float": list(placement.kept_float)} if placement else {}),
         "activation_type": str(cfg["activation_type"]),
         "weight_type": str(cfg["weight_type"]),
         "reduce_range": bool(cfg["reduce_range"]),
         "per_channel": bool(per_channel),
     }
+
+
+def _drop_unused_initializers(graph: Any) -> None:
+    """Remove the scales and zero points of the Q/DQ pairs read_float dropped (ONNX Runtime warns about each)."""
+    read = set(_readers(graph)) | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _tensorrt_options(placement: Placement) -> dict[str, Any]:
+    """ONNX Runtime quantizer options that give TensorRT's placement (tensorrt_placement.py rules 1-2, as
+    ModelOpt's configure_ort sets them): no output Q/DQ, one shared pair per tensor, pooling/Resize inputs
+    quantized even when their producer is not, per-channel weight axes."""
+    return {
+        "OpTypesToExcludeOutputQuantization": list(placement.op_types),
+        "DedicatedQDQPair": False,
+        "ForceQuantizeNoInputCheck": True,
+        "QDQOpTypePerChannelSupportToAxis": dict(PER_CHANNEL_AXIS),
+    }
+
+
+def calibration_tensors(
+    onnx_path: str | Path, *, symmetric: bool, exclude_patterns: Sequence[str] = ("/decode/",),
+    op_types: Sequence[str] = ORT_OP_TYPES,
+) -> list[str]:
+    """The activation tensors quantize_qdq needs ranges for: TensorRT's placement (symmetric=True), or the
+    inputs and outputs of `op_types` (ONNX Runtime's form), the decode left out."""
+    if not symmetric:
+        return quantizable_tensors(onnx_path, op_types, exclude_patterns)
+    model = _load_for_quantizer(Path(onnx_path), _qdq_config(True))
+    return list(tensorrt_placement(model, decode_node_names(model.graph, exclude_patterns)).tensors)
 
 
 def _load_for_quantizer(src: Path, cfg: dict[str, Any]) -> Any:
@@ -192,6 +248,8 @@ def _load_for_quantizer(src: Path, cfg: dict[str, Any]) -> Any:
     import onnx
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer, update_opset_version
 
+    if not src.is_file():
+        raise EnginesmithError(f"ONNX model not found: {src}")
     with tempfile.TemporaryDirectory(prefix="enginesmith-qdq-") as tmpdir:
         local = Path(tmpdir) / "model.onnx"
         local.write_bytes(src.read_bytes())

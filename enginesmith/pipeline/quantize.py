@@ -3,7 +3,8 @@
 Per DESIGN.md (Precision): each backend gets its model from the quantizer that knows its kernels.
 - openvino int8: NNCF on the OpenVINO model (overflow fix for AVX2-without-VNNI) -> IR model.xml/.bin
 - onnxruntime int8: our streaming activation ranges -> ONNX Runtime's Q/DQ quantizer -> model.onnx
-- tensorrt int8: the same ranges -> symmetric Q/DQ (zero points 0) -> model.onnx
+- tensorrt int8: ranges of the tensors TensorRT's placement quantizes -> symmetric Q/DQ (zero points 0)
+  placed as NVIDIA recommends (calibration/tensorrt_placement.py) -> model.onnx
 - fp16: an FP16-typed ONNX for onnxruntime/tensorrt; OpenVINO compresses at engine build instead.
 - fp32: nothing to do.
 Compute layers are quantized; nodes under a `decode` module (box decoding) stay float.
@@ -21,9 +22,9 @@ import numpy as np
 from enginesmith.backends.targets import Target, get_precision, get_target
 from enginesmith.calibration.fp16 import onnx_to_fp16
 from enginesmith.calibration.nncf_openvino import quantize_openvino
-from enginesmith.calibration.qdq import quantize_qdq
+from enginesmith.calibration.qdq import calibration_tensors, quantize_qdq
 from enginesmith.calibration.sources import calibration_batches
-from enginesmith.calibration.statistics import activation_ranges, quantizable_tensors
+from enginesmith.calibration.statistics import activation_ranges
 from enginesmith.pipeline.artifacts import Artifact, Cache, StageResult
 from enginesmith.progress import progress_bar
 from enginesmith.runtime.preprocess import PreprocessSpec
@@ -115,15 +116,16 @@ def precision_artifacts(
         )
         on_stage(art)
         return art
+    symmetric = t.int8_symmetric  # TensorRT's explicit quantization: zero points 0, TensorRT's Q/DQ placement
+    placement = {"placement": "tensorrt" if symmetric else "onnxruntime", "op_types": list(QUANTIZED_OP_TYPES)}
     stats = cache.run(
-        "statistics", [simplified], {"calibration": calibration.fingerprint(), "exclude": DECODE_ONNX_PATTERN},
-        lambda tmp: _statistics(simplified.file, calibration, tmp),
+        "statistics", [simplified],
+        {"calibration": calibration.fingerprint(), "exclude": DECODE_ONNX_PATTERN, **placement},
+        lambda tmp: _statistics(simplified.file, calibration, symmetric, tmp),
     )
     on_stage(stats)
-    symmetric = t.int8_symmetric  # TensorRT's explicit quantization takes zero points 0 only
     art = cache.run(
-        "quantize-qdq", [simplified, stats],
-        {"symmetric": symmetric, "op_types": list(QUANTIZED_OP_TYPES), **options.params(t)},
+        "quantize-qdq", [simplified, stats], {"symmetric": symmetric, **placement, **options.params(t)},
         lambda tmp: _qdq(simplified.file, stats.file, symmetric, options.keep_float, tmp),
     )
     on_stage(art)
@@ -154,8 +156,10 @@ def _nncf(src: Path, calibration: Calibration, options: QuantizeOptions, tmp: Pa
     return StageResult(["model.xml", "model.bin"], {"quantizer": "nncf", "calibration_batches": len(calibration), **info})
 
 
-def _statistics(src: Path, calibration: Calibration, tmp: Path) -> StageResult:
-    names = quantizable_tensors(src, QUANTIZED_OP_TYPES, (DECODE_ONNX_PATTERN,))
+def _statistics(src: Path, calibration: Calibration, symmetric: bool, tmp: Path) -> StageResult:
+    """Ranges of the tensors quantize_qdq quantizes in the form `symmetric` selects (qdq.calibration_tensors)."""
+    names = calibration_tensors(src, symmetric=symmetric, exclude_patterns=(DECODE_ONNX_PATTERN,),
+                                op_types=QUANTIZED_OP_TYPES)
     passes = 1 if calibration.method == "minmax" else 2
     with progress_bar(f"activation statistics ({calibration.method})", len(calibration) * calibration.batch,
                       passes) as update:
