@@ -209,7 +209,7 @@ def test_profile_workspace_and_timing_cache_map_onto_create_config(tmp_path):
     [profile] = config.profiles
     assert list(profile) == ["images"]
     shapes = profile["images"]
-    assert (shapes.min, shapes.opt, shapes.max) == ((2, 1, 4, 4), (4, 1, 4, 4), (16, 1, 4, 4))
+    assert (shapes.min, shapes.opt, shapes.max) == ((2, 16, 4, 4), (4, 16, 4, 4), (16, 16, 4, 4))
 
 
 def test_a_static_model_gets_an_empty_profile_and_dynamic_spatial_dims_are_refused(tmp_path):
@@ -217,12 +217,12 @@ def test_a_static_model_gets_an_empty_profile_and_dynamic_spatial_dims_are_refus
     _, config = _loaders(_save(static, tmp_path / "s.onnx"), "int8")
     assert [dict(p) for p in config.profiles] == [{}]  # Polygraphy fills a static input's shape itself
     old_ir = _conv_model()  # weights listed as graph inputs too (IR < 4 style): not profiled
-    old_ir.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, ["n", 1, 1, 1]))
+    old_ir.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, ["n", 16, 1, 1]))
     _, config = _loaders(_save(old_ir, tmp_path / "w.onnx"), "fp32", max_batch=2)
-    assert list(config.profiles[0]) == ["images"] and config.profiles[0]["images"].max == (2, 1, 4, 4)
+    assert list(config.profiles[0]) == ["images"] and config.profiles[0]["images"].max == (2, 16, 4, 4)
     spatial = _conv_model()
     spatial.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
-    with pytest.raises(EnginesmithError, match="TensorRT input images has dynamic dims \\[-1, 1, -1, 4\\] beyond the batch"):
+    with pytest.raises(EnginesmithError, match="TensorRT input images has dynamic dims \\[-1, 16, -1, 4\\] beyond the batch"):
         _loaders(_save(spatial, tmp_path / "d.onnx"), "fp32")
 
 
