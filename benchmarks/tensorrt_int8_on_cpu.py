@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from enginesmith.backends.onnxruntime import Runner
+from enginesmith.benchmarks.machine import run_header
 from enginesmith.pipeline.accuracy import measure
 from enginesmith.pipeline.config import BuildConfig
 from enginesmith.pipeline.context import BuildContext
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("ENGINESMITH_CACHE", "build/.cache")))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    rows = []
+    rows, load = [], os.getloadavg()
     print("| model | FP32 (ONNX Runtime) | TensorRT INT8 on ONNX Runtime | drop | Q/DQ pairs |\n|---|---|---|---|---|")
     for item in args.checkpoints:
         model, _, path = item.partition("=")
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {model} | {r['fp32']:.2f} | {r['int8']:.2f} | {r['drop']:.2f} | {r['quantize']['qdq_pairs']} |",
               flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
-                                         "loadavg_start": os.getloadavg(), "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), **run_header(), "loadavg_start": load,
+                                         "rows": rows}, indent=2))
     return 0
 
 
