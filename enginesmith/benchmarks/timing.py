@@ -198,10 +198,12 @@ class PeakEstimate:
     isa: str
     basis: str
 
-    def for_precision(self, precision: str) -> float:
-        """The peak a `precision` engine can reach: fp16/bf16 -> the 16-bit peak, int8/mixed -> int8, else fp32."""
-        return {"fp16": self.fp16_gmacs, "bf16": self.fp16_gmacs, "int8": self.int8_gmacs}.get(
-            engine_precision(precision), self.fp32_gmacs)
+    def for_precision(self, precision: str) -> float | None:
+        """The peak a `precision` engine can reach: fp16 -> fp16, int8/mixed -> int8, bf16 -> None (not estimated:
+        AVX512-BF16 and AMX-BF16 differ too much to assume one), else fp32."""
+        if engine_precision(precision) == "bf16":
+            return None
+        return {"fp16": self.fp16_gmacs, "int8": self.int8_gmacs}.get(engine_precision(precision), self.fp32_gmacs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

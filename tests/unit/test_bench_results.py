@@ -85,6 +85,7 @@ def test_peak_estimate_by_hand():
     assert spr.fp16_gmacs == pytest.approx(2 * 166.4)  # AVX512-FP16: 32 halves per register
     assert spr.int8_gmacs == pytest.approx(2 * 2.6 * 1024)  # AMX-INT8
     assert spr.for_precision("int8") == spr.int8_gmacs and spr.for_precision("fp32") == spr.fp32_gmacs
+    assert spr.for_precision("bf16") is None  # not estimated (AMX-BF16 and AVX512-BF16 differ too much)
     assert "2 FMA pipes" in spr.basis and "AMX" in spr.basis
     # 8 logical CPUs, 2 threads per core -> 4 cores; the model name's 3.40 GHz beats 'cpu MHz' (a power state)
     hsw = estimate_peak(CPUINFO_HSW, logical_cpus=8)
