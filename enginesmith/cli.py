@@ -92,11 +92,10 @@ def build(
     from enginesmith.runtime.preprocess_override import parse_values
 
     try:
-        auto = target == "auto"
-        if auto:
-            _check_auto_options(precision, batch, dynamic_batch, fallback)
-        elif objective != "latency":
-            raise EnginesmithError("--objective chooses what --target auto optimises; give --target auto or drop it")
+        from enginesmith.benchmarks.auto_target import AUTO_TARGET, check_options
+
+        auto = target == AUTO_TARGET
+        check_options(target, precision, batch, dynamic_batch, fallback, objective)
         config = BuildConfig(
             model=model, target=target, precision=precision or "int8", weights=weights, cfg=cfg, names=names, calib=calib, calib_method=calib_method,
             calib_size=calib_size, batch=batch, dynamic_batch=dynamic_batch,
@@ -142,13 +141,6 @@ def build(
     sys.stdout.write(report)
     console.print(f"engine, manifest.json and report.md written to [bold]{out}[/]", highlight=False)
 
-
-def _check_auto_options(precision: str | None, batch: int, dynamic_batch: bool, fallback: str) -> None:
-    """--target auto chooses the precision and batch itself: options that would fix them are refused."""
-    for given, what in ((precision is not None, "--precision"), (batch != 1 or dynamic_batch, "--batch/--dynamic-batch"),
-                        (fallback != "none", "--fallback")):
-        if given:
-            raise EnginesmithError(f"--target auto chooses the precision and batch itself (by --objective); drop {what}")
 
 
 app.command("build")(build)

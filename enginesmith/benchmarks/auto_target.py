@@ -34,6 +34,7 @@ from enginesmith.pipeline.accuracy import DEFAULT_BUDGET
 from enginesmith.pipeline.outdir import hold_out, out_state, publish_engine_folder
 from enginesmith.pipeline.run import BuildConfig, build_engine
 
+AUTO_TARGET = "auto"  # the --target value
 OBJECTIVES = ("latency", "throughput")
 BATCHES = {"latency": (1,), "throughput": (1, 8)}
 AUTO_FILE = "auto.json"
@@ -73,6 +74,20 @@ class Outcome:
         d["candidate"] = self.candidate.key
         d["engine_dir"] = None
         return d
+
+
+def check_options(target: str, precision: str | None, batch: int, dynamic_batch: bool, fallback: str,
+                  objective: str) -> None:
+    """build-engine's options against --target auto: it chooses the precision and batch itself, so options that
+    would fix them are refused; --objective means nothing without it. One-line EnginesmithError."""
+    if target != AUTO_TARGET:
+        if objective != "latency":
+            raise EnginesmithError("--objective chooses what --target auto optimises; give --target auto or drop it")
+        return
+    for given, what in ((precision is not None, "--precision"), (batch != 1 or dynamic_batch, "--batch/--dynamic-batch"),
+                        (fallback != "none", "--fallback")):
+        if given:
+            raise EnginesmithError(f"--target auto chooses the precision and batch itself (by --objective); drop {what}")
 
 
 def candidates(objective: str) -> tuple[list[Candidate], list[Outcome]]:
