@@ -17,7 +17,6 @@ prints one markdown table row per model (FP32 ONNX, TensorRT INT8, drop, Q/DQ pa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 from enginesmith.backends.onnxruntime import Runner
 from enginesmith.benchmarks.machine import run_header
+from enginesmith.files import write_json_atomic
 from enginesmith.pipeline.accuracy import measure
 from enginesmith.pipeline.config import BuildConfig
 from enginesmith.pipeline.context import BuildContext
@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {model} | {r['fp32']:.2f} | {r['int8']:.2f} | {r['drop']:.2f} | {r['quantize']['qdq_pairs']} |",
               flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"command": " ".join(sys.argv), **run_header(), "loadavg_start": load,
-                                         "rows": rows}, indent=2))
+        write_json_atomic(args.json, {"command": " ".join(sys.argv), **run_header(), "loadavg_start": load, "rows": rows})
     return 0
 
 

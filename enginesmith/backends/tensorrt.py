@@ -47,19 +47,26 @@ REBUILD = "rebuild for this device with `enginesmith build --target tensorrt`"
 
 
 # -- the GPU and the device --------------------------------------------------------------------------
-def gpu_count() -> tuple[int, str]:
-    """(number of CUDA GPUs this process sees, why none): cudaGetDeviceCount through polygraphy.cuda, the CUDA
-    runtime (libcudart) TrtRunner uses, so it honours CUDA_VISIBLE_DEVICES; (0, reason) without one."""
+def _cudart() -> tuple[Any, str]:
+    """(the CUDA runtime's C functions as polygraphy.cuda loads them, "") or (None, why it cannot be loaded)."""
     try:
         from polygraphy import cuda
         from polygraphy.logger import G_LOGGER
     except ImportError as e:
-        return 0, f"polygraphy cannot be imported ({first_line(e)}); pip install polygraphy"
+        return None, f"polygraphy cannot be imported ({first_line(e)}); pip install polygraphy"
     try:
         with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # its library search warns; the reason below says it in one line
-            cudart = cuda.wrapper().handle
+            return cuda.wrapper().handle, ""
     except Exception as e:  # OSError: no libcudart on the loader path
-        return 0, f"no CUDA GPU: the CUDA runtime library cannot be loaded ({first_line(e)})"
+        return None, f"no CUDA GPU: the CUDA runtime library cannot be loaded ({first_line(e)})"
+
+
+def gpu_count() -> tuple[int, str]:
+    """(number of CUDA GPUs this process sees, why none): cudaGetDeviceCount through polygraphy.cuda, the CUDA
+    runtime (libcudart) TrtRunner uses, so it honours CUDA_VISIBLE_DEVICES; (0, reason) without one."""
+    cudart, why = _cudart()
+    if cudart is None:
+        return 0, why
     count = ctypes.c_int(0)
     status = int(cudart.cudaGetDeviceCount(ctypes.byref(count)))
     if status != 0:
@@ -117,13 +124,8 @@ def cuda_device_zero_properties() -> tuple[str | None, str | None]:
     """(name, compute capability "8.7") of CUDA device 0 from the CUDA runtime Polygraphy loads (no nvidia-smi,
     as on Jetson): cudaDeviceGetAttribute for the capability, and cudaDeviceProp's first field, char name[256],
     for the name. (None, None) when the runtime cannot be asked."""
-    try:
-        from polygraphy import cuda
-        from polygraphy.logger import G_LOGGER
-
-        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
-            cudart = cuda.wrapper().handle
-    except Exception:
+    cudart, _ = _cudart()
+    if cudart is None:
         return None, None
     major_, minor_ = ctypes.c_int(0), ctypes.c_int(0)
     props = ctypes.create_string_buffer(CUDA_DEVICE_PROP_BYTES)
