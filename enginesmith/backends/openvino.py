@@ -22,6 +22,9 @@ WEIGHTS_FILE = "model.bin"
 TARGET = "openvino"
 BUILD_TIMEOUT_S = 600.0
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
+# What an engine folder's manifest may fix for the runtime ("runtime": {name: int}; --target auto measures them):
+# INFERENCE_NUM_THREADS of the synchronous (LATENCY) runner, NUM_STREAMS of the THROUGHPUT path.
+RUNTIME_SETTINGS = ("num_threads", "num_streams")
 
 # The child compiles with the same config the Runner uses by default, so "it compiled" means what runs.
 _CHECK_COMPILE = (

@@ -76,6 +76,9 @@ class Target:
     quantizer takes (they enter the precision stage's cache key). layer_ranking: the runtime that runs the
     quantized model when the mixed search ranks layers ("onnxruntime" stands in for TensorRT's Q/DQ).
     runner_options(precision): keyword arguments of `backend.Runner` for an engine of that precision.
+    runtime_settings: the settings an engine folder's manifest may fix for the runtime ("runtime": {name: int}),
+    which `--target auto` measures and records: OpenVINO's num_threads (INFERENCE_NUM_THREADS of the synchronous
+    runner) and num_streams (NUM_STREAMS of the throughput path). Absent: the plugin's own choice.
     build_options(cache_root): (keyword arguments of `backend.build`, extra engine-stage cache-key parameters).
     """
 
@@ -93,6 +96,7 @@ class Target:
     needs_gpu: bool = False
     engine_companions: tuple[str, ...] = ()  # suffixes of the weights files that sit beside the engine file (".bin")
     streams_async: bool = False  # runtime: an async request queue overlaps preprocessing and inference
+    runtime_settings: tuple[str, ...] = ()
     takes_max_roi_pool: bool = True  # its ONNX importer takes MaxRoiPool (Fast R-CNN's pooling)
     check_device: Callable[[dict[str, Any]], None] | None = None  # refuses a manifest this machine cannot load
     precisions: tuple[str, ...] = tuple(PRECISIONS)  # the --precision values it builds
@@ -130,6 +134,7 @@ TARGETS: dict[str, Target] = {
         "pip install '/path/to/enginesmith[runtime-openvino]')", int8_quantizer="nncf",
         default_calib_method="minmax", fp16_model="engine", quantize_options=("nncf_preset", "overflow_fix"), layer_ranking="openvino", engine_companions=(".bin",),
         streams_async=True, runner_options=openvino.runner_options, precision_runs_here=openvino.precision_runs_here,
+        runtime_settings=openvino.RUNTIME_SETTINGS,
     ),
     "onnxruntime": Target(
         "onnxruntime", "ONNX Runtime", onnxruntime, "onnxruntime",

@@ -9,14 +9,20 @@ usable here; precisions fp32, fp16, bf16 and int8 that the target builds and thi
   layers in float until the budget holds);
 - without it: by the verification tolerance alone (every built engine passed it), which the report says.
 The fastest candidate that passes wins: by the median latency of one call at batch 1 (objective latency),
-or by images per second (objective throughput; OpenVINO's throughput mode where the target streams). Its
-engine folder is published at `--out` with `auto.json` (every candidate: time, accuracy, why rejected) and
-a section of report.md saying why it won. Candidates that cannot run here are listed with the reason.
+or by images per second (objective throughput; OpenVINO's throughput mode where the target streams).
+Runtime settings (Target.runtime_settings: OpenVINO's INFERENCE_NUM_THREADS for latency, NUM_STREAMS for
+throughput; the performance hint follows the objective) are measured on the fastest passing candidate of a
+target that takes them (`settings="all"`: on every passing one, the exhaustive sweep); they change no numerics,
+so they keep that candidate's accuracy. The winner's engine folder is published at `--out`, its manifest's
+"runtime" holding the winning settings (the runtime and the bench use them), with `auto.json` (every
+candidate: time, accuracy, why rejected) and a section of report.md saying why it won. Candidates that cannot
+run here are listed with the reason.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -47,10 +53,11 @@ class Candidate:
     target: str
     precision: str
     batch: int = 1
+    settings: tuple[tuple[str, int], ...] = ()  # runtime settings (Target.runtime_settings); () = the backend's own
 
     @property
     def key(self) -> str:
-        return f"{self.target}/{self.precision}/b{self.batch}"
+        return f"{self.target}/{self.precision}/b{self.batch}" + "".join(f"/{k}={v}" for k, v in self.settings)
 
 
 @dataclass
@@ -115,6 +122,17 @@ def candidates(objective: str) -> tuple[list[Candidate], list[Outcome]]:
     return runnable, not_run
 
 
+def settings_variants(target: str, objective: str, cores: int | None = None) -> list[tuple[tuple[str, int], ...]]:
+    """The runtime settings worth measuring for `target` under `objective` on a machine with `cores` CPUs this
+    process may use (default: its affinity): 1, half and all of them, as threads (latency: one synchronous call
+    at a time) or streams (throughput). [] when the target takes none."""
+    cores = cores or len(os.sched_getaffinity(0))
+    name = "num_threads" if objective == "latency" else "num_streams"
+    if name not in TARGETS[target].runtime_settings:
+        return []
+    return [((name, n),) for n in sorted({1, max(1, cores // 2), cores})]
+
+
 def speed(o: Outcome, objective: str) -> float:
     """Higher is better: images per second (throughput) or 1 / latency of one batch-1 call (latency)."""
     if objective == "throughput":
@@ -123,11 +141,15 @@ def speed(o: Outcome, objective: str) -> float:
 
 
 def build_auto(config: BuildConfig, objective: str = "latency", calib_method: str | None = None,
-               profile: TimingProfile | None = None,
+               profile: TimingProfile | None = None, settings: str = "fastest",
                echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> tuple[Path, list[Outcome]]:
     """Build, measure and judge every candidate for `config` (its target, precision and fallback are ignored);
     publish the winner at config.out (default build/MODEL/auto-OBJECTIVE). `calib_method`: the user's, for
-    every INT8 candidate (None: each target's own default). Returns (the engine folder, all outcomes)."""
+    every INT8 candidate (None: each target's own default). `settings`: measure runtime settings on the fastest
+    passing candidate of each target that takes them ("fastest") or on every passing one ("all": the exhaustive
+    sweep the pruned search is checked against). Returns (the engine folder, all outcomes)."""
+    if settings not in ("fastest", "all"):
+        raise EnginesmithError(f"unknown settings search {settings!r}; use fastest or all")
     runnable, outcomes = candidates(objective)
     if not runnable:
         raise EnginesmithError("no engine target can run here: " + "; ".join(o.reason for o in outcomes))
@@ -156,6 +178,13 @@ def build_auto(config: BuildConfig, objective: str = "latency", calib_method: st
                 echo(f"auto: {cand.key}: {_describe(o)}")
                 if o.status == "rejected" and cand.precision == "int8" and config.val is not None:
                     queue.insert(0, Candidate(cand.target, "mixed", cand.batch))
+            for base in _settings_bases(outcomes, objective, settings):
+                for variant in settings_variants(base.candidate.target, objective):
+                    cand = replace(base.candidate, settings=variant)
+                    echo(f"auto: {cand.key}: measuring")
+                    o = _measure_settings(cand, base, config, objective, profile, spec.task)
+                    outcomes.append(o)
+                    echo(f"auto: {cand.key}: {_describe(o)}")
             passed = [o for o in outcomes if o.status == "passed"]
             if not passed:
                 raise EnginesmithError("no candidate passed: " + "; ".join(f"{o.candidate.key}: {o.reason}"
@@ -167,6 +196,10 @@ def build_auto(config: BuildConfig, objective: str = "latency", calib_method: st
 
             def fill(tmp: Path) -> None:
                 shutil.copytree(winner.engine_dir, tmp, dirs_exist_ok=True)
+                if winner.candidate.settings:  # the runtime and the bench read them from the manifest
+                    manifest = json.loads((tmp / "manifest.json").read_text())
+                    manifest["runtime"] = dict(winner.candidate.settings)
+                    write_json_atomic(tmp / "manifest.json", manifest)
                 write_json_atomic(tmp / AUTO_FILE, record)
                 with open(tmp / "report.md", "a") as f:
                     f.write("\n" + render_auto(record) + "\n")
@@ -175,6 +208,19 @@ def build_auto(config: BuildConfig, objective: str = "latency", calib_method: st
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return out, outcomes
+
+
+def _settings_bases(outcomes: list[Outcome], objective: str, settings: str) -> list[Outcome]:
+    """The passing candidates whose runtime settings get measured: per target that takes settings, the fastest
+    ("fastest") or every one ("all")."""
+    bases: list[Outcome] = []
+    for target in TARGETS.values():
+        passed = [o for o in outcomes if o.status == "passed" and o.candidate.target == target.name
+                  and not o.candidate.settings and o.engine_dir is not None]
+        if not target.runtime_settings or not passed:
+            continue
+        bases.extend(passed if settings == "all" else [max(passed, key=lambda o: speed(o, objective))])
+    return bases
 
 
 def _try(cand: Candidate, config: BuildConfig, calib_method: str | None, budget: float, objective: str,
@@ -197,10 +243,30 @@ def _try(cand: Candidate, config: BuildConfig, calib_method: str | None, budget:
                 build_s=round(sum(float(s.get("wall_time_s", 0.0)) for s in manifest["stages"]), 1))
     if result.accuracy is not None:  # within the budget: the build refuses an engine over it
         o.metric, o.drop = float(result.accuracy["engine"]), float(result.accuracy["drop"])
+    return _measure(o, config, manifest, result.engine, objective, profile, task)
+
+
+def _measure_settings(cand: Candidate, base: Outcome, config: BuildConfig, objective: str, profile: TimingProfile,
+                      task: str) -> Outcome:
+    """Measure `base`'s engine under `cand.settings`; the accuracy is base's (the settings change no numerics)."""
+    assert base.engine_dir is not None
+    o = replace(base, candidate=cand, status="passed", reason=f"the engine of {base.candidate.key}", latency_ms=None,
+                fps=None, build_s=0.0)
+    manifest = json.loads((base.engine_dir / "manifest.json").read_text())
+    manifest["runtime"] = dict(cand.settings)
+    return _measure(o, config, manifest, base.engine_dir / manifest["engine"], objective, profile, task)
+
+
+def _measure(o: Outcome, config: BuildConfig, manifest: dict[str, Any], engine: Path, objective: str,
+             profile: TimingProfile, task: str) -> Outcome:
+    """Fill o's latency and fps as `enginesmith bench` measures them (its own process), with the manifest's
+    runtime settings; a measuring error makes it failed."""
+    cand = o.candidate
+    assert o.engine_dir is not None
     run = Run(model=config.model, method=config.model, input_size=tuple(manifest["input"]["shape"][-2:]),
               target=cand.target, precision=cand.precision, batch=cand.batch, task=task, weights=config.weights,
               dataset=config.val, split=config.val_split)
-    built = Built(engine_dir=result.out, engine_file=result.engine, manifest=manifest)
+    built = Built(engine_dir=o.engine_dir, engine_file=engine, manifest=manifest)
     try:
         measured = measure_isolated(make_job(run, built, profile, objective == "throughput", None),
                                     CHILD_TIMEOUT_S["full"])
@@ -233,7 +299,7 @@ def _record(outcomes: list[Outcome], winner: Outcome, objective: str, budget: fl
     return {"schema": "enginesmith-auto", "objective": objective, "judged_by": judged,
             "winner": winner.candidate.key, "why": why,
             "settings": {"target": winner.candidate.target, "precision": winner.candidate.precision,
-                         "batch": winner.candidate.batch},
+                         "batch": winner.candidate.batch, "runtime": dict(winner.candidate.settings)},
             "candidates": [o.to_dict() for o in outcomes]}
 
 

@@ -231,7 +231,8 @@ def make_job(run: Run, built: Built | None, profile: TimingProfile, throughput: 
                            "throughput": bool(throughput and run.target in TARGETS and TARGETS[run.target].streams_async), "ov_streams": ov_streams}
     if built is not None and built.manifest is not None:
         m = built.manifest
-        job.update(engine=str(built.engine_file), input_name=m["input"]["name"], preprocess=m["preprocess"])
+        job.update(engine=str(built.engine_file), input_name=m["input"]["name"], preprocess=m["preprocess"],
+                   runtime=dict(m.get("runtime") or {}))  # the settings the runtime would use (--target auto's)
     else:
         info = read_checkpoint_info(run.weights) if run.weights else {}
         pre, _ = resolve_preprocess(spec.preprocess.with_size(*run.input_size), run.preprocess, info.get("preprocess"),
@@ -365,7 +366,7 @@ def measure_job(job: dict[str, Any], isolated: bool = True) -> dict[str, Any]:
     if job.get("torch"):
         runner, state_bytes = _torch_runner(job["torch"])
     else:
-        runner = TARGETS[job["target"]].runner(Path(job["engine"]), job["precision"])
+        runner = TARGETS[job["target"]].runner(Path(job["engine"]), job["precision"], **job.get("runtime", {}))
     input_name = job["input_name"]
     with runner:
         load_s = time.perf_counter() - t0
@@ -385,7 +386,8 @@ def measure_job(job: dict[str, Any], isolated: bool = True) -> dict[str, Any]:
                               "throughput": None}
     if job.get("throughput"):
         hint = TARGETS["openvino"].options(job["precision"])["inference_precision"]
-        result["throughput"] = openvino_throughput(Path(job["engine"]), x, hint, profile.throughput_s, job.get("ov_streams"))
+        streams = job.get("ov_streams") or job.get("runtime", {}).get("num_streams")
+        result["throughput"] = openvino_throughput(Path(job["engine"]), x, hint, profile.throughput_s, streams)
     return result
 
 

@@ -43,7 +43,8 @@ class _Engine(Generic[R]):
     def __init__(self, info: EngineInfo, runner_options: dict[str, Any] | None = None) -> None:
         target = TARGETS[info.target]
         self.info = info
-        self._options = target.options(info.precision, **(runner_options or {}))
+        # the manifest's runtime settings (what --target auto measured fastest), then the caller's
+        self._options = target.options(info.precision, **{**info.runtime, **(runner_options or {})})
         self._runner = target.backend.Runner(info.engine_file, **self._options)
         self._runner.activate()
         self._async: Any = None
@@ -126,14 +127,16 @@ class _Engine(Generic[R]):
     def stream(self, images: Iterable[ImageLike], channels: Channels = "RGB", requests: int = 0) -> Iterator[R]:
         """Results for a stream of images, in order. OpenVINO engines run an async queue of `requests`
         infer requests on a THROUGHPUT-compiled model (0: OpenVINO's optimal number; compiled on first
-        use), so preprocessing of the next images overlaps inference; other backends run batch by batch."""
+        use; NUM_STREAMS from the manifest's runtime settings when it fixes them), so preprocessing of the next
+        images overlaps inference; other backends run batch by batch."""
         if not TARGETS[self.info.target].streams_async:
             for group in _chunks(images, self.batch_size):
                 yield from self._run_group(group, channels)
             return
 
         if self._async is None or self._async.requests_asked != requests:
-            self._async = AsyncEngine(self.info.engine_file, self._options.get("inference_precision", "f32"), requests)
+            self._async = AsyncEngine(self.info.engine_file, self._options.get("inference_precision", "f32"), requests,
+                                      self._options.get("num_streams"))
 
         def batches() -> Iterator[tuple[np.ndarray, list[Transform]]]:
             for group in _chunks(images, self.batch_size):

@@ -69,6 +69,7 @@ class EngineInfo:
     class_names: tuple[str, ...]
     trained: bool | None = None
     nms_params: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, int] = field(default_factory=dict)  # settings the build fixed (Target.runtime_settings)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -380,9 +381,24 @@ def validate_manifest(raw: dict[str, Any], where: Path) -> None:
             raise c.fail(f"device.{k}", "a string or null", device[k])
     _check_stages(c, raw.get("stages"), nms if task == "detection" else None)
     _check_inputs(c, raw.get("inputs"))
+    _check_runtime(c, raw.get("runtime"), target)
     if "two_stage" in raw:
         _check_two_stage(c, raw, task, class_names)
     _check_engine_files(c, raw, target)
+
+
+MAX_RUNTIME_SETTING = 1024  # threads / streams: far above any CPU this runs on
+
+
+def _check_runtime(c: _Checker, runtime: Any, target: str) -> dict[str, int]:
+    """`runtime` (optional): {setting: positive int} with settings the target takes (Target.runtime_settings)."""
+    settings = c.mapping(runtime, "runtime", optional=True)
+    allowed = TARGETS[target].runtime_settings
+    for k, v in settings.items():
+        if k not in allowed:
+            raise c.fail(f"runtime.{k}", f"absent: {target} engines take {', '.join(allowed) or 'no runtime settings'}", v)
+        c.integer(v, f"runtime.{k}", 1, MAX_RUNTIME_SETTING)
+    return dict(settings)
 
 
 def _check_schema(c: _Checker, raw: Any, folder: Path) -> None:
@@ -469,7 +485,7 @@ def engine_info(folder: str | Path) -> EngineInfo:
         precision=raw["precision"], engine_file=folder / raw["engine"], input_name=raw["input"]["name"],
         batch=shape[0] if _is_int(shape[0]) else None, channels=int(shape[1]), outputs=tuple(raw["outputs"]),
         nms=raw.get("nms"), preprocess=spec, class_names=tuple(raw["class_names"]), trained=raw.get("trained"),
-        nms_params=_nms_params(raw), raw=raw,
+        nms_params=_nms_params(raw), runtime=dict(raw.get("runtime") or {}), raw=raw,
     )
 
 

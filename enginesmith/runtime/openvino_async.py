@@ -27,9 +27,11 @@ def _name(port: Any, fallback: str) -> str:
 
 
 class AsyncEngine:
-    """Compile `xml` for CPU with PERFORMANCE_HINT THROUGHPUT; `run` feeds batches through an async queue."""
+    """Compile `xml` for CPU with PERFORMANCE_HINT THROUGHPUT (NUM_STREAMS `streams` when given, else the plugin's
+    choice); `run` feeds batches through an async queue."""
 
-    def __init__(self, xml: str | Path, inference_precision: str = "f32", requests: int = 0) -> None:
+    def __init__(self, xml: str | Path, inference_precision: str = "f32", requests: int = 0,
+                 streams: int | None = None) -> None:
         import openvino as ov
 
         self.requests_asked = int(requests)
@@ -37,8 +39,10 @@ class AsyncEngine:
         try:
             model = ov.Core().read_model(str(xml), str(xml.with_suffix(".bin")))
             self.output_names = [_name(p, f"output{i}") for i, p in enumerate(model.outputs)]
-            self._compiled = ov.Core().compile_model(
-                model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": inference_precision})
+            config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": inference_precision}
+            if streams:
+                config["NUM_STREAMS"] = int(streams)
+            self._compiled = ov.Core().compile_model(model, "CPU", config)
         except Exception as e:
             raise EnginesmithError(f"cannot compile {xml} for throughput: {first_line(e)}; rebuild the engine") from None
         self._queue = ov.AsyncInferQueue(self._compiled, self.requests_asked)

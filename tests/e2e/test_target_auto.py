@@ -1,6 +1,7 @@
 """`build-engine MODEL --target auto` on a really trained LeNet-5 with a calibration set that ruins INT8 (one
 black image), so the accuracy judge has work: every INT8 candidate must be rejected by the task metric, the
-mixed search must follow it on the same target, and the winner must be the fastest that passed.
+mixed search must follow it on the same target, OpenVINO's thread counts must be measured on its fastest passing
+candidate, and the winner must be the fastest that passed, its settings in the published manifest.
 
 The published engine's top-1 and PyTorch's are computed here independently (test_build_lenet5's helpers); the
 candidate list is written out from this machine's CPU flags (/proc/cpuinfo), not taken from the code."""
@@ -77,6 +78,15 @@ def test_int8_is_rejected_by_the_metric_and_mixed_is_tried_on_the_same_target(au
         assert order.index(f"{target}/mixed/b1") == order.index(f"{target}/int8/b1") + 1
     expected = {f"{k}/b1" for k in CPU_CANDIDATES} | {"openvino/mixed/b1", "onnxruntime/mixed/b1"}
     assert expected <= set(status)
+    # OpenVINO's INFERENCE_NUM_THREADS: 1, half and all of this process's CPUs, on its fastest passing candidate only
+    cores = len(os.sched_getaffinity(0))
+    ov = [c for c in record["candidates"] if c["candidate"].startswith("openvino/") and c["status"] in ("winner", "passed")
+          and "num_threads" not in c["candidate"]]
+    fastest_ov = min(ov, key=lambda c: c["latency_ms"])["candidate"]
+    threads = {f"{fastest_ov}/num_threads={n}" for n in {1, max(1, cores // 2), cores}}
+    assert {k for k in status if "num_threads" in k} == threads
+    for k in threads:
+        assert status[k]["metric"] == status[fastest_ov]["metric"] and status[k]["latency_ms"] > 0
     assert any(line.startswith("auto: openvino/fp32/b1: ") for line in lines)  # progress, one line per step
 
 
@@ -92,8 +102,12 @@ def test_the_winner_is_the_fastest_that_passed_and_is_published_whole(auto_run, 
     fastest = min(passed, key=lambda c: c["latency_ms"])
     assert record["winner"] == fastest["candidate"] == next(c["candidate"] for c in passed if c["status"] == "winner")
     manifest = json.loads((out / "manifest.json").read_text())
-    target, precision, batch = record["winner"].split("/")
-    assert (manifest["target"], manifest["precision"], f"b{manifest['input']['shape'][0]}") == (target, precision, batch)
+    chosen = record["settings"]
+    assert record["winner"].startswith(f"{chosen['target']}/{chosen['precision']}/b{chosen['batch']}")
+    assert (manifest["target"], manifest["precision"], manifest["input"]["shape"][0]) == (
+        chosen["target"], chosen["precision"], chosen["batch"])
+    assert manifest.get("runtime", {}) == chosen["runtime"]
+    assert bool(chosen["runtime"]) == ("num_threads=" in record["winner"])
     # the published engine's metric, measured here, is the one the winner was judged by
     fp32 = 100 * _torch_top1(model, digits.test_images, digits.test_labels, registry.get("lenet5").preprocess)
     engine = 100 * _engine_top1(out, digits.test_images, digits.test_labels)
@@ -106,6 +120,31 @@ def test_the_winner_is_the_fastest_that_passed_and_is_published_whole(auto_run, 
     assert np.mean(np.array(got) == digits.test_labels[:50]) >= 0.9
     left = [p.name for p in out.parent.iterdir() if p.name != out.name and p.name.startswith(f".{out.name}")]
     assert left == [], f"candidate folders left beside --out: {left}"
+
+
+def test_the_runtime_runs_with_the_manifests_settings(tmp_path, cache_dir):
+    """runtime.load and stream() compile with the manifest's num_threads / num_streams, as OpenVINO reports them."""
+    from enginesmith import runtime
+    from enginesmith.pipeline.run import build_engine
+
+    out = tmp_path / "ov"
+    build_engine(BuildConfig("lenet5", target="openvino", precision="fp32", cache_dir=cache_dir, out=out,
+                             latency_budget_s=0.1, calib_size=4))
+    image = np.full((32, 32), 128, np.uint8)
+    cores = len(os.sched_getaffinity(0))
+    with runtime.load(out) as plain:
+        default_threads = int(plain._runner._compiled.get_property("INFERENCE_NUM_THREADS"))
+        reference = plain(image)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["runtime"] = {"num_threads": 1, "num_streams": 1}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with runtime.load(out) as tuned:
+        assert int(tuned._runner._compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+        assert tuned(image)[0].class_id == reference[0].class_id
+        assert [r[0].class_id for r in tuned.stream([image] * 3)] == [reference[0].class_id] * 3
+        assert int(str(tuned._async._compiled.get_property("NUM_STREAMS"))) == 1
+    if cores > 1:  # the setting changed something: the plugin's own choice uses every core
+        assert default_threads != 1
 
 
 @pytest.mark.parametrize("args,message", [

@@ -197,7 +197,7 @@ def group_gone(pgid: int, timeout: float = 10.0) -> bool:
 
 
 # -- what a build leaves --------------------------------------------------------------------------------------------
-ENGINE_SIDE_FILES = {"manifest.json", "report.md"}
+ENGINE_SIDE_FILES = {"manifest.json", "report.md", "auto.json"}  # auto.json: --target auto's record
 
 
 def engine_files(out: Path) -> dict[str, bytes]:
