@@ -10,23 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from enginesmith.cluster.devices import cpu_description
 from enginesmith.pipeline.artifacts import tool_versions
 
 
 def cpu_name() -> str:
     """Model name plus the ISA flags that decide INT8/BF16 kernels (VNNI, AMX, AVX512-FP16)."""
-    name, flags = platform.processor() or platform.machine(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name == (platform.processor() or platform.machine()):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16")
-                have = set(line.split(":", 1)[1].split())
-                flags = " ".join(f for f in wanted if f in have)
-    except OSError:
-        pass
-    return f"{name}; CPU flags: {flags or 'unknown'}"
+    return cpu_description()
 
 
 def git_commit() -> str:
