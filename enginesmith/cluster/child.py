@@ -1,17 +1,34 @@
-"""`python -m enginesmith.cluster.child JOB.pkl OUT.pkl`: run one job's function in this fresh process and
-write {"value": ...} or {"error": "one line"} to OUT.pkl (atomically: a killed child leaves none).
+"""`python -m enginesmith.cluster.child JOB.pkl OUT.pkl PARENT_PID`: run one job's function in this fresh process
+and write {"value": ...} or {"error": "one line"} to OUT.pkl (atomically: a killed child leaves none). It dies with
+its parent (PARENT_PID: the executor or Ray worker that started it).
 
 Both files are written by enginesmith itself (the local executor, or a Ray task on its own node) into a
 private temporary folder; nothing else is unpickled here."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
+import signal
 import sys
 from pathlib import Path
 
 from enginesmith.cluster.jobs import call, one_line
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when its parent dies (Linux prctl), and exit now if it already has: a job's process
+    must not outlive the executor or Ray worker that started it (a killed worker, a cancelled task)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the job runs on; the executor still reports it
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def run_pickled(job_path: Path, out_path: Path) -> int:
@@ -32,7 +49,9 @@ def run_pickled(job_path: Path, out_path: Path) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.stderr.write("usage: python -m enginesmith.cluster.child JOB.pkl OUT.pkl (used by enginesmith's executors)\n")
+    if len(sys.argv) != 4:
+        sys.stderr.write("usage: python -m enginesmith.cluster.child JOB.pkl OUT.pkl PARENT_PID (used by enginesmith's "
+                         "executors)\n")
         sys.exit(2)
+    die_with_parent(int(sys.argv[3]))
     sys.exit(run_pickled(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -5,6 +5,7 @@ killed by a signal is the job's one-line error; Ctrl-C stops the running child a
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import subprocess
@@ -23,8 +24,8 @@ def run_in_child(job: Job, timeout_s: float | None = None) -> tuple[object, str 
     with tempfile.TemporaryDirectory(prefix="es-job-") as tmp:
         job_path, out_path = Path(tmp) / "job.pkl", Path(tmp) / "out.pkl"
         job_path.write_bytes(pickle.dumps({"func": job.func, "kwargs": job.kwargs}))
-        proc = subprocess.Popen([sys.executable, "-m", "enginesmith.cluster.child", str(job_path), str(out_path)],
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-m", "enginesmith.cluster.child", str(job_path), str(out_path),
+                                 str(os.getpid())], stdin=subprocess.DEVNULL)
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

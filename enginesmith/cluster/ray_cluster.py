@@ -23,6 +23,7 @@ from enginesmith.errors import EnginesmithError
 INSTALL_HINT = "pip install 'enginesmith[cluster]' (Ray)"
 DEVICE_SHARE = 0.001  # of a node's device resource (it advertises 1): any number of jobs may use a device kind
 RETRIES = 2  # Ray's retries of a task whose worker or node died
+WATCH_S = 5.0  # how often a wait with nothing finished re-checks that every pending job can still be placed
 
 
 def _ray() -> Any:
@@ -94,6 +95,15 @@ class RayExecutor:
             if job.node is not None and job.node not in ids:
                 raise EnginesmithError(f"{job.key} must run on node {job.node[:12]}, which has left the cluster")
 
+    def _unservable(self, job: Job) -> str | None:
+        """Why no live node can run `job` now (its node left, or the last node of its device kind), or None."""
+        nodes = self.nodes()
+        if job.node is not None and job.node not in {n["id"] for n in nodes}:
+            return f"its node ({job.node[:12]}) left the cluster"
+        if job.device is not None and not any(n["resources"].get(resource_name(job.device), 0) > 0 for n in nodes):
+            return f"no live node of the cluster is {job.device} any more (its node left)"
+        return None
+
     def _options(self, job: Job) -> dict[str, Any]:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -117,7 +127,15 @@ class RayExecutor:
         pending = list(refs)
         try:
             while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
+                ready, pending = ray.wait(pending, num_returns=1, timeout=WATCH_S)
+                if not ready:  # nothing finished for a while: a task no live node can run any more never will
+                    for ref in list(pending):
+                        why = self._unservable(refs[ref])
+                        if why:
+                            ray.cancel(ref, force=True)
+                            pending.remove(ref)
+                            yield Done(refs[ref], None, why, node="")
+                    continue
                 job = refs[ready[0]]
                 try:
                     value, error, node, where = ray.get(ready[0])

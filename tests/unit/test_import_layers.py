@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "evaluation": 6,     # metrics, the prediction loop, latency timing (use runtime only, not models/data)
     "runtime": 7,        # torch-free engine loading and pre/post-processing
     "backends": 8,
+    "cluster": 8,        # executors: local child processes, Ray (jobs name their functions as strings)
     "errors": 9,
     "files": 9,
     "progress": 9,
