@@ -267,6 +267,29 @@ def data_offline(
     console.print(f"offline dataset written to [bold]{path}[/]", highlight=False)
 
 
+@app.command("worker")
+def worker(
+    address: Optional[str] = typer.Option(None, help="HEAD:PORT of the cluster to join (default: start a head here)"),
+    port: int = typer.Option(6379, help="the head's port (with no --address)"),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs this node offers (default: all)"),
+    print_only: bool = typer.Option(False, "--print", help="print the `ray start` command instead of running it"),
+) -> None:
+    """Start this machine as a Ray node advertising its device kinds (cpu:avx2, cpu:vnni, cpu:amx, gpu:H100 ...)
+    and one benchmark slot, for `--cluster`."""
+    import shlex
+
+    from enginesmith.cluster.worker import ray_start_command, start_worker
+
+    if print_only:
+        out.print(shlex.join(ray_start_command(address, port, num_cpus)), highlight=False, soft_wrap=True)
+        return
+    try:
+        code = start_worker(address, port, num_cpus)
+    except EnginesmithError as e:
+        _fail(e)
+    raise typer.Exit(code)
+
+
 @app.command("train")
 def train(
     model: str = typer.Argument(..., help="registered model name (e.g. yolov3-tiny-256)"),

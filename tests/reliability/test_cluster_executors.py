@@ -201,3 +201,40 @@ def test_a_node_leaving_with_the_only_device_fails_the_job_in_one_line(sim, tmp_
     assert got[0].error in ("no live node of the cluster is cpu:avx512 any more (its node left)",
                             "the Ray worker running it died (NodeDiedError) and the retries ran out"), got[0].error
     assert _gone(pid)
+
+
+# -- enginesmith worker ---------------------------------------------------------------------------------------
+def test_worker_print_shows_ray_start_with_this_machines_kinds(run_cli):
+    proc = run_cli("worker", "--address", "10.1.2.3:6379", "--print")
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip()
+    assert "ray start --resources" in line and "--address 10.1.2.3:6379" in line
+    for kind in local_kinds():
+        assert f'"{resource_name(kind)}": 1.0' in line
+    assert f'"{MEASURE_SLOT}": 1.0' in line
+
+
+@pytest.mark.slow  # starts and stops a real Ray head with `ray start` (and `ray stop` ends every Ray on the machine)
+def test_worker_starts_a_head_that_places_jobs_by_kind(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    start = subprocess.run([sys.executable, "-m", "enginesmith.cli", "worker", "--port", str(port)], env=env,
+                           capture_output=True, text=True, timeout=180)
+    try:
+        assert start.returncode == 0, start.stdout + start.stderr
+        probe = textwrap.dedent(f"""
+            from enginesmith.cluster.executor import executor_for
+            from enginesmith.cluster.jobs import Job
+            ex = executor_for("127.0.0.1:{port}")
+            [d] = ex.run([Job("row", "enginesmith.cluster.probe:describe", device="{local_kinds()[-1]}", measures=True)])
+            print(d.ok, d.error, d.value and d.value["kinds"])
+        """)
+        got = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=180)
+        assert got.stdout.startswith("True None"), got.stdout + got.stderr
+    finally:
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], env=env, capture_output=True,
+                       timeout=120)
