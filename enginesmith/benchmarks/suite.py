@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from enginesmith.backends.targets import PRECISIONS, TARGETS
+from enginesmith.cluster.devices import check_kind
 from enginesmith.errors import EnginesmithError
 from enginesmith.models import registry
 from enginesmith.runtime.preprocess_override import PreprocessOverride, make_override, resolve_preprocess
@@ -77,9 +78,11 @@ DEFAULT_BATCHES = (1, 8)
 DEFAULT_SPLIT = "test"
 DEFAULT_CALIB_SIZE = 64
 
-SUITE_KEYS = ("name", "description", "targets", "precisions", "batches", "dataset", "split", "calib", "calib_size", "nms")
+SUITE_KEYS = ("name", "description", "targets", "precisions", "batches", "dataset", "split", "calib", "calib_size", "nms",
+              "device")
 MODEL_KEYS = ("model", "method", "input_sizes", "targets", "precisions", "batches", "weights", "dataset", "split",
-              "calib", "nms", "num_classes")
+              "calib", "nms", "num_classes", "device")
+GPU_DEVICE = "gpu"  # where a GPU target's rows run when the suite names no device: any node with a GPU
 try:  # Python 3.11+; the package declares >= 3.10, where the same parser is the `tomli` backport
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
@@ -107,7 +110,14 @@ class ModelEntry:
     calib: str | None = None
     nms: str = "host"
     num_classes: int | None = None
+    # where its rows must run (a device kind, cluster/devices.py), per target; a target not listed: anywhere
+    # (GPU targets: any GPU node)
+    devices: tuple[tuple[str, str], ...] = ()
     where: str = "the command line"  # for error messages: "edge.toml [[model]] #2 (ssd-slim-256)"
+
+    def device_for(self, target: str) -> str | None:
+        """The device kind `target`'s rows need: the entry's, else "gpu" for a GPU target, else None (any node)."""
+        return dict(self.devices).get(target) or (GPU_DEVICE if target in GPU_TARGETS else None)
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,7 @@ class Run:
     nms: str = "host"
     num_classes: int | None = None
     preprocess: PreprocessOverride | None = None  # --channels / --mean / --std for this model
+    device: str | None = None  # the device kind of the node it must be built and measured on (--cluster); None: any
 
     @property
     def size_text(self) -> str:
@@ -230,6 +241,23 @@ def _str(value: Any, key: str, where: str) -> str | None:
     return value.strip()
 
 
+def parse_devices(value: Any, targets: tuple[str, ...], where: str) -> tuple[tuple[str, str], ...]:
+    """`device = "cpu:amx"` (every target of the entry) or `device = {tensorrt = "gpu:H100", openvino = "cpu:amx"}`
+    -> ((target, kind), ...); a bad kind or an unknown target is one line naming `where`."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple((t, check_kind(value.strip(), f"{where}: device")) for t in targets)
+    if not isinstance(value, Mapping):
+        raise EnginesmithError(f"{where}: device must be a device kind (\"cpu:amx\") or a table of them by target "
+                               f"({{tensorrt = \"gpu:H100\"}}), got {value!r}")
+    out = []
+    for target, kind in value.items():
+        _choices([target], BENCH_TARGETS, "targets", f"{where}: device")
+        out.append((target.strip().lower(), check_kind(str(kind).strip(), f"{where}: device.{target}")))
+    return tuple(out)
+
+
 def _entry(table: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -> ModelEntry:
     _check_keys(table, MODEL_KEYS, where)
     if "model" not in table:
@@ -260,9 +288,10 @@ def _entry(table: Mapping[str, Any], defaults: Mapping[str, Any], where: str) ->
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
         raise EnginesmithError(f"{where}: num_classes must be a whole number >= 1, got {num_classes!r}")
     method = _str(merged.get("method"), "method", where) if "method" in table else spec.name
+    targets = _choices(merged.get("targets", list(DEFAULT_TARGETS)), BENCH_TARGETS, "targets", where)
     return ModelEntry(
-        model=spec.name, method=method or spec.name, input_sizes=sizes_t,
-        targets=_choices(merged.get("targets", list(DEFAULT_TARGETS)), BENCH_TARGETS, "targets", where),
+        model=spec.name, method=method or spec.name, input_sizes=sizes_t, targets=targets,
+        devices=parse_devices(merged.get("device"), targets, where),
         precisions=_choices(merged.get("precisions", list(DEFAULT_PRECISIONS)), BENCH_PRECISIONS, "precisions", where),
         batches=parse_batches(merged.get("batches", list(DEFAULT_BATCHES)), where),
         weights=_str(merged.get("weights"), "weights", where), dataset=_str(merged.get("dataset"), "dataset", where),
@@ -328,9 +357,10 @@ def suite_from_args(models: list[str], targets: tuple[str, ...] = DEFAULT_TARGET
 
 def override(suite: Suite, models: list[str] | None = None, targets: tuple[str, ...] | None = None,
              precisions: tuple[str, ...] | None = None, batches: tuple[int, ...] | None = None,
-             input_sizes: tuple[tuple[int, int], ...] | None = None, split: str | None = None) -> Suite:
+             input_sizes: tuple[tuple[int, int], ...] | None = None, split: str | None = None,
+             device: str | None = None) -> Suite:
     """A suite cut to `models` (registered names or methods) and/or with targets/precisions/batches/sizes/split
-    replaced (the command line's options over a suite file's)."""
+    replaced (the command line's options over a suite file's); `device`: every row must run on that kind."""
     from dataclasses import replace
 
     entries = list(suite.entries)
@@ -354,6 +384,8 @@ def override(suite: Suite, models: list[str] | None = None, targets: tuple[str, 
             changes["input_sizes"] = tuple(input_sizes)
         if split:
             changes["split"] = split
+        if device:
+            changes["devices"] = parse_devices(device, changes.get("targets", e.targets), "--device")
         new.append(replace(e, **changes))
     return replace(suite, entries=tuple(new))
 
@@ -481,7 +513,7 @@ def plan(suite: Suite, weights: Mapping[str, Path] | None = None, dataset: Path 
                         run = Run(model=spec.name, method=e.method, input_size=size, target=target, precision=precision,
                                   batch=batch, task=spec.task, weights=w, dataset=d, split=e.split, calib=c,
                                   nms=e.nms if spec.task == "detection" else "host", num_classes=e.num_classes,
-                                  preprocess=(preprocess or {}).get(spec.name))
+                                  preprocess=(preprocess or {}).get(spec.name), device=e.device_for(target))
                         if run.key in seen:
                             raise EnginesmithError(f"{e.where}: {run.key} is listed twice in suite {suite.name}")
                         seen.add(run.key)

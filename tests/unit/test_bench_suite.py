@@ -140,6 +140,10 @@ def test_weights_options():
     ("[[model]]\nmodel = 'yolov3'\n[[model]]\nmodel = 'yolov3'", r"yolov3@416x416/torch/fp32/b1 is listed twice"),
     ("[[model]]\nmodel = 'yolov3'\nprecisions = ['mixed']", r"precision mixed searches by the task metric"),
     ("[[model]\nmodel = 'yolov3'", r"is not valid TOML"),
+    ("[[model]]\nmodel = 'yolov3'\ndevice = 'tpu'", r"\(yolov3\): device 'tpu' is not a device kind: write cpu, gpu"),
+    ("[[model]]\nmodel = 'yolov3'\ndevice = {openvno = 'cpu:amx'}", r"unknown target 'openvno' \(did you mean openvino\?\)"),
+    ("[[model]]\nmodel = 'yolov3'\ndevice = {openvino = 'cpu amx'}", r"device.openvino 'cpu amx' is not a device kind"),
+    ("[[model]]\nmodel = 'yolov3'\ndevice = 3", r"device must be a device kind"),
 ])
 def test_suite_mistakes_are_one_line_errors_naming_the_file(tmp_path, text, message):
     path = _suite(tmp_path, text)
@@ -191,3 +195,30 @@ def test_channel_options_per_model_reach_the_runs_and_are_checked_before_any_bui
     assert {r.preprocess for r in runs if r.model == "yolov3"} == {PreprocessOverride("BGR", None, None)}
     with pytest.raises(EnginesmithError, match="give 3 values"):
         plan(load_suite(_suite(tmp_path, BASIC)), preprocess=parse_preprocess(None, ["yolov3=1,2"], None, ["yolov3"]))
+
+
+def test_rows_carry_the_device_kind_they_must_run_on(tmp_path):
+    """device = KIND for every target of an entry, a table by target, [suite] defaults, GPU targets default to
+    "gpu", and --device (override) for every row."""
+    path = _suite(tmp_path, """
+[suite]
+targets = ["onnxruntime", "openvino", "tensorrt"]
+precisions = ["fp32"]
+batches = [1]
+device = {openvino = "cpu:amx"}
+
+[[model]]
+model = "lenet5"
+
+[[model]]
+model = "alexnet"
+device = "cpu:vnni"
+targets = ["onnxruntime", "openvino"]
+""")
+    runs, _ = plan(load_suite(path), env={})
+    got = {r.key: r.device for r in runs}
+    assert got == {"lenet5@32x32/onnxruntime/fp32/b1": None, "lenet5@32x32/openvino/fp32/b1": "cpu:amx",
+                   "lenet5@32x32/tensorrt/fp32/b1": "gpu", "alexnet@227x227/onnxruntime/fp32/b1": "cpu:vnni",
+                   "alexnet@227x227/openvino/fp32/b1": "cpu:vnni"}
+    runs, _ = plan(override(load_suite(path), device="cpu:avx2"), env={})
+    assert {r.device for r in runs} == {"cpu:avx2"}
