@@ -332,6 +332,12 @@ def evaluate(
     channels: Optional[str] = typer.Option(None, help=CHANNELS_HELP + "; PyTorch models only"),
     mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
     std: Optional[str] = typer.Option(None, help=STD_HELP),
+    cluster: Optional[str] = typer.Option(None, help="an engine folder in shards, as jobs on: local (child processes "
+                                          "here, one after another) | ray (a local Ray) | ray://HOST:PORT or HOST:PORT "
+                                          "(a running cluster) | auto (RAY_ADDRESS); the metric equals the unsharded "
+                                          "one; the engine folder and dataset paths must be readable on every worker"),
+    shards: Optional[int] = typer.Option(None, help="with --cluster: contiguous shards of the images (default: 2 per "
+                                         "Ray node, 4 with local; at most one per batch of images)"),
 ) -> None:
     """Print mAP (VOC07 11-point, all-point, COCO) or top-1/top-5 for an engine or a PyTorch model."""
     from enginesmith.benchmarks.evaluate import evaluate as run_eval
@@ -342,7 +348,8 @@ def evaluate(
     try:
         metrics = run_eval(target, dataset, split=split, weights=weights, num_classes=num_classes,
                            input_size=parse_input_size(input_size) if input_size else None, batch_size=batch,
-                           limit=limit, voc_metric=voc_metric, preprocess=make_override(channels, mean, std))
+                           limit=limit, voc_metric=voc_metric, preprocess=make_override(channels, mean, std),
+                           cluster=cluster, shards=shards)
     except EnginesmithError as e:
         _fail(e)
     sys.stdout.write(render_metrics(metrics, warnings=False) + "\n")

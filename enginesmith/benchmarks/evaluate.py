@@ -8,7 +8,9 @@ score threshold (mAP needs the low-confidence tail), then map boxes back to the 
 loop is evaluation/predict.py's, which the build's accuracy check (pipeline/accuracy.py) also runs.
 
 `evaluate(target, dataset)` opens the dataset, checks the model's classes against it, runs every image
-with a progress bar and returns the metrics with the throughput.
+with a progress bar and returns the metrics with the throughput. The metrics have one home,
+`detection_result` / `classification_result` (predictions in dataset order -> the result), which the
+sharded path (`evaluate(..., cluster=...)`, benchmarks/sharded_eval.py) calls on the gathered predictions too.
 
 Longer than 400 lines: the three predictor makers (engine folder, checkpoint, registered model) share
 their output contract and their checks; the prediction loop itself is evaluation/predict.py.
@@ -27,7 +29,7 @@ import numpy as np
 from enginesmith.backends.targets import get_target
 from enginesmith.backends.torch import TorchRunner
 from enginesmith.benchmarks.proposal_arc import predict_split, two_stage_target
-from enginesmith.data.classification import classification_samples
+from enginesmith.data.classification import ClassificationSet, classification_samples
 from enginesmith.data.datasets import open_dataset
 from enginesmith.data.proposals import split_proposals
 from enginesmith.models.weights.checkpoint_info import CHECKPOINT_SUFFIXES, read_checkpoint_info
@@ -125,10 +127,23 @@ class Predictor:
 # ---------------------------------------------------------------------------------------------- makers
 
 
-def engine_predictor(folder: Path, batch_size: int = DEFAULT_BATCH, **post: Any) -> Predictor:
-    """A Predictor for an engine folder made by build-engine (manifest.json + the engine file).
+@dataclass(frozen=True)
+class EngineFacts:
+    """What evaluation needs of an engine folder's manifest, read and checked without its backend (so a caller
+    that only gathers a sharded evaluation needs no engine runtime): task, class names, the batch every runner
+    call gets (the engine's static batch, else the chosen batch size) and the description results name."""
 
-    `post` may set score_threshold, max_detections, nms_iou."""
+    folder: Path
+    manifest: dict[str, Any]
+    task: str
+    class_names: tuple[str, ...]
+    batch: int
+    description: str
+
+
+def engine_facts(folder: Path, batch_size: int = DEFAULT_BATCH) -> EngineFacts:
+    """An engine folder made by build-engine, checked (manifest.json, runtime/manifest.py's checks, the fields
+    evaluation reads, a task it measures) -> its EngineFacts; one-line EnginesmithError otherwise."""
     folder = Path(folder)
     mpath = folder / "manifest.json"
     if not mpath.is_file():
@@ -150,19 +165,28 @@ def engine_predictor(folder: Path, batch_size: int = DEFAULT_BATCH, **post: Any)
             f"{folder} holds a {task} engine ({manifest.get('model', '?')}); evaluate measures detection (mAP) "
             "and classification (top-1/top-5) models only"
         )
-    target = manifest["target"]
+    batch_dim = manifest["input"]["shape"][0]
+    return EngineFacts(folder=folder, manifest=manifest, task=task, class_names=tuple(manifest["class_names"]),
+                       batch=int(batch_dim) if isinstance(batch_dim, int) else max(1, batch_size),
+                       description=f"{manifest.get('model', '?')} {manifest['target']} {manifest['precision']} engine "
+                                   f"({folder})")
+
+
+def engine_predictor(folder: Path, batch_size: int = DEFAULT_BATCH, **post: Any) -> Predictor:
+    """A Predictor for an engine folder made by build-engine (manifest.json + the engine file).
+
+    `post` may set score_threshold, max_detections, nms_iou."""
+    facts = engine_facts(folder, batch_size)
+    manifest, target = facts.manifest, facts.manifest["target"]
     t = get_target(target)
     ok, why = t.available()
     if not ok:
-        raise EnginesmithError(f"{folder} is a {target} engine but {target} is not usable here: {why}")
-    batch_dim = manifest["input"]["shape"][0]
-    static = isinstance(batch_dim, int)
-    runner = t.runner(folder / manifest["engine"], manifest["precision"])
+        raise EnginesmithError(f"{facts.folder} is a {target} engine but {target} is not usable here: {why}")
+    runner = t.runner(facts.folder / manifest["engine"], manifest["precision"])
     return Predictor(
-        runner=runner, input_name=manifest["input"]["name"], task=task,
-        preprocess=PreprocessSpec.from_dict(manifest["preprocess"]), class_names=tuple(manifest["class_names"]),
-        batch=int(batch_dim) if static else max(1, batch_size),
-        description=f"{manifest.get('model', '?')} {target} {manifest['precision']} engine ({folder})", **post,
+        runner=runner, input_name=manifest["input"]["name"], task=facts.task,
+        preprocess=PreprocessSpec.from_dict(manifest["preprocess"]), class_names=facts.class_names,
+        batch=facts.batch, description=facts.description, **post,
     )
 
 
@@ -229,6 +253,17 @@ def untrained_warning(target: str | Path, weights: Path | None = None) -> str | 
             "file, or an engine built with --weights)")
 
 
+def check_engine_options(folder: Path, weights: Path | None = None, num_classes: int | None = None,
+                         input_size: tuple[int, int] | None = None, preprocess: PreprocessOverride | None = None) -> None:
+    """One line for the options an engine folder does not take (they are built into it)."""
+    if weights is not None or num_classes is not None or input_size is not None:
+        raise EnginesmithError(f"{folder} is an engine folder: its weights, classes and input size are built in; "
+                               "drop --weights/--num-classes/--input-size")
+    if preprocess is not None and not preprocess.empty:
+        raise EnginesmithError(f"{folder} is an engine folder: its preprocessing (manifest.json) is built in; drop "
+                               "--channels/--mean/--std, or rebuild the engine with them")
+
+
 def predictor_for(target: str | Path, weights: Path | None = None, num_classes: int | None = None,
                   input_size: tuple[int, int] | None = None, batch_size: int = DEFAULT_BATCH,
                   score_threshold: float = EVAL_SCORE_THRESHOLD, max_detections: int = EVAL_MAX_DETECTIONS,
@@ -241,12 +276,7 @@ def predictor_for(target: str | Path, weights: Path | None = None, num_classes: 
     post = {"score_threshold": score_threshold, "max_detections": max_detections, "nms_iou": nms_iou}
     path = Path(target)
     if path.is_dir():
-        if weights is not None or num_classes is not None or input_size is not None:
-            raise EnginesmithError(f"{path} is an engine folder: its weights, classes and input size are built in; "
-                                   "drop --weights/--num-classes/--input-size")
-        if preprocess is not None and not preprocess.empty:
-            raise EnginesmithError(f"{path} is an engine folder: its preprocessing (manifest.json) is built in; drop "
-                                   "--channels/--mean/--std, or rebuild the engine with them")
+        check_engine_options(path, weights, num_classes, input_size, preprocess)
         return engine_predictor(path, batch_size, **post)
     if path.is_file():
         if weights is not None:
@@ -325,9 +355,10 @@ def _timing(n: int, total_s: float, predictor: Predictor) -> dict[str, float]:
             "inference_seconds": predictor.infer_seconds, "batch": predictor.batch}
 
 
-def _run(predictor: Predictor, items: Iterable[Any], load: Callable[[Any], np.ndarray], total: int, progress: bool,
-         on_progress: Callable[[int], None] | None) -> tuple[Any, float]:
-    """predictor.predict over the items with a progress bar -> (predictions, seconds excluding image loading)."""
+def run_predictor(predictor: Predictor, items: Iterable[Any], load: Callable[[Any], np.ndarray], total: int,
+                  progress: bool = False, on_progress: Callable[[int], None] | None = None) -> tuple[Any, float]:
+    """predictor.predict over the items (each turned into an image by `load`) with an optional progress bar ->
+    (predictions: a Predictions per image, or logits [N, C]; seconds excluding image loading)."""
     from contextlib import nullcontext
 
     timed = _Timed(items, load)
@@ -345,20 +376,81 @@ def _run(predictor: Predictor, items: Iterable[Any], load: Callable[[Any], np.nd
     return out, seconds
 
 
+def load_classification_item(item: np.ndarray | Path) -> np.ndarray:
+    """A classification sample (an (H, W, 3) uint8 array, or an image path) as an (H, W, 3) uint8 RGB array."""
+    return item if isinstance(item, np.ndarray) else load_image(item)
+
+
+# The one home of each metric: the single-process path (evaluate_detector / evaluate_classifier) and the sharded
+# path (benchmarks/sharded_eval.py) compute their results with these functions from the gathered predictions.
+
+
+def detection_result(preds: Sequence[Predictions], dataset: Any, model_classes: Sequence[str] | None, description: str,
+                     timing: dict[str, Any], voc_metric: str = "devkit", warnings: Sequence[str] = (),
+                     postprocess: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metrics of detections on a DetectionDataset: preds[i] is image i's Predictions (boxes [K, 4] float32
+    x1y1x2y2 original-image pixels, scores [K] float32, labels [K] int64 model class ids), in dataset order.
+    Model class ids are mapped to the dataset's by `class_mapping` (model_classes None: they are the dataset's);
+    then evaluate_detections (VOC convention `voc_metric`, COCO through pycocotools) plus task, model, timing,
+    warnings (`warnings` first, then the class mapping's) and postprocess."""
+    if len(preds) != len(dataset):
+        raise EnginesmithError(f"{len(preds)} predictions for the {len(dataset)} images of dataset {dataset.root} "
+                               f"({dataset.split})")
+    mapping, notes = (None, []) if model_classes is None else class_mapping(
+        model_classes, dataset.class_names, description, f"dataset {dataset.root} ({dataset.split})")
+    metrics = evaluate_detections([_remap(p, mapping) for p in preds], dataset, convention=voc_metric)
+    metrics.update(task="detection", model=description, timing=timing, warnings=[*warnings, *notes],
+                   postprocess=postprocess)
+    return metrics
+
+
+def check_classifier_classes(model_classes: Sequence[str], class_names: Sequence[str], description: str,
+                             where: str, n_images: int, n_labels: int) -> list[str]:
+    """One line unless a classifier's classes are the dataset's (by count, or by name in the same order) and
+    there is one label per image (at least one image); else the class-name warnings (usually none)."""
+    mapping, warnings = class_mapping(model_classes, class_names, description, where)
+    if mapping is not None:
+        raise EnginesmithError(f"{description} predicts {len(model_classes)} classes but {where} has "
+                               f"{len(class_names)}; evaluate it on the dataset it was trained for")
+    if n_labels != n_images:
+        raise EnginesmithError(f"{where}: {n_images} images but {n_labels} labels")
+    if not n_labels:
+        raise EnginesmithError(f"{where} has no images to evaluate")
+    return warnings
+
+
+def classification_result(logits: np.ndarray, labels: Sequence[int] | np.ndarray, model_classes: Sequence[str],
+                          class_names: Sequence[str], description: str, timing: dict[str, Any],
+                          where: str = "the dataset", warnings: Sequence[str] = ()) -> dict[str, Any]:
+    """top1/top5 of logits [N, C] (image i's scores in row i, dataset order) against int labels [N] indexing
+    class_names, plus task, model, timing and warnings (`warnings` first, then the class names')."""
+    labels = np.asarray(labels, dtype=np.int64)
+    logits = np.asarray(logits)
+    notes = check_classifier_classes(model_classes, class_names, description, where, len(logits), len(labels))
+    metrics = classification_metrics(logits, labels)
+    metrics.update(task="classification", model=description, timing=timing, warnings=[*warnings, *notes])
+    return metrics
+
+
+def postprocess_of(predictor: Predictor) -> dict[str, Any]:
+    """The detection post-processing a result records: score_threshold, max_detections, nms_iou."""
+    return {"score_threshold": predictor.score_threshold, "max_detections": predictor.max_detections,
+            "nms_iou": predictor.nms_iou}
+
+
 def evaluate_detector(predictor: Predictor, dataset: Any, progress: bool = True,
                       on_progress: Callable[[int], None] | None = None, voc_metric: str = "devkit") -> dict[str, Any]:
     """Run `predictor` on every image of a DetectionDataset -> evaluate_detections' metrics (VOC convention
     `voc_metric`: devkit | continuous) plus "timing" (images/s over preprocessing + inference + NMS; image
     decoding excluded) and "warnings"."""
-    mapping, warnings = class_mapping(predictor.class_names, dataset.class_names, predictor.description,
-                                      f"dataset {dataset.root} ({dataset.split})")
-    preds, seconds = _run(predictor, range(len(dataset)), dataset.load_image, len(dataset), progress, on_progress)
-    metrics = evaluate_detections([_remap(p, mapping) for p in preds], dataset, convention=voc_metric)
-    metrics.update(task="detection", model=predictor.description, timing=_timing(len(dataset), seconds, predictor),
-                   warnings=predictor.warnings + warnings, postprocess={"score_threshold": predictor.score_threshold,
-                                                   "max_detections": predictor.max_detections,
-                                                   "nms_iou": predictor.nms_iou})
-    return metrics
+    # classes that cannot be matched are refused before any image runs
+    class_mapping(predictor.class_names, dataset.class_names, predictor.description,
+                  f"dataset {dataset.root} ({dataset.split})")
+    preds, seconds = run_predictor(predictor, range(len(dataset)), dataset.load_image, len(dataset), progress,
+                                   on_progress)
+    return detection_result(preds, dataset, predictor.class_names, predictor.description,
+                            _timing(len(dataset), seconds, predictor), voc_metric, predictor.warnings,
+                            postprocess_of(predictor))
 
 
 def evaluate_classifier(predictor: Predictor, images: Sequence[Any], labels: Sequence[int] | np.ndarray,
@@ -366,28 +458,18 @@ def evaluate_classifier(predictor: Predictor, images: Sequence[Any], labels: Seq
                         on_progress: Callable[[int], None] | None = None, where: str = "the dataset") -> dict[str, Any]:
     """top1/top5 (+ "timing", "warnings") of `predictor` on images ((H, W, 3) uint8 arrays or image paths)
     with int labels [N] indexing class_names."""
-    mapping, warnings = class_mapping(predictor.class_names, class_names, predictor.description, where)
-    if mapping is not None:
-        raise EnginesmithError(f"{predictor.description} predicts {predictor.num_classes} classes but {where} has "
-                               f"{len(class_names)}; evaluate it on the dataset it was trained for")
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) != len(images):
-        raise EnginesmithError(f"{where}: {len(images)} images but {len(labels)} labels")
-    if not len(labels):
-        raise EnginesmithError(f"{where} has no images to evaluate")
-    logits, seconds = _run(predictor, images, lambda im: im if isinstance(im, np.ndarray) else load_image(im),
-                           len(labels), progress, on_progress)
-    metrics = classification_metrics(np.asarray(logits), labels)
-    metrics.update(task="classification", model=predictor.description, timing=_timing(len(labels), seconds, predictor),
-                   warnings=predictor.warnings + warnings)
-    return metrics
+    check_classifier_classes(predictor.class_names, class_names, predictor.description, where, len(images), len(labels))
+    logits, seconds = run_predictor(predictor, images, load_classification_item, len(labels), progress, on_progress)
+    return classification_result(np.asarray(logits), labels, predictor.class_names, class_names, predictor.description,
+                                 _timing(len(labels), seconds, predictor), where, predictor.warnings)
 
 
 def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weights: Path | None = None,
              num_classes: int | None = None, input_size: tuple[int, int] | None = None,
              batch_size: int = DEFAULT_BATCH, limit: int | None = None, progress: bool = True,
              score_threshold: float = EVAL_SCORE_THRESHOLD, max_detections: int = EVAL_MAX_DETECTIONS,
-             seed: int = 0, voc_metric: str = "devkit", preprocess: PreprocessOverride | None = None) -> dict[str, Any]:
+             seed: int = 0, voc_metric: str = "devkit", preprocess: PreprocessOverride | None = None,
+             cluster: str | None = None, shards: int | None = None) -> dict[str, Any]:
     """Evaluate an engine folder, a checkpoint or a registered model (see predictor_for) on `split` of
     `dataset` (detectors: a VOC folder or COCO json, see data/datasets.py open_dataset; classifiers:
     anything data/classification.py classification_samples takes, e.g. a folder of class folders or
@@ -396,8 +478,17 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
     (images/s), "dataset", "split", "warnings" and "trained" (False, with a warning first in "warnings", for an
     engine built without weights or a model name given none). `preprocess` (--channels, --mean, --std) applies to
     PyTorch models. R-CNN / Fast R-CNN run with their host stages
-    (benchmarks/proposal_arc.py) on the split's selective-search proposals (data/proposals.py, cached)."""
+    (benchmarks/proposal_arc.py) on the split's selective-search proposals (data/proposals.py, cached).
+    `cluster` (local | ray | ray://HOST:PORT | HOST:PORT | auto; engine folders only) splits the images into
+    `shards` contiguous shards run as jobs there (benchmarks/sharded_eval.py); the metrics equal this process's."""
     voc_convention(voc_metric)  # a bad name is refused before any work
+    if cluster is not None or shards is not None:
+        from enginesmith.benchmarks.sharded_eval import evaluate_on_cluster
+
+        return evaluate_on_cluster(target, dataset, cluster, shards, split=split, weights=weights,
+                                   num_classes=num_classes, input_size=input_size, batch_size=batch_size, limit=limit,
+                                   progress=progress, score_threshold=score_threshold, max_detections=max_detections,
+                                   voc_metric=voc_metric, preprocess=preprocess)
     if (Path(target) / "manifest.json").is_file():
         engine_info(target)  # an engine folder is checked before anything reads it (two_stage_target too)
     if (Path(target) / "manifest.json").is_file() and preprocess is not None and not preprocess.empty:
@@ -406,7 +497,7 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
     host = two_stage_target(target, weights, preprocess)
     if host is not None:
         try:
-            return _note_untrained(_evaluate_two_stage(host, dataset, split, limit, progress, voc_metric), target,
+            return note_untrained(_evaluate_two_stage(host, dataset, split, limit, progress, voc_metric), target,
                                    weights)
         finally:
             host.close()
@@ -414,25 +505,38 @@ def evaluate(target: str | Path, dataset: str | Path, split: str = "test", weigh
                               max_detections, seed=seed, preprocess=preprocess)
     with predictor:
         if predictor.task == "detection":
-            ds = open_dataset(Path(dataset), split)
-            if limit is not None:
-                ds = type(ds)(ds.root, ds.split, ds.class_names, list(ds.samples[: max(0, limit)]))
-            if not len(ds):
-                raise EnginesmithError(f"dataset {dataset} ({split}) has no images to evaluate")
-            metrics = evaluate_detector(predictor, ds, progress, voc_metric=voc_metric)
+            metrics = evaluate_detector(predictor, detection_split(dataset, split, limit), progress,
+                                        voc_metric=voc_metric)
         else:
-            cs = classification_samples(dataset, split)
-            images, labels, names = cs.images, np.asarray(cs.labels), cs.class_names
-            if limit is not None:
-                images, labels = images[: max(0, limit)], labels[: max(0, limit)]
-            if not len(labels):
-                raise EnginesmithError(f"dataset {dataset} ({split}) has no images to evaluate")
-            metrics = evaluate_classifier(predictor, images, labels, names, progress, where=f"dataset {dataset} ({split})")
+            cs = classification_split(dataset, split, limit)
+            metrics = evaluate_classifier(predictor, cs.images, cs.labels, cs.class_names, progress,
+                                          where=f"dataset {dataset} ({split})")
     metrics.update(dataset=str(dataset), split=split)
-    return _note_untrained(metrics, target, weights)
+    return note_untrained(metrics, target, weights)
 
 
-def _note_untrained(metrics: dict[str, Any], target: str | Path, weights: Path | None) -> dict[str, Any]:
+def detection_split(dataset: str | Path, split: str, limit: int | None = None) -> Any:
+    """The DetectionDataset evaluated: `split` of `dataset`, its first `limit` images; one line when empty."""
+    ds = open_dataset(Path(dataset), split)
+    if limit is not None:
+        ds = type(ds)(ds.root, ds.split, ds.class_names, list(ds.samples[: max(0, limit)]))
+    if not len(ds):
+        raise EnginesmithError(f"dataset {dataset} ({split}) has no images to evaluate")
+    return ds
+
+
+def classification_split(dataset: str | Path, split: str, limit: int | None = None) -> ClassificationSet:
+    """The ClassificationSet evaluated: `split` of `dataset`, its first `limit` samples; one line when empty."""
+    cs = classification_samples(dataset, split)
+    images, labels = cs.images, np.asarray(cs.labels)
+    if limit is not None:
+        images, labels = images[: max(0, limit)], labels[: max(0, limit)]
+    if not len(labels):
+        raise EnginesmithError(f"dataset {dataset} ({split}) has no images to evaluate")
+    return ClassificationSet(list(images), labels, cs.class_names)
+
+
+def note_untrained(metrics: dict[str, Any], target: str | Path, weights: Path | None) -> dict[str, Any]:
     """metrics with "trained" (False for an untrained engine or model) and, then, the warning among its warnings."""
     warning = untrained_warning(target, weights)
     metrics["trained"] = warning is None
@@ -443,19 +547,18 @@ def _note_untrained(metrics: dict[str, Any], target: str | Path, weights: Path |
 
 def _evaluate_two_stage(host: Any, dataset: str | Path, split: str, limit: int | None, progress: bool,
                         voc_metric: str = "devkit") -> dict[str, Any]:
-    ds = open_dataset(Path(dataset), split)
-    if limit is not None:
-        ds = type(ds)(ds.root, ds.split, ds.class_names, list(ds.samples[: max(0, limit)]))
-    if not len(ds):
-        raise EnginesmithError(f"dataset {dataset} ({split}) has no images to evaluate")
+    ds = detection_split(dataset, split, limit)
     proposals = split_proposals(ds)
     t0 = time.perf_counter()
     preds = predict_split(host, ds, proposals, progress)
     seconds = time.perf_counter() - t0
-    metrics = evaluate_detections(preds, ds, convention=voc_metric)
-    metrics.update(task="detection", model=host.description, dataset=str(dataset), split=split, warnings=[],
-                   timing={"images": len(ds), "seconds": seconds, "images_per_s": len(ds) / seconds if seconds else 0.0,
-                           "batch": 1, "proposals": "selective search, precomputed (data/proposals.py)"})
+    # the host stages give the dataset's class ids already (no class mapping)
+    metrics = detection_result(preds, ds, None, host.description, voc_metric=voc_metric,
+                               timing={"images": len(ds), "seconds": seconds,
+                                       "images_per_s": len(ds) / seconds if seconds else 0.0, "batch": 1,
+                                       "proposals": "selective search, precomputed (data/proposals.py)"})
+    del metrics["postprocess"]  # the host model's own (per-class NMS in runtime/two_stage.py)
+    metrics.update(dataset=str(dataset), split=split)
     return metrics
 
 
@@ -481,13 +584,19 @@ def render_metrics(metrics: dict[str, Any], per_class: bool = True, warnings: bo
                 lines.append(f"  {name:<16} {v07:>7} {ap:>7} {c['positives']:>6} {c['detections']:>7}")
     else:
         lines += [f"top-1  {100 * metrics['top1']:6.2f}", f"top-5  {100 * metrics['top5']:6.2f}"]
-    lines.append(f"speed  {t['images_per_s']:.1f} images/s (batch {t['batch']}; preprocessing + inference"
-                 + (" on precomputed selective-search proposals" if "proposals" in t else "")
-                 + (" + NMS" if metrics["task"] == "detection" else "") + ", image decoding excluded)")
+    if "shards" in t:  # sharded (benchmarks/sharded_eval.py): the whole run's wall clock
+        lines.append(f"speed  {t['images_per_s']:.1f} images/s (batch {t['batch']}; {t['shards']} shards on "
+                     f"{t['cluster']}: wall clock of the whole run, worker start, engine loading and image decoding "
+                     "included)")
+    else:
+        lines.append(f"speed  {t['images_per_s']:.1f} images/s (batch {t['batch']}; preprocessing + inference"
+                     + (" on precomputed selective-search proposals" if "proposals" in t else "")
+                     + (" + NMS" if metrics["task"] == "detection" else "") + ", image decoding excluded)")
     lines += [f"warning: {w}" for w in metrics.get("warnings", [])] if warnings else []
     return "\n".join(lines)
 
 
-__all__ = ["Predictor", "render_metrics", "predictor_for", "engine_predictor", "model_predictor", "torch_predictor", "evaluate",
+__all__ = ["Predictor", "EngineFacts", "engine_facts", "detection_result", "classification_result", "detection_split",
+           "classification_split", "render_metrics", "predictor_for", "engine_predictor", "model_predictor", "torch_predictor", "evaluate",
            "evaluate_detector", "evaluate_classifier", "untrained_warning", "class_mapping", "read_checkpoint_info",
            "EVAL_SCORE_THRESHOLD", "EVAL_MAX_DETECTIONS", "EVAL_NMS_IOU"]
