@@ -20,7 +20,6 @@ LAYERS: dict[str, int] = {
     "cli": 1,
     "benchmarks": 2,     # suites, bench harness, results tables, `enginesmith eval`
     "pipeline": 3,       # the build stages
-    "cluster": 3,        # executors (local child processes, Ray); jobs name their functions by "module:function"
     "training": 4,       # trainers (import data, models, evaluation; never calibration)
     "calibration": 4,    # calibration feeds and quantizers (import data, runtime; never training)
     "data": 5,           # datasets, offline builders
