@@ -15,12 +15,15 @@ import io
 import os
 import tarfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from enginesmith.benchmarks.bench import Built, build_run, measure_job
+from enginesmith.benchmarks.bench import Built, build_run, engine_dir_for, measure_job
 from enginesmith.benchmarks.suite import Run
+from enginesmith.cluster.jobs import Done, Job
 from enginesmith.errors import EnginesmithError
 from enginesmith.files import publish_folder
+
+ARTIFACTS = ("send", "shared")  # engine folders: sent back packed, or left on a path every node shares
 
 MAX_FOLDER_BYTES = 2 * 1024**3  # an engine folder sent back through the object store: refuse absurd sizes
 
@@ -76,3 +79,53 @@ def localize(built: Built, engines_here: Path, engines_there: Path) -> Built:
     if built.engine_file is not None:
         built.engine_file = built.engine_dir / Path(built.engine_file).name
     return built
+
+
+def build_jobs(runs: list[Run], engines: Path, cache_dir: Path, quick: bool, calib_size: int, send: bool) -> list[Job]:
+    """One build job per engine run, placed by the run's device kind."""
+    return [Job(run.key, "enginesmith.benchmarks.cluster_bench:build_job",
+                {"run": run, "engines": str(engines), "cache_dir": str(cache_dir), "quick": quick,
+                 "calib_size": calib_size, "send_folder": send}, device=run.device) for run in runs]
+
+
+def build_all(executor: Any, runs: list[Run], engines: Path, cache_dir: Path, quick: bool, calib_size: int,
+              artifacts: str, echo: Callable[[str], None], update: Callable[[int], None]
+              ) -> tuple[dict[str, Built], dict[tuple, dict[str, Any]], dict[str, Done]]:
+    """Phase 1 on `executor`: (Built by run key, with paths on this machine; FP32 PyTorch accuracy by reference
+    key; the build's Done by run key, whose node the run's measurement is pinned to). A failed build is a Built
+    with its one-line error. Engine folders sent back are published at the same place under `engines` here,
+    unless they were built on this very node."""
+    here = getattr(executor, "here", "local")
+    built: dict[str, Built] = {}
+    reference: dict[tuple, dict[str, Any]] = {}
+    where: dict[str, Done] = {}
+    for i, done in enumerate(executor.run(build_jobs(runs, engines, cache_dir, quick, calib_size, artifacts == "send"))):
+        key = done.job.key
+        if not done.ok:
+            built[key] = Built(error=done.error)
+            echo(f"FAILED to build {key} on {done.host or 'the cluster'}: {done.error}")
+        else:
+            value = done.value
+            b: Built = value["built"]
+            if value["folder"] is not None and done.node != here:
+                run = done.job.kwargs["run"]
+                unpack_folder(value["folder"], engine_dir_for(engines, run))
+            built[key] = localize(b, engines, engines)
+            reference.update(value["reference"])
+            where[key] = done
+            echo(f"built {key} on {done.host}: " + ("cached" if b.cached else f"{b.build_s:.1f} s"))
+        update(i + 1)
+    return built, reference, where
+
+
+def measure_jobs(items: list[tuple[Run, dict[str, Any], Done | None]]) -> list[Job]:
+    """One measuring job per (run, bench job, its build's Done): on the build's node (any node of the run's
+    device kind for a PyTorch row), holding that node's measuring slot."""
+    return [Job(run.key, "enginesmith.benchmarks.cluster_bench:measure_row_job", {"job": job}, device=run.device,
+                measures=True, node=None if built_on is None or built_on.node == "local" else built_on.node)
+            for run, job, built_on in items]
+
+
+def measure_all(executor: Any, items: list[tuple[Run, dict[str, Any], Done | None]], timeout_s: float) -> Iterator[Done]:
+    """Phase 2 on `executor`: Done (value: measure_job's dict) for each item, as they finish."""
+    yield from executor.run(measure_jobs(items), timeout_s)

@@ -52,6 +52,7 @@ class LocalExecutor:
     """Runs jobs in child processes here, in the order given."""
 
     name = "local"
+    here = "local"  # the node jobs run on: this one
 
     def __init__(self) -> None:
         self._kinds = local_kinds()

@@ -73,6 +73,7 @@ class RayExecutor:
                 raise EnginesmithError(f"cannot {'start a local Ray' if address is None else 'connect to Ray at ' + address}: "
                                        f"{one_line(e)}") from None
         self._remote = ray.remote(_task)
+        self.here = ray.get_runtime_context().get_node_id()  # the caller's node: what it builds there is here already
 
     # -- placement --------------------------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
