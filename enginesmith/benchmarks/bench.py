@@ -470,7 +470,7 @@ def add_ratios(rows: list[dict[str, Any]], peak: Any) -> None:
                 r["fraction_of_peak"] = r["gmacs_per_s"] / r["peak_gmacs"] if r["peak_gmacs"] else None
 
 
-def _error_text(e: Exception) -> str:
+def error_text(e: Exception) -> str:
     """An EnginesmithError's message as is; anything else as one line naming its type (it is a bug or a
     library failure the pipeline did not explain: worth reporting)."""
     if isinstance(e, EnginesmithError):
@@ -501,7 +501,8 @@ def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None
               engines: Path | None = None, command: str = "", isolate: bool = True, throughput: bool = True,
               ov_streams: int | None = None, progress: bool = True, echo: Echo = lambda s: None) -> BenchOutcome:
     """Build and measure every run of `suite`; write results into `out`. A run that fails becomes a row with
-    status "error" (the others go on); bad input fails before anything is built."""
+    status "error" (the others go on); bad input fails before anything is built. On a cluster:
+    cluster_bench.run_on_cluster."""
     from contextlib import nullcontext
 
     profile = profile or (TimingProfile.quick() if quick else TimingProfile())
@@ -525,7 +526,7 @@ def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None
                 b = built[run.key]
                 echo(f"built {run.key}: " + ("cached" if b.cached else f"{b.build_s:.1f} s"))
             except Exception as e:  # one failed build is a failed row; the suite goes on (and the exit code says so)
-                built[run.key] = Built(error=_error_text(e))
+                built[run.key] = Built(error=error_text(e))
                 echo(f"FAILED to build {run.key}: {built[run.key].error}")
             update(i + 1)
     for run in runs:
@@ -548,7 +549,7 @@ def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None
                         job = make_job(run, b, profile, throughput, ov_streams)
                         measured = measure_isolated(job, timeout) if isolate else measure_job(job, isolated=False)
                     except Exception as e:
-                        error = _error_text(e)
+                        error = error_text(e)
                 row = make_row(run, b, measured, accuracy, macs[(run.model, run.input_size, run.num_classes)], error)
                 rows.append(row)
                 echo(f"FAILED {run.key}: {error}" if error else

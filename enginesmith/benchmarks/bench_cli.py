@@ -61,6 +61,14 @@ def bench(
                                             "MODEL=VALUES"),
     in_process: bool = typer.Option(False, "--in-process", help="measure in this process (faster start; no "
                                     "per-engine peak memory, no crash isolation)"),
+    cluster: Optional[str] = typer.Option(None, help="run the builds and measurements as jobs: local (child "
+                                          "processes) | ray (a local Ray for this run) | ray://HOST:PORT or HOST:PORT "
+                                          "(a running cluster) | auto (RAY_ADDRESS)"),
+    device: Optional[str] = typer.Option(None, help="--cluster: the device kind every row must run on (cpu:avx2, "
+                                         "cpu:vnni, cpu:amx, gpu:H100 ...) [default: the suite's device, GPU "
+                                         "targets on gpu]"),
+    artifacts: str = typer.Option("send", help="--cluster: send (engine folders come back packed) | shared "
+                                  "(--engines is a path every node shares)"),
 ) -> None:
     """Benchmark models x targets x precisions x batches: the SSD paper's table (FPS, mAP, # boxes) and more."""
     from enginesmith.benchmarks.bench import run_bench
@@ -76,21 +84,29 @@ def bench(
         b = parse_batches(split_list(batch, "--batch"), "--batch") if batch else None
         sizes = tuple(parse_size(s, "--input-size") for s in split_list(input_size, "--input-size")) or None
         if suite_file is not None:
-            suite = override(load_suite(suite_file), models, t, p, b, sizes, split)
+            suite = override(load_suite(suite_file), models, t, p, b, sizes, split, device)
         else:
-            suite = suite_from_args(list(models or []), t or DEFAULT_TARGETS, p or DEFAULT_PRECISIONS,
-                                    b or DEFAULT_BATCHES, sizes or (), dataset, split or "test", nms)
+            suite = override(suite_from_args(list(models or []), t or DEFAULT_TARGETS, p or DEFAULT_PRECISIONS,
+                                             b or DEFAULT_BATCHES, sizes or (), dataset, split or "test", nms),
+                             device=device)
+        if cluster is None and (device is not None or artifacts != "send"):
+            raise EnginesmithError("--device and --artifacts place rows on a cluster's nodes; give --cluster too")
+        if cluster is not None and in_process:
+            raise EnginesmithError("--in-process measures in this process; it cannot be combined with --cluster")
         if min_time is not None and min_time < 0:
             raise EnginesmithError(f"--min-time must be >= 0 seconds, got {min_time}")
         profile = (TimingProfile.quick() if quick else TimingProfile()).with_min_time(min_time)
         names = list(dict.fromkeys(e.model for e in suite.entries))
-        outcome = run_bench(
-            suite, out_dir, weights=parse_weights(weights, names), dataset=dataset, profile=profile, quick=quick,
-            preprocess=parse_preprocess(channels, mean, std, names),
-            cache_dir=cache_dir, engines=engines, command=shlex.join(["enginesmith", *sys.argv[1:]]),
-            isolate=not in_process, throughput=throughput, ov_streams=ov_streams,
-            echo=lambda line: _err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True),
-        )
+        common = dict(weights=parse_weights(weights, names), dataset=dataset, profile=profile, quick=quick,
+                      preprocess=parse_preprocess(channels, mean, std, names), cache_dir=cache_dir, engines=engines,
+                      command=shlex.join(["enginesmith", *sys.argv[1:]]), throughput=throughput, ov_streams=ov_streams,
+                      echo=lambda line: _err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True))
+        if cluster is not None:
+            from enginesmith.benchmarks.cluster_bench import run_on_cluster
+
+            outcome = run_on_cluster(suite, out_dir, cluster, artifacts, **common)
+        else:
+            outcome = run_bench(suite, out_dir, isolate=not in_process, **common)
     except EnginesmithError as e:
         _err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code)

@@ -16,12 +16,21 @@ import os
 import tarfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from contextlib import nullcontext
 
-from enginesmith.benchmarks.bench import Built, build_run, engine_dir_for, measure_job
-from enginesmith.benchmarks.suite import Run
+from enginesmith.benchmarks.bench import (CHILD_TIMEOUT_S, BenchOutcome, Built, error_text, add_ratios, build_run,
+                                          engine_dir_for, make_job, make_row, measure_job, model_macs, run_header,
+                                          torch_accuracy)
+from enginesmith.benchmarks.results import write_results
+from enginesmith.benchmarks.suite import Run, Suite, plan
+from enginesmith.benchmarks.timing import TimingProfile, cpu_peak
+from enginesmith.backends.targets import TARGETS
+from enginesmith.cluster.executor import executor_for
 from enginesmith.cluster.jobs import Done, Job
 from enginesmith.errors import EnginesmithError
 from enginesmith.files import publish_folder
+from enginesmith.progress import progress_bar
+from enginesmith.runtime.preprocess_override import PreprocessOverride
 
 ARTIFACTS = ("send", "shared")  # engine folders: sent back packed, or left on a path every node shares
 
@@ -81,6 +90,13 @@ def localize(built: Built, engines_here: Path, engines_there: Path) -> Built:
     return built
 
 
+def node_name(done: Done) -> str | None:
+    """"HOST" for a local job, "HOST (NODE_ID[:12])" for a Ray node (several nodes may share a host)."""
+    if not done.host:
+        return None
+    return done.host if done.node in ("", "local") else f"{done.host} ({done.node[:12]})"
+
+
 def build_jobs(runs: list[Run], engines: Path, cache_dir: Path, quick: bool, calib_size: int, send: bool) -> list[Job]:
     """One build job per engine run, placed by the run's device kind."""
     return [Job(run.key, "enginesmith.benchmarks.cluster_bench:build_job",
@@ -129,3 +145,79 @@ def measure_jobs(items: list[tuple[Run, dict[str, Any], Done | None]]) -> list[J
 def measure_all(executor: Any, items: list[tuple[Run, dict[str, Any], Done | None]], timeout_s: float) -> Iterator[Done]:
     """Phase 2 on `executor`: Done (value: measure_job's dict) for each item, as they finish."""
     yield from executor.run(measure_jobs(items), timeout_s)
+
+
+def run_on_cluster(suite: Suite, out: Path, cluster: str, artifacts: str = "send", *,
+                   weights: dict[str, Path] | None = None,
+                   dataset: Path | str | None = None, preprocess: dict[str, PreprocessOverride] | None = None,
+                   profile: TimingProfile | None = None, quick: bool = False, cache_dir: Path | None = None,
+                   engines: Path | None = None, command: str = "", throughput: bool = True,
+                   ov_streams: int | None = None, progress: bool = True,
+                   echo: Callable[[str], None] = lambda s: None) -> BenchOutcome:
+    """bench.run_bench with its two phases as jobs of `cluster`'s executor (executor_for): the same rows, each
+    saying which node (host) and machine measured it; results files written after every row, in suite order."""
+    if artifacts not in ARTIFACTS:
+        raise EnginesmithError(f"unknown --artifacts {artifacts!r}; choose send or shared")
+    profile = profile or (TimingProfile.quick() if quick else TimingProfile())
+    runs, skipped = plan(suite, weights, dataset, preprocess=preprocess)
+    cache_dir = Path(cache_dir or os.environ.get("ENGINESMITH_CACHE", "build/.cache")).resolve()
+    engines = Path(engines or Path("build") / "bench-engines").resolve()
+    bar = (lambda what, n: progress_bar(what, n)) if progress else (lambda what, n: nullcontext(lambda k: None))
+    skipped_d = [{"key": s.key, "reason": s.reason} for s in skipped]
+    engine_runs = [r for r in runs if r.target in TARGETS]
+    peak = cpu_peak()
+    header = {**run_header(suite, command, profile, peak, True, quick), "cluster": cluster, "artifacts": artifacts}
+    rows: list[dict[str, Any]] = []
+    paths: dict[str, Path] = {}
+    with executor_for(cluster) as executor:
+        # every row placeable before anything runs: a device kind no node is fails now, in one line
+        executor.check(build_jobs(engine_runs, engines, cache_dir, quick, suite.calib_size, False)
+                       + measure_jobs([(r, {}, None) for r in runs]))
+        with bar(f"building {len(engine_runs)} engines", max(1, len(engine_runs))) as update:
+            built, reference, where = build_all(executor, engine_runs, engines, cache_dir, quick, suite.calib_size,
+                                                   artifacts, echo, update)
+        macs = {(r.model, r.input_size, r.num_classes): None for r in runs}
+        for mk in macs:
+            macs[mk] = model_macs(*mk)
+        order = {r.key: i for i, r in enumerate(runs)}
+        items, accuracy, failed = [], {}, {}
+        for run in runs:
+            b = built.get(run.key)
+            if b is not None and b.error:
+                failed[run.key] = b.error
+                continue
+            try:
+                accuracy[run.key] = b.accuracy if b is not None else torch_accuracy(run, reference)
+            except Exception as e:  # the PyTorch reference's accuracy failed: that row fails
+                failed[run.key] = error_text(e)
+                continue
+            items.append((run, make_job(run, b, profile, throughput, ov_streams), where.get(run.key)))
+        by_key = {r.key: r for r in runs}
+        for key, error in failed.items():
+            run = by_key[key]
+            rows.append(make_row(run, built.get(key), None, None, macs[(run.model, run.input_size, run.num_classes)], error))
+        try:
+            with bar(f"measuring {len(items)} runs", max(1, len(items))) as update:
+                for i, done in enumerate(measure_all(executor, items, CHILD_TIMEOUT_S["quick" if quick else "full"])):
+                    run = by_key[done.job.key]
+                    row = make_row(run, built.get(run.key), done.value if done.ok else None, accuracy.get(run.key),
+                                   macs[(run.model, run.input_size, run.num_classes)], None if done.ok else done.error)
+                    row.update(node=node_name(done), machine=done.machine or None)
+                    rows.append(row)
+                    echo(f"FAILED {run.key} on {done.host or 'the cluster'}: {done.error}" if not done.ok else
+                         f"{run.key} on {done.host}: {row['fps']:.1f} FPS, end to end {row['fps_e2e']:.1f}")
+                    rows.sort(key=lambda r: order[_row_key(r)])
+                    add_ratios(rows, peak)
+                    paths = write_results(out, header, rows, skipped_d, plot=False)
+                    update(i + 1)
+        finally:
+            if rows:
+                rows.sort(key=lambda r: order[_row_key(r)])
+                add_ratios(rows, peak)
+                paths = write_results(out, header, rows, skipped_d, plot=True)
+    return BenchOutcome(rows, skipped, paths, header)
+
+
+def _row_key(r: dict[str, Any]) -> str:
+    """A results row's Run.key."""
+    return f"{r['model']}@{r['input_size']}/{r['target']}/{r['precision']}/b{r['batch']}"

@@ -71,6 +71,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("weights", "checkpoint, or 'untrained (seed 0)'"),
     ("dataset", "held-out data for accuracy and the real images"),
     ("engine_dir", "the engine folder"),
+    ("node", "--cluster: the host that built and measured it, with the Ray node id (the header's machine otherwise)"),
+    ("machine", "--cluster: that host's CPU (ISA flags, cores) and GPU"),
     ("error", "why the run failed"),
 )
 KEYS = tuple(k for k, _ in COLUMNS)
