@@ -1,19 +1,19 @@
 """Where an OpenVINO engine spends its time: the CPU plugin's per-layer counters (PERF_COUNT), summed.
 
-    python -m enginesmith.benchmarks.openvino_profile ENGINE_DIR [ENGINE_DIR ...] [--calls 30] [--top 15]
-        [--probe] [--out FILE.md]
+    python -m enginesmith.benchmarks.openvino_profile ENGINE_DIR [ENGINE_DIR ...] [--calls 30] [--rounds 1]
+        [--top 15] [--probe] [--out FILE.md]
 
 Each engine folder (as `build-engine` writes it) is compiled with the Runner the bench uses (the precision's
 INFERENCE_PRECISION_HINT, PERFORMANCE_HINT LATENCY) plus PERF_COUNT, fed one offline photo preprocessed as its
-manifest says, warmed up, then run `--calls` times; every call's `get_profiling_info()` is summed per layer of the
-executable graph (each layer's median over the calls). The executable graph (`get_runtime_model()`) gives each layer's fused original layers and its
-shapes, so every Convolution's MACs are counted (output elements x input channels per group x kernel taps) and its
-GMAC/s is known. Printed (and written with --out, with the machine header): time by layer type and kernel (exec
-type, e.g. brgconv_avx512_I8 vs jit_avx512_f32 or ref_any_f32: layers left in float, Reorders, Converts), the
-convolutions' MACs and time by kernel precision, the convolutions by shape class, and the slowest layers. With
---probe, the roofline probe (benchmarks/roofline.py) of each engine's precision is measured in the same run, and the
-convolutions' GMAC/s are shown beside it. PERF_COUNT adds a little time per layer: the wall time per call is
-printed beside the counters' sum.
+manifest says, warmed up, then run `--calls` times per round (rounds interleave the engines, so a load burst hits
+each); each layer's time is its median over every call (a call the machine preempted does not move it). The
+executable graph (`get_runtime_model()`) gives each layer's fused original layers and shapes, so every
+Convolution's MACs are counted (output elements x input channels per group x kernel taps) and its GMAC/s is known.
+Printed (and written with --out, with the machine header): time by layer type and kernel (exec type, e.g.
+brgconv_avx512_I8 vs jit_avx512_f32 or ref_any_f32: layers left in float, Reorders, Converts), the weighted
+layers' MACs and time by kernel precision, the convolutions by kernel and output size, and the slowest layers.
+With --probe, the roofline probe (benchmarks/roofline.py) of each engine's precision is measured in the same
+run. PERF_COUNT adds a little time per layer: the wall time per call is printed beside the counters' sum.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class EngineProfile:
     calls: int
     wall_ms: list[float]
     layers: list[Layer] = field(default_factory=list)
+    round_medians: list[float] = field(default_factory=list)  # wall median of each round (the spread under load)
 
     @property
     def wall_p50_ms(self) -> float:
@@ -110,23 +111,19 @@ def layer_macs(layer_type: str, op: Any) -> int:
     """MACs of one weighted layer of the executable graph; 0 for the rest.
 
     Convolution: output elements x input channels per group x kernel taps, from the weights input ([O, I, kh, kw],
-    or [G, O/G, I/G, kh, kw] grouped). FullyConnected / MatMul: output elements x the reduced dimension."""
+    or [G, O/G, I/G, kh, kw] grouped). Deconvolution: input elements x output channels per group x taps (weights
+    [I, O, kh, kw] or [G, I/G, O/G, kh, kw]). FullyConnected / MatMul: output elements x the reduced dimension."""
     if layer_type not in WEIGHTED or op.get_input_size() < 2:
         return 0
-    out = _dims(op.get_output_partial_shape(0))
-    w = _dims(op.get_input_partial_shape(1))
-    if min(out) < 0 or min(w) < 0:
+    out, x, w = (_dims(op.get_output_partial_shape(0)), _dims(op.get_input_partial_shape(0)),
+                 _dims(op.get_input_partial_shape(1)))
+    if min(out + x + w) < 0:
         return 0
-    n_out = int(np.prod(out))
-    if layer_type in ("Convolution", "Deconvolution"):
-        taps = int(np.prod(w[-2:]))
-        per_group_in = w[-3] if len(w) == 5 else w[1]
-        if layer_type == "Deconvolution":  # every input element meets O/G x taps weights
-            n_in = int(np.prod(_dims(op.get_input_partial_shape(0))))
-            return n_in * (w[-3] if len(w) == 5 else w[1]) * taps
-        return n_out * per_group_in * taps
-    x = _dims(op.get_input_partial_shape(0))
-    return n_out * x[-1]
+    if layer_type == "Convolution":
+        return int(np.prod(out)) * (w[-3] if len(w) == 5 else w[1]) * int(np.prod(w[-2:]))
+    if layer_type == "Deconvolution":
+        return int(np.prod(x)) * w[-3] * int(np.prod(w[-2:]))
+    return int(np.prod(out)) * x[-1]
 
 
 def _feed(manifest: dict[str, Any]) -> np.ndarray:
@@ -140,44 +137,71 @@ def _feed(manifest: dict[str, Any]) -> np.ndarray:
     return np.stack([preprocess(image, spec)[0]] * batch).astype(np.float32)
 
 
-def profile_engine(engine_dir: Path, calls: int = 30, warmup: int = 3) -> EngineProfile:
-    """Run an OpenVINO engine folder `calls` times with PERF_COUNT and sum its counters per layer."""
-    engine_dir = Path(engine_dir)
-    manifest = json.loads((engine_dir / "manifest.json").read_text())
-    if manifest.get("target") != OPENVINO:
-        raise EnginesmithError(f"{engine_dir} is a {manifest.get('target')} engine; this profiles OpenVINO engines")
-    precision = manifest["precision"]
-    x = _feed(manifest)
-    name = manifest["input"]["name"]
-    per_layer: dict[str, list[float]] = defaultdict(list)
-    kinds: dict[str, tuple[str, str]] = {}
-    wall: list[float] = []
-    with TARGETS[OPENVINO].runner(engine_dir / manifest["engine"], precision, perf_count=True) as runner:
+class Profiler:
+    """One engine folder compiled with PERF_COUNT; `run(calls)` adds calls (several rounds may interleave engines,
+    so a load burst hits each of them); `result()` gives each layer's median over every call."""
+
+    def __init__(self, engine_dir: Path, warmup: int = 3) -> None:
+        self.engine_dir = Path(engine_dir)
+        self.manifest = json.loads((self.engine_dir / "manifest.json").read_text())
+        if self.manifest.get("target") != OPENVINO:
+            raise EnginesmithError(f"{engine_dir} is a {self.manifest.get('target')} engine; this profiles OpenVINO "
+                                   "engines")
+        self.precision = self.manifest["precision"]
+        self.feed = {self.manifest["input"]["name"]: _feed(self.manifest)}
+        self.runner = TARGETS[OPENVINO].runner(self.engine_dir / self.manifest["engine"], self.precision,
+                                               perf_count=True)
+        self.runner.activate()
         for _ in range(warmup):
-            runner.infer({name: x})
+            self.runner.infer(self.feed)
+        self.per_layer: dict[str, list[float]] = defaultdict(list)
+        self.kinds: dict[str, tuple[str, str]] = {}
+        self.wall: list[float] = []
+        self.rounds: list[float] = []  # each run's wall median
+
+    def run(self, calls: int) -> None:
+        wall = []
         for _ in range(calls):
             t0 = time.perf_counter()
-            runner.infer({name: x})
+            self.runner.infer(self.feed)
             wall.append((time.perf_counter() - t0) * 1000.0)
-            for p in runner.profiling_info():
-                per_layer[p.node_name].append(p.real_time.total_seconds() * 1000.0)
-                kinds[p.node_name] = (p.node_type, p.exec_type)
-        graph = {op.get_friendly_name(): op for op in runner.runtime_model().get_ordered_ops()}
-    layers = []
-    for node, times in per_layer.items():
-        layer_type, exec_type = kinds[node]
-        layer = Layer(node, layer_type, exec_type, ms=float(np.median(times)), mean_ms=float(np.mean(times)))
-        op = graph.get(node)
-        if op is not None:
-            layer.macs = layer_macs(layer_type, op)
-            layer.runtime_precision = _rt(op, "runtimePrecision")
-            layer.original = _rt(op, "originalLayersNames")
-            if op.get_input_size() > 1 and layer.macs:
-                layer.shape = f"{_dims(op.get_output_partial_shape(0))} w{_dims(op.get_input_partial_shape(1))}"
-        layers.append(layer)
-    return EngineProfile(str(engine_dir), manifest["model"]["name"] if isinstance(manifest.get("model"), dict)
-                         else str(manifest.get("model")), precision, list(manifest["input"]["shape"]), calls, wall,
-                         layers)
+            for p in self.runner.profiling_info():
+                self.per_layer[p.node_name].append(p.real_time.total_seconds() * 1000.0)
+                self.kinds[p.node_name] = (p.node_type, p.exec_type)
+        self.wall += wall
+        self.rounds.append(float(np.median(wall)))
+
+    def result(self) -> EngineProfile:
+        graph = {op.get_friendly_name(): op for op in self.runner.runtime_model().get_ordered_ops()}
+        layers = []
+        for node, times in self.per_layer.items():
+            layer_type, exec_type = self.kinds[node]
+            layer = Layer(node, layer_type, exec_type, ms=float(np.median(times)), mean_ms=float(np.mean(times)))
+            op = graph.get(node)
+            if op is not None:
+                layer.macs = layer_macs(layer_type, op)
+                layer.runtime_precision = _rt(op, "runtimePrecision")
+                layer.original = _rt(op, "originalLayersNames")
+                if layer.macs:
+                    layer.shape = f"{_dims(op.get_output_partial_shape(0))} w{_dims(op.get_input_partial_shape(1))}"
+            layers.append(layer)
+        model = self.manifest.get("model")
+        return EngineProfile(str(self.engine_dir), model["name"] if isinstance(model, dict) else str(model),
+                             self.precision, list(self.manifest["input"]["shape"]), len(self.wall), self.wall, layers,
+                             self.rounds)
+
+    def close(self) -> None:
+        self.runner.deactivate()
+
+
+def profile_engine(engine_dir: Path, calls: int = 30, warmup: int = 3) -> EngineProfile:
+    """Run an OpenVINO engine folder `calls` times with PERF_COUNT; each layer's median time per call."""
+    profiler = Profiler(engine_dir, warmup)
+    try:
+        profiler.run(calls)
+        return profiler.result()
+    finally:
+        profiler.close()
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -277,15 +301,25 @@ def main(argv: Sequence[str] | None = None) -> list[EngineProfile]:
     engine's time goes."""
     parser = argparse.ArgumentParser(prog="python -m enginesmith.benchmarks.openvino_profile", description=main.__doc__)
     parser.add_argument("engines", nargs="+", type=Path, help="OpenVINO engine folders written by build-engine")
-    parser.add_argument("--calls", type=int, default=30, help="profiled calls per engine [default 30]")
+    parser.add_argument("--calls", type=int, default=30, help="profiled calls per engine and round [default 30]")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds: every engine runs --calls calls per round, "
+                        "engines interleaved, so a load burst hits each [default 1]")
     parser.add_argument("--top", type=int, default=15, help="slowest layers listed [default 15]")
     parser.add_argument("--probe", action="store_true", help="also measure the roofline probe of each precision")
     parser.add_argument("--out", type=Path, default=None, help="write the tables and the machine header here (.md)")
     args = parser.parse_args(argv)
-    if args.calls < 1:
-        parser.error("--calls must be >= 1")
+    if args.calls < 1 or args.rounds < 1:
+        parser.error("--calls and --rounds must be >= 1")
     before = load_average()
-    profiles = [profile_engine(e, args.calls) for e in args.engines]
+    profilers = [Profiler(e) for e in args.engines]
+    try:
+        for _ in range(args.rounds):
+            for profiler in profilers:
+                profiler.run(args.calls)
+        profiles = [profiler.result() for profiler in profilers]
+    finally:
+        for profiler in profilers:
+            profiler.close()
     probes: dict[str, float | None] = {}
     if args.probe:
         from enginesmith.benchmarks.bench import measure_isolated

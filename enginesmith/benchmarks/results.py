@@ -196,9 +196,10 @@ def roofline_section(roof: dict[str, Any] | None) -> list[str]:
     lines = ["## Roofline probe", "",
              "The ceiling each row's \"% of probe\" divides by: stacks of 3x3 convolutions (stride 1, pad 1, + ReLU, "
              "batch 1, seeded weights) built through the row's own target, precision and quantizer and timed as the "
-             f"engines are, in this run; GMAC/s = the stack's MACs / the median call; the ceiling is the higher stack. "
+             "engines are, in this run; GMAC/s = the stack's MACs / the median call; the ceiling is the higher stack; "
+             "'runs as': the inference precision OpenVINO reports for it. "
              f"Alone: `{roof.get('command')}`.", "",
-             *_table(("target", "precision", *(f"{n} ({s['macs'] / 1e9:.2f} GMAC)" for n, s in zip(names, stacks)),
+             *_table(("target", "precision", "runs as", *(f"{n} ({s['macs'] / 1e9:.2f} GMAC)" for n, s in zip(names, stacks)),
                       "ceiling GMAC/s", "load average", "build s"),
                      [_probe_cells(p, names) for p in roof["probes"].values()]), ""]
     return lines
@@ -209,7 +210,8 @@ def _probe_cells(p: dict[str, Any], names: list[str]) -> list[str]:
     cells = [f"{by[n]['gmacs_per_s']:.0f} GMAC/s ({fmt_ms(by[n]['p50_ms'])} ms)" if n in by else DASH for n in names]
     ceiling = f"{p['gmacs_per_s']:.0f}" if p.get("gmacs_per_s") else f"failed: {p.get('error')}"
     load = ", ".join(map(str, p.get("load_average") or [])) or "?"
-    return [str(p["target"]), str(p["precision"]), *cells, ceiling, load, _num(p.get("build_s"), 1)]
+    runs = next((s.get("inference_precision") for s in p.get("stacks") or [] if s.get("inference_precision")), None)
+    return [str(p["target"]), str(p["precision"]), runs or DASH, *cells, ceiling, load, _num(p.get("build_s"), 1)]
 
 
 def _table(header: Sequence[str], rows: list[list[str]]) -> list[str]:

@@ -289,8 +289,10 @@ class Roofline:
             measured = self.measure(probe_job(target, precision, engines, self.profile))
             entry["stacks"] = [{"stack": stack.name, **asdict(stack), **m} for stack, m in zip(self.stacks, measured["stacks"])]
             entry["gmacs_per_s"] = max(s["gmacs_per_s"] for s in entry["stacks"])
+            runs = entry["stacks"][0].get("inference_precision")
             self.echo(f"roofline probe {target}/{precision}: {entry['gmacs_per_s']:.0f} GMAC/s ("
-                      + ", ".join(f"{s['stack']}: {s['gmacs_per_s']:.0f}" for s in entry["stacks"]) + ")")
+                      + ", ".join(f"{s['stack']}: {s['gmacs_per_s']:.0f}" for s in entry["stacks"]) + ")"
+                      + (f", runs as {runs}" if runs else ""))
         except Exception as e:  # the probe is a reference: its failure leaves the rows without a fraction, nothing more
             entry["error"] = str(e) if isinstance(e, EnginesmithError) else f"{type(e).__name__}: {e}"
             self.echo(f"FAILED roofline probe {target}/{precision}: {entry['error']}")

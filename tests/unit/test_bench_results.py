@@ -131,7 +131,7 @@ ROOFLINE = {"stacks": [{"stack": "4x conv3x3 256ch 52x52", "channels": 256, "siz
             "probes": {"openvino/int8": {"target": "openvino", "precision": "int8", "gmacs_per_s": 400.0,
                                          "load_average": [0.5, 0.4, 0.3], "build_s": 6.25, "error": None,
                                          "stacks": [{"stack": "4x conv3x3 256ch 52x52", "gmacs_per_s": 400.0,
-                                                     "p50_ms": 15.95},
+                                                     "p50_ms": 15.95, "inference_precision": "f32"},
                                                     {"stack": "4x conv3x3 512ch 26x26", "gmacs_per_s": 380.0,
                                                      "p50_ms": 16.79}]},
                        "onnxruntime/int8": {"target": "onnxruntime", "precision": "int8", "gmacs_per_s": None,
@@ -206,9 +206,9 @@ def test_json_csv_and_md_agree_row_for_row_and_unmeasured_cells_read_dash(tmp_pa
     assert d[0]["vs PyTorch"] == "1.00x" and d[1]["OV throughput FPS"] == "150.5 (2 streams, 4 requests)"
     assert d[1]["% of probe"] == f"{100 * 31 * 123.456 / 400:.1f}%" and d[2]["% of probe"] == DASH
     probe = _md_table(md, "## Roofline probe")
-    assert probe[0][:2] == ["target", "precision"] and probe[0][2] == "4x conv3x3 256ch 52x52 (6.38 GMAC)"
-    assert probe[2][:5] == ["openvino", "int8", "400 GMAC/s (15.95 ms)", "380 GMAC/s (16.79 ms)", "400"]
-    assert probe[3][4] == "failed: the probe failed | here" and ROOFLINE["command"] in md
+    assert probe[0][:3] == ["target", "precision", "runs as"] and probe[0][3] == "4x conv3x3 256ch 52x52 (6.38 GMAC)"
+    assert probe[2][:6] == ["openvino", "int8", "f32", "400 GMAC/s (15.95 ms)", "380 GMAC/s (16.79 ms)", "400"]
+    assert probe[3][2] == DASH and probe[3][5] == "failed: the probe failed | here" and ROOFLINE["command"] in md
     failed_md = _md_table(md, "## Failed runs")
     assert failed_md[2][0] == "yolov3@416x416/onnxruntime/int8/b1" and "failed | its check" in failed_md[2][1]
     assert "batch 1 only" in md.split("## Not run", 1)[1]
