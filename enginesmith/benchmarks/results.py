@@ -197,9 +197,10 @@ def roofline_section(roof: dict[str, Any] | None) -> list[str]:
              "The ceiling each row's \"% of probe\" divides by: stacks of 3x3 convolutions (stride 1, pad 1, + ReLU, "
              "batch 1, seeded weights) built through the row's own target, precision and quantizer and timed as the "
              "engines are, in this run; GMAC/s = the stack's MACs / the median call; the ceiling is the higher stack; "
-             "'runs as': the inference precision OpenVINO reports for it. "
+             "inference precision: what the runtime reports it ran the float parts at (OpenVINO's "
+             "INFERENCE_PRECISION_HINT after compiling; an int8 engine's quantized layers run int8). "
              f"Alone: `{roof.get('command')}`.", "",
-             *_table(("target", "precision", "runs as", *(f"{n} ({s['macs'] / 1e9:.2f} GMAC)" for n, s in zip(names, stacks)),
+             *_table(("target", "precision", "inference precision", *(f"{n} ({s['macs'] / 1e9:.2f} GMAC)" for n, s in zip(names, stacks)),
                       "ceiling GMAC/s", "load average", "build s"),
                      [_probe_cells(p, names) for p in roof["probes"].values()]), ""]
     return lines

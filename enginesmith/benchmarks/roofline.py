@@ -292,7 +292,7 @@ class Roofline:
             runs = entry["stacks"][0].get("inference_precision")
             self.echo(f"roofline probe {target}/{precision}: {entry['gmacs_per_s']:.0f} GMAC/s ("
                       + ", ".join(f"{s['stack']}: {s['gmacs_per_s']:.0f}" for s in entry["stacks"]) + ")"
-                      + (f", runs as {runs}" if runs else ""))
+                      + (f", inference precision {runs}" if runs else ""))
         except Exception as e:  # the probe is a reference: its failure leaves the rows without a fraction, nothing more
             entry["error"] = str(e) if isinstance(e, EnginesmithError) else f"{type(e).__name__}: {e}"
             self.echo(f"FAILED roofline probe {target}/{precision}: {entry['error']}")

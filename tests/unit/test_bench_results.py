@@ -206,7 +206,7 @@ def test_json_csv_and_md_agree_row_for_row_and_unmeasured_cells_read_dash(tmp_pa
     assert d[0]["vs PyTorch"] == "1.00x" and d[1]["OV throughput FPS"] == "150.5 (2 streams, 4 requests)"
     assert d[1]["% of probe"] == f"{100 * 31 * 123.456 / 400:.1f}%" and d[2]["% of probe"] == DASH
     probe = _md_table(md, "## Roofline probe")
-    assert probe[0][:3] == ["target", "precision", "runs as"] and probe[0][3] == "4x conv3x3 256ch 52x52 (6.38 GMAC)"
+    assert probe[0][:3] == ["target", "precision", "inference precision"] and probe[0][3] == "4x conv3x3 256ch 52x52 (6.38 GMAC)"
     assert probe[2][:6] == ["openvino", "int8", "f32", "400 GMAC/s (15.95 ms)", "380 GMAC/s (16.79 ms)", "400"]
     assert probe[3][2] == DASH and probe[3][5] == "failed: the probe failed | here" and ROOFLINE["command"] in md
     failed_md = _md_table(md, "## Failed runs")
