@@ -329,10 +329,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     echo = lambda s: print(s, flush=True)  # noqa: E731
     with Roofline(profile, lambda job: measure_isolated(job, 900.0), echo=echo) as roof:
         for target in args.targets.split(","):
+            if target not in TARGETS and target not in BASELINES:
+                parser.error(f"unknown target {target!r}; choose among {', '.join([*TARGETS, *BASELINES])}")
+            if not probe_targets(target):
+                echo(f"skipped {target}: a GPU target has no probe")
+                continue
             precisions = BASELINES[target].precisions[:1] if target in BASELINES else args.precisions.split(",")
             for precision in precisions:
-                if target in TARGETS and precision not in TARGETS[target].precisions:
-                    continue
+                if target in TARGETS:
+                    runs, why = TARGETS[target].precision_runs_here(engine_precision(precision))
+                    if precision not in TARGETS[target].precisions or not runs:
+                        echo(f"skipped {target}/{precision}: "
+                             + (why or f"{TARGETS[target].display} does not build {precision}"))
+                        continue
                 roof.ceiling(target, precision)
         return roof.to_dict(args.quick)
 

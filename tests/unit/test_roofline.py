@@ -149,3 +149,15 @@ def test_gpu_targets_have_no_probe_and_a_failed_probe_leaves_no_ceiling():
         folder = roof._tmp
         assert folder.is_dir()
     assert not folder.exists()  # probe engines are not kept: nothing is cached across runs
+
+
+def test_the_command_line_measures_the_probe_alone_in_child_processes(capsys):
+    from enginesmith.benchmarks.roofline import main
+
+    roof = main(["--targets", "onnxruntime,tensorrt", "--precisions", "fp32", "--quick"])
+    (probe,) = roof["probes"].values()
+    assert probe["target"] == "onnxruntime" and probe["error"] is None and len(probe["stacks"]) == 2
+    assert probe["gmacs_per_s"] == max(s["gmacs_per_s"] for s in probe["stacks"]) > 0
+    assert roof["command"] == "python -m enginesmith.benchmarks.roofline --targets onnxruntime --precisions fp32 --quick"
+    out = capsys.readouterr().out
+    assert "roofline probe onnxruntime/fp32: " in out and "skipped tensorrt: a GPU target has no probe" in out
