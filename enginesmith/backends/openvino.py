@@ -165,6 +165,19 @@ class _OpenVINORunnerBase(_BaseRunner):
         self._request = None
         self._compiled = None
 
+    def profiling_info(self) -> list[Any]:
+        """The last call's per-layer counters (openvino.ProfilingInfo: node name and type, exec type, real time,
+        status); empty unless compiled with PERF_COUNT (Runner(perf_count=True))."""
+        if self._request is None:
+            raise EnginesmithError("OpenVINO runner is not loaded; use it as `with runner:` first")
+        return list(self._request.get_profiling_info())
+
+    def runtime_model(self) -> Any:
+        """The executable graph the CPU plugin compiled (fused layers, their kernels and precisions in rt_info)."""
+        if self._compiled is None:
+            raise EnginesmithError("OpenVINO runner is not loaded; use it as `with runner:` first")
+        return self._compiled.get_runtime_model()
+
     @property
     def inference_precision(self) -> str:
         """The precision the CPU plugin actually chose ("f32", "bf16", "f16"); loaded runners only.
@@ -192,6 +205,7 @@ class Runner(_OpenVINORunnerBase):
     - inference_precision: "f32" (default), "f16" (on AVX2 CPUs OpenVINO still executes f16 as f32) or "bf16"
       (AVX512-BF16 / AMX-BF16 CPUs; elsewhere f32).
     - num_threads: INFERENCE_NUM_THREADS, when given.
+    - perf_count: PERF_COUNT (per-layer timing; `profiling_info()` after a call), off by default: it costs time.
     """
 
     def __init__(
@@ -201,6 +215,7 @@ class Runner(_OpenVINORunnerBase):
         performance_hint: str = "LATENCY",
         inference_precision: str = "f32",
         num_threads: int | None = None,
+        perf_count: bool = False,
         **_: Any,
     ) -> None:
         super().__init__()
@@ -213,6 +228,8 @@ class Runner(_OpenVINORunnerBase):
         self.config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": inference_precision}
         if num_threads:
             self.config["INFERENCE_NUM_THREADS"] = int(num_threads)
+        if perf_count:
+            self.config["PERF_COUNT"] = True
 
     def _compile(self) -> Any:
         import openvino as ov

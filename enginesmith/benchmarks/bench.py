@@ -10,8 +10,11 @@ RSS is that engine's own process and a native crash becomes a failed row): load 
 inference-only calls on one batch of real images, run the end-to-end loop on decoded real images
 (preprocess / inference / decode + NMS timed apart), read the process's peak RSS, then OpenVINO's
 throughput mode. Engine children import no torch; the "torch" target is PyTorch eager FP32 on the CPU.
-Phase 3: ratios (FPS over PyTorch eager FP32 of the same model, size and batch; GMAC/s over the
-machine's peak, timing.cpu_peak) and the result files, rewritten after every run.
+After the first measured row of each (target, precision) on the CPU, that pair's roofline probe
+(benchmarks/roofline.py: 3x3 convolution stacks built through the same precision stage and backend) is
+measured in a child process the same way; the header records it.
+Phase 3: ratios (FPS over PyTorch eager FP32 of the same model, size and batch; GMAC/s over the probe's
+GMAC/s of the row's own target and precision) and the result files, rewritten after every run.
 
 Longer than 400 lines: both phases of a bench and the JSON job that passes between them; the measuring half
 is what issue 20 (Ray) replaces, so it is split then.
@@ -40,7 +43,8 @@ from enginesmith.backends.torch_compile import TorchCompileRunner
 from enginesmith.benchmarks.evaluate import evaluate
 from enginesmith.benchmarks.machine import run_header as machine_header
 from enginesmith.benchmarks.suite import BASELINES, GPU_TARGETS, REFERENCE_BASELINE, Run, Skipped, Suite, plan
-from enginesmith.benchmarks.timing import TimingProfile, cpu_peak, measure, openvino_throughput, time_calls
+from enginesmith.benchmarks.roofline import Roofline, load_average, measure_probe, probe_key
+from enginesmith.benchmarks.timing import TimingProfile, measure, openvino_throughput, time_calls
 from enginesmith.data.classification import classification_samples
 from enginesmith.data.datasets import open_dataset
 from enginesmith.data.offline_photos import offline_photos
@@ -355,7 +359,9 @@ def end_to_end(runner: Any, input_name: str, images: list[np.ndarray], pre_spec:
 
 
 def measure_job(job: dict[str, Any], isolated: bool = True) -> dict[str, Any]:
-    """Measure one engine (or PyTorch model) as `job` says; see the module docstring for what."""
+    """Measure one engine (or PyTorch model, or a roofline probe) as `job` says; see the module docstring."""
+    if "probe" in job:
+        return measure_probe(job)
     profile = TimingProfile(**job["profile"])
     batch, task = int(job["batch"]), job["task"]
     pre_spec = PreprocessSpec.from_dict(job["preprocess"])
@@ -452,9 +458,10 @@ def make_row(run: Run, built: Built | None, measured: dict[str, Any] | None, acc
     return r
 
 
-def add_ratios(rows: list[dict[str, Any]], peak: Any) -> None:
+def add_ratios(rows: list[dict[str, Any]], ceilings: dict[str, float | None]) -> None:
     """speedup_vs_torch (CPU targets over "torch" FP32, GPU targets over "torch-cuda" FP32, same model,
-    size and batch) and GMAC/s over the CPU peak for the row's precision (GPU rows: no estimate)."""
+    size and batch) and GMAC/s over the roofline probe's GMAC/s of the row's own target and precision
+    (`ceilings`: roofline.probe_key -> GMAC/s; GPU rows and failed probes: none)."""
     base = {(r["model"], r["input_size"], r["batch"], r["target"]): r["fps"] for r in rows
             if r["status"] == "ok" and r["target"] in REFERENCE_BASELINE.values() and r["precision"] == "fp32"}
     for r in rows:
@@ -465,9 +472,8 @@ def add_ratios(rows: list[dict[str, Any]], peak: Any) -> None:
         r["speedup_vs_torch"] = r["fps"] / ref if ref else None
         if r["macs"]:
             r["gmacs_per_s"] = r["macs"] * r["fps"] / 1e9
-            if r["target"] not in GPU_TARGETS and peak is not None:
-                r["peak_gmacs"] = peak.for_precision(r["precision"])
-                r["fraction_of_peak"] = r["gmacs_per_s"] / r["peak_gmacs"] if r["peak_gmacs"] else None
+            r["probe_gmacs"] = ceilings.get(probe_key(r["target"], r["precision"]))
+            r["fraction_of_probe"] = r["gmacs_per_s"] / r["probe_gmacs"] if r["probe_gmacs"] else None
 
 
 def error_text(e: Exception) -> str:
@@ -479,20 +485,12 @@ def error_text(e: Exception) -> str:
     return f"{type(e).__name__}: {first_line(e)} (unexpected; please report it with the command)"
 
 
-def run_header(suite: Suite, command: str, profile: TimingProfile, peak: Any, isolate: bool,
+def run_header(suite: Suite, command: str, profile: TimingProfile, isolate: bool,
                quick: bool = False) -> dict[str, Any]:
     return {**machine_header(), "command": command, "suite": suite.name, "description": suite.description,
             "suite_file": str(suite.source) if suite.source else None, "gpu": gpu_name(),
-            "peak": peak.to_dict() if peak else None, "timing": profile.to_dict(),
-            "isolated": isolate, "quick": quick, "load_average": _load_average()}
-
-
-def _load_average() -> list[float] | None:
-    """The 1/5/15-minute load averages when the run started (a busy machine slows every number)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
+            "roofline": None, "timing": profile.to_dict(),
+            "isolated": isolate, "quick": quick, "load_average": load_average()}
 
 
 def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None, dataset: Path | str | None = None,
@@ -510,8 +508,7 @@ def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None
     check_targets(runs)
     cache_dir = Path(cache_dir or os.environ.get("ENGINESMITH_CACHE", "build/.cache"))
     engines = Path(engines or Path("build") / "bench-engines")
-    peak = cpu_peak()
-    header = run_header(suite, command, profile, peak, isolate, quick)
+    header = run_header(suite, command, profile, isolate, quick)
     bar = (lambda what, n: progress_bar(what, n)) if progress else (lambda what, n: nullcontext(lambda k: None))
     skipped_d = [{"key": s.key, "reason": s.reason} for s in skipped]
 
@@ -537,6 +534,8 @@ def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None
     rows: list[dict[str, Any]] = []
     paths: dict[str, Path] = {}
     timeout = CHILD_TIMEOUT_S["quick" if quick else "full"]
+    measure_child = (lambda job: measure_isolated(job, timeout)) if isolate else (lambda job: measure_job(job, isolated=False))
+    roof = Roofline(profile, measure_child, echo=echo)
     try:
         with bar(f"measuring {len(runs)} runs", len(runs)) as update:
             for i, run in enumerate(runs):
@@ -547,19 +546,22 @@ def run_bench(suite: Suite, out: Path, *, weights: dict[str, Path] | None = None
                     try:
                         accuracy = b.accuracy if b is not None else torch_accuracy(run, reference)
                         job = make_job(run, b, profile, throughput, ov_streams)
-                        measured = measure_isolated(job, timeout) if isolate else measure_job(job, isolated=False)
+                        measured = measure_child(job)
+                        roof.ceiling(run.target, run.precision)  # the (target, precision)'s probe, once, now
+                        header["roofline"] = roof.to_dict(quick)
                     except Exception as e:
                         error = error_text(e)
                 row = make_row(run, b, measured, accuracy, macs[(run.model, run.input_size, run.num_classes)], error)
                 rows.append(row)
                 echo(f"FAILED {run.key}: {error}" if error else
                      f"{run.key}: {row['fps']:.1f} FPS, end to end {row['fps_e2e']:.1f}")
-                add_ratios(rows, peak)
+                add_ratios(rows, roof.ceilings())
                 paths = write_results(out, header, rows, skipped_d, plot=False)
                 update(i + 1)
     finally:
+        roof.close()
         if rows:
-            add_ratios(rows, peak)
+            add_ratios(rows, roof.ceilings())
             paths = write_results(out, header, rows, skipped_d, plot=True)
     return BenchOutcome(rows, skipped, paths, header)
 

@@ -19,11 +19,12 @@ from typing import Any, Callable, Iterator
 from contextlib import nullcontext
 
 from enginesmith.benchmarks.bench import (CHILD_TIMEOUT_S, BenchOutcome, Built, error_text, add_ratios, build_run,
-                                          engine_dir_for, make_job, make_row, measure_job, model_macs, run_header,
-                                          torch_accuracy)
+                                          engine_dir_for, make_job, make_row, measure_isolated, measure_job, model_macs,
+                                          run_header, torch_accuracy)
 from enginesmith.benchmarks.results import write_results
+from enginesmith.benchmarks.roofline import Roofline, probe_key, probe_targets, roofline_header
 from enginesmith.benchmarks.suite import Run, Suite, plan
-from enginesmith.benchmarks.timing import TimingProfile, cpu_peak
+from enginesmith.benchmarks.timing import TimingProfile
 from enginesmith.backends.targets import TARGETS
 from enginesmith.cluster.executor import executor_for
 from enginesmith.cluster.jobs import Done, Job
@@ -49,6 +50,47 @@ def build_job(run: Run, engines: str, cache_dir: str, quick: bool, calib_size: i
 def measure_row_job(job: dict[str, Any]) -> dict[str, Any]:
     """Runs on a node (its own process, holding the node's measuring slot): bench.measure_job."""
     return measure_job(job, isolated=True)
+
+
+def probe_node_job(target: str, precision: str, profile: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Runs on a node (holding its measuring slot): that node's roofline probe of (target, precision), built and
+    timed there (roofline.Roofline, its own child process): the probe's entry (gmacs_per_s None if it failed)."""
+    timeout = CHILD_TIMEOUT_S["quick" if quick else "full"]
+    with Roofline(TimingProfile(**profile), lambda job: measure_isolated(job, timeout)) as roof:
+        roof.ceiling(target, precision)
+        return roof.probes[probe_key(target, precision)]
+
+
+def probe_all(executor: Any, rows: list[dict[str, Any]], nodes: dict[str, str], profile: TimingProfile, quick: bool,
+              echo: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Phase 3 on `executor`: the roofline probe of each (node, target, precision) that measured a CPU row, on that
+    node: {f"{node name} {probe_key}": probe entry + "node"}. `nodes`: a row's node name -> its Done.node."""
+    wanted = {(r["node"], probe_key(r["target"], r["precision"])): (r["target"], r["precision"]) for r in rows
+              if r["status"] == "ok" and r.get("node") and probe_targets(r["target"])}
+    jobs = [Job(f"roofline probe {key} on {name}", "enginesmith.benchmarks.cluster_bench:probe_node_job",
+                {"target": t, "precision": p, "profile": profile.to_dict(), "quick": quick}, measures=True,
+                node=None if nodes[name] == "local" else nodes[name])
+            for (name, key), (t, p) in wanted.items()]
+    probes: dict[str, dict[str, Any]] = {}
+    for done in executor.run(jobs, CHILD_TIMEOUT_S["quick" if quick else "full"]):
+        name = node_name(done) or "?"
+        t, p = done.job.kwargs["target"], done.job.kwargs["precision"]
+        entry = done.value if done.ok else {"target": t, "precision": p, "gmacs_per_s": None, "stacks": [],
+                                             "error": done.error}
+        probes[f"{name} {probe_key(t, p)}"] = {**entry, "node": name}
+        echo(f"roofline probe {probe_key(t, p)} on {name}: " + (f"{entry['gmacs_per_s']:.0f} GMAC/s"
+                                                                 if entry.get("gmacs_per_s") else f"FAILED: {entry['error']}"))
+    return probes
+
+
+def add_node_ratios(rows: list[dict[str, Any]], probes: dict[str, dict[str, Any]]) -> None:
+    """bench.add_ratios with each row's fraction taken over the probe measured on the row's own node."""
+    add_ratios(rows, {})
+    for r in rows:
+        p = probes.get(f"{r.get('node')} {probe_key(r['target'], r['precision'])}")
+        if r.get("gmacs_per_s") and p and p.get("gmacs_per_s"):
+            r["probe_gmacs"] = p["gmacs_per_s"]
+            r["fraction_of_probe"] = r["gmacs_per_s"] / p["gmacs_per_s"]
 
 
 def pack_folder(folder: Path) -> bytes:
@@ -165,10 +207,11 @@ def run_on_cluster(suite: Suite, out: Path, cluster: str, artifacts: str = "send
     bar = (lambda what, n: progress_bar(what, n)) if progress else (lambda what, n: nullcontext(lambda k: None))
     skipped_d = [{"key": s.key, "reason": s.reason} for s in skipped]
     engine_runs = [r for r in runs if r.target in TARGETS]
-    peak = cpu_peak()
-    header = {**run_header(suite, command, profile, peak, True, quick), "cluster": cluster, "artifacts": artifacts}
+    header = {**run_header(suite, command, profile, True, quick), "cluster": cluster, "artifacts": artifacts}
     rows: list[dict[str, Any]] = []
     paths: dict[str, Path] = {}
+    nodes: dict[str, str] = {}  # node name in rows -> Done.node
+    probes: dict[str, dict[str, Any]] = {}
     with executor_for(cluster) as executor:
         # every row placeable before anything runs: a device kind no node is fails now, in one line
         executor.check(build_jobs(engine_runs, engines, cache_dir, quick, suite.calib_size, False)
@@ -203,17 +246,21 @@ def run_on_cluster(suite: Suite, out: Path, cluster: str, artifacts: str = "send
                     row = make_row(run, built.get(run.key), done.value if done.ok else None, accuracy.get(run.key),
                                    macs[(run.model, run.input_size, run.num_classes)], None if done.ok else done.error)
                     row.update(node=node_name(done), machine=done.machine or None)
+                    nodes[row["node"] or ""] = done.node
                     rows.append(row)
                     echo(f"FAILED {run.key} on {done.host or 'the cluster'}: {done.error}" if not done.ok else
                          f"{run.key} on {done.host}: {row['fps']:.1f} FPS, end to end {row['fps_e2e']:.1f}")
                     rows.sort(key=lambda r: order[_row_key(r)])
-                    add_ratios(rows, peak)
+                    add_node_ratios(rows, probes)
                     paths = write_results(out, header, rows, skipped_d, plot=False)
                     update(i + 1)
+            # the ceiling of each node's rows, measured on that node after its rows (one benchmark at a time)
+            probes.update(probe_all(executor, rows, nodes, profile, quick, echo))
+            header["roofline"] = roofline_header(probes, quick)
         finally:
             if rows:
                 rows.sort(key=lambda r: order[_row_key(r)])
-                add_ratios(rows, peak)
+                add_node_ratios(rows, probes)
                 paths = write_results(out, header, rows, skipped_d, plot=True)
     return BenchOutcome(rows, skipped, paths, header)
 

@@ -58,8 +58,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("speedup_vs_torch", "fps / fps of PyTorch eager FP32 (same model, size, batch, run)"),
     ("macs", "multiply-accumulates per image (conv + linear)"),
     ("gmacs_per_s", "macs x fps / 1e9"),
-    ("peak_gmacs", "the machine's peak for this precision (see the header)"),
-    ("fraction_of_peak", "gmacs_per_s / peak_gmacs"),
+    ("probe_gmacs", "the roofline probe's GMAC/s on the row's own target and precision, measured in the same run "
+                    "(3x3 convolution stacks; see the header)"),
+    ("fraction_of_probe", "gmacs_per_s / probe_gmacs"),
     ("peak_rss_mb", "peak resident memory of the measuring process (VmHWM)"),
     ("base_rss_mb", "its resident memory before the engine was loaded"),
     ("engine_mb", "engine files on disk (PyTorch: the state dict)"),
@@ -79,7 +80,7 @@ KEYS = tuple(k for k, _ in COLUMNS)
 PAPER_COLUMNS = ("Method", "mAP", "FPS", "batch size", "# Boxes", "Input resolution", "target", "precision")
 DETAIL_COLUMNS = ("Method", "input", "target", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms",
                   "FPS", "E2E FPS", "E2E/inf", "pre / inf / post ms per image", "OV throughput FPS",
-                  "vs PyTorch", "GMAC/s", "% of peak", "boxes", "candidates", "peak RSS MB", "engine MB",
+                  "vs PyTorch", "GMAC/s", "% of probe", "boxes", "candidates", "peak RSS MB", "engine MB",
                   "build s", "cosine to FP32", "mAP", "COCO AP", "top-1")
 
 
@@ -177,7 +178,7 @@ def detail_cells(r: dict[str, Any]) -> list[str]:
         f"{fmt_fps(r['fps_throughput'])} ({r['throughput_streams']} streams, {r['throughput_requests']} requests)"
     ratio = DASH if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x"
     e2e = DASH if r["e2e_over_inference"] is None else f"{100 * r['e2e_over_inference']:.0f}%"
-    peak = DASH if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.1f}%"
+    peak = DASH if r["fraction_of_probe"] is None else f"{100 * r['fraction_of_probe']:.1f}%"
     gmacs = DASH if r["gmacs_per_s"] is None else f"{r['gmacs_per_s']:.1f}"
     cand = DASH if r["candidates"] is None else f"{r['candidates']:.0f}"
     return [str(r["method"]), str(r["input_size"]), str(r["target"]), str(r["precision"]), fmt_int(r["batch"]),
@@ -186,6 +187,35 @@ def detail_cells(r: dict[str, Any]) -> list[str]:
             _num(r["peak_rss_mb"], 0), _num(r["engine_mb"], 1), _num(r["build_s"], 1),
             _num(r.get("verify_cosine"), 4), _num(r["map_voc07"], 1),
             _num(r["coco_ap"], 1), _num(r["top1"], 1)]
+
+
+def roofline_section(roof: dict[str, Any] | None) -> list[str]:
+    """results.md's account of the ceiling: each (target, precision)'s probe, per stack, with the load it ran under."""
+    if not roof or not roof.get("probes"):
+        return ["## Roofline probe", "", "No probe was measured (no CPU rows): the % of probe column is empty.", ""]
+    stacks = roof.get("stacks") or []
+    names = [s["stack"] for s in stacks]
+    nodes = any(p.get("node") for p in roof["probes"].values())  # --cluster: each node's own probe
+    lines = ["## Roofline probe", "",
+             "The ceiling each row's \"% of probe\" divides by: stacks of 3x3 convolutions (stride 1, pad 1, + ReLU, "
+             "batch 1, seeded weights) built through the row's own target, precision and quantizer and timed as the "
+             "engines are, in this run (--cluster: on each row's own node, after its rows); GMAC/s = the stack's MACs / the median call; the ceiling is the higher stack; "
+             "inference precision: what the runtime reports it ran the float parts at (OpenVINO's "
+             "INFERENCE_PRECISION_HINT after compiling; an int8 engine's quantized layers run int8). "
+             f"Alone: `{roof.get('command')}`.", "",
+             *_table((*(("node",) if nodes else ()), "target", "precision", "inference precision", *(f"{n} ({s['macs'] / 1e9:.2f} GMAC)" for n, s in zip(names, stacks)),
+                      "ceiling GMAC/s", "load average", "build s"),
+                     [[*([str(p.get("node"))] if nodes else []), *_probe_cells(p, names)] for p in roof["probes"].values()]), ""]
+    return lines
+
+
+def _probe_cells(p: dict[str, Any], names: list[str]) -> list[str]:
+    by = {s["stack"]: s for s in p.get("stacks") or []}
+    cells = [f"{by[n]['gmacs_per_s']:.0f} GMAC/s ({fmt_ms(by[n]['p50_ms'])} ms)" if n in by else DASH for n in names]
+    ceiling = f"{p['gmacs_per_s']:.0f}" if p.get("gmacs_per_s") else f"failed: {p.get('error')}"
+    load = ", ".join(map(str, p.get("load_average") or [])) or "?"
+    runs = next((s.get("inference_precision") for s in p.get("stacks") or [] if s.get("inference_precision")), None)
+    return [str(p["target"]), str(p["precision"]), runs or DASH, *cells, ceiling, load, _num(p.get("build_s"), 1)]
 
 
 def _table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
@@ -202,7 +232,6 @@ def render_markdown(run: dict[str, Any], rows: list[dict[str, Any]], skipped: li
     ok = [r for r in rows if r["status"] == "ok"]
     failed = [r for r in rows if r["status"] != "ok"]
     v = run.get("versions", {})
-    peak = run.get("peak", {})
     prof = run.get("timing", {})
     lines = [f"# Benchmark: {run.get('suite', 'enginesmith bench')}", ""]
     if run.get("description"):
@@ -212,7 +241,6 @@ def render_markdown(run: dict[str, Any], rows: list[dict[str, Any]], skipped: li
         f"- date: {run.get('date', '?')}, enginesmith commit {run.get('commit', '?')}",
         f"- machine: {run.get('machine', '?')}" + (f"; GPU: {run['gpu']}" if run.get("gpu") else ""),
         f"- versions: {', '.join(f'{k} {val}' for k, val in sorted(v.items()))}",
-        f"- peak estimate: {peak.get('basis', 'not estimated')}",
         f"- load average at the start (1/5/15 min): {', '.join(map(str, run.get('load_average') or [])) or '?'}"
         " (anything else running on the machine slows every number here)",
         "",
@@ -232,6 +260,7 @@ def render_markdown(run: dict[str, Any], rows: list[dict[str, Any]], skipped: li
         "the baseline of 'vs PyTorch' (GPU targets: torch-cuda FP32). Untrained weights give real speed "
         "but no accuracy, and their score distribution sets the NMS work (see candidates).",
         "",
+        *roofline_section(run.get("roofline")),
         "## Best engine per network",
         "",
         *_table(SUMMARY_COLUMNS, summary_rows(rows)),

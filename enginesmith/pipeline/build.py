@@ -29,7 +29,7 @@ def run_batches(runner: Any, input_name: str, batches: list[Any]) -> dict[str, n
     return result
 
 
-def _engine_source(source: Path) -> Any:
+def engine_source(source: Path) -> Any:
     """An IR produced by the precision stage is read back as an openvino.Model; ONNX goes as a path."""
     if source.suffix == ".xml":
         import openvino as ov
@@ -57,7 +57,7 @@ def engine_artifact(
     build_kwargs, build_params = t.build_options(cache.root)
 
     def produce(tmp: Path) -> StageResult:
-        engine = Path(t.backend.build(_engine_source(source.file), tmp, precision, **build_kwargs))
+        engine = Path(t.backend.build(engine_source(source.file), tmp, precision, **build_kwargs))
         with t.runner(engine, precision) as runner:
             got = run_batches(runner, input_name, verify_batches())
         cmp = compare(reference(), got)

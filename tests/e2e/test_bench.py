@@ -51,7 +51,10 @@ def test_quick_bench_lenet5_and_yolov3_tiny_on_onnxruntime_and_openvino(tmp_path
         assert r["map_voc07"] is None and r["top1"] is None  # no weights, no dataset: nothing made up
         assert r["peak_rss_mb"] > r["base_rss_mb"] > 0 and r["engine_mb"] > 0 and r["build_s"] > 0
         assert r["macs"] > 0 and r["gmacs_per_s"] == pytest.approx(r["macs"] * r["fps"] / 1e9)
-        assert 0 < r["fraction_of_peak"] < 1 and r["speedup_vs_torch"] is None  # torch not among the targets
+        probe = data["run"]["roofline"]["probes"][f"{r['target']}/{r['precision']}"]
+        assert r["probe_gmacs"] == probe["gmacs_per_s"] == max(s["gmacs_per_s"] for s in probe["stacks"])
+        assert r["fraction_of_probe"] == pytest.approx(r["gmacs_per_s"] / probe["gmacs_per_s"])
+        assert r["speedup_vs_torch"] is None  # torch not among the targets
         assert (r["fps_throughput"] is not None) == (r["target"] == "openvino")
         assert Path(r["engine_dir"], "manifest.json").is_file()
         assert r["verify_cosine"] > 0.999  # an FP32 engine reproduces the FP32 ONNX
@@ -62,7 +65,8 @@ def test_quick_bench_lenet5_and_yolov3_tiny_on_onnxruntime_and_openvino(tmp_path
             + 4 * 4 * 256 * 128 * 9 + 2 * 2 * 512 * 256 * 9 + 2 * 2 * 1024 * 512 * 9 + 2 * 2 * 256 * 1024
             + 2 * 2 * 512 * 256 * 9 + 2 * 2 * 255 * 512 + 2 * 2 * 128 * 256 + 4 * 4 * 256 * 384 * 9 + 4 * 4 * 255 * 256)
     assert rows[2]["macs"] == tiny
-    assert data["run"]["command"].startswith("enginesmith ") and data["run"]["peak"]["fp32_gmacs"] > 0
+    assert data["run"]["command"].startswith("enginesmith ")
+    assert set(data["run"]["roofline"]["probes"]) == {"onnxruntime/fp32", "openvino/fp32"}
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
     md = (out / "results.md").read_text()
@@ -112,6 +116,16 @@ def test_bench_measures_top1_only_with_weights_and_data_and_it_matches_plain_pyt
     assert rows["torch"]["accuracy_images"] == len(digits) == 360
     assert all(r["map_voc07"] is None for r in rows.values())
     assert rows["torch"]["speedup_vs_torch"] == 1.0 and rows["openvino"]["speedup_vs_torch"] > 0
+    # each row's fraction is over the probe of its own target and precision, measured in this run
+    roofline = json.loads((out / "results.json").read_text())["run"]["roofline"]
+    assert set(roofline["probes"]) == {"torch/fp32", "openvino/fp32"}
+    for target, r in rows.items():
+        probe = roofline["probes"][f"{target}/fp32"]
+        assert probe["error"] is None and [s["macs"] for s in probe["stacks"]] == [6_379_536_384, 6_379_536_384]
+        assert probe["gmacs_per_s"] == max(s["gmacs_per_s"] for s in probe["stacks"]) > 0
+        assert r["probe_gmacs"] == probe["gmacs_per_s"]
+        assert r["fraction_of_probe"] == pytest.approx(r["macs"] * r["fps"] / 1e9 / probe["gmacs_per_s"])
+    assert roofline["probes"]["openvino/fp32"]["stacks"][0]["inference_precision"] == "f32"
     assert rows["torch"]["weights"] == str(weights) and rows["torch"]["engine_mb"] == pytest.approx(
         sum(p.numel() * 4 for p in model.state_dict().values()) / 1e6)
     md = (out / "results.md").read_text()
@@ -147,4 +161,5 @@ def test_a_failed_run_is_a_row_with_its_error_and_the_exit_code_says_so(tmp_path
     assert all(str(junk) in r["error"] and "\n" not in r["error"] for r in rows)
     md = (out / "results.md").read_text()
     assert "## Failed runs" in md and "lenet5@32x32/onnxruntime/fp32/b1" in md
+    assert json.loads((out / "results.json").read_text())["run"]["roofline"] is None  # no row measured, no probe
     assert _png_ok(out / "fps_vs_map.png")

@@ -61,6 +61,13 @@ def test_in_process_local_jobs_and_ray_give_the_same_rows(tmp_path, cache):
     assert _stable(on_ray.rows) == _stable(plain.rows)
     assert {r["node"] for r in local.rows} == {os.uname().nodename}
     assert all(r["node"].startswith(os.uname().nodename + " (") and r["machine"] for r in on_ray.rows)
+    for out in (local, on_ray):  # each row's % of probe divides by the probe measured on its own node
+        probes = out.run["roofline"]["probes"]
+        assert {(p["node"], p["target"], p["precision"]) for p in probes.values()} == \
+            {(r["node"], r["target"], r["precision"]) for r in out.rows}
+        for r in out.rows:
+            (p,) = [p for p in probes.values() if (p["node"], p["target"], p["precision"]) == (r["node"], r["target"], r["precision"])]
+            assert r["probe_gmacs"] == p["gmacs_per_s"] > 0 and r["fraction_of_probe"] == r["gmacs_per_s"] / p["gmacs_per_s"]
     written = json.loads((tmp_path / "ray" / "results.json").read_text())
     assert written["run"]["cluster"] == "ray" and [r["target"] for r in written["rows"]] == [r["target"] for r in plain.rows]
 

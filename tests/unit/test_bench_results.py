@@ -1,5 +1,5 @@
-"""The benchmark's arithmetic and files: timing statistics, the peak estimate, the Pareto front, the
-ratios, and results.json / results.csv / results.md agreeing row for row ("—" where nothing was measured)."""
+"""The benchmark's arithmetic and files: timing statistics, the Pareto front, the ratios (FPS over PyTorch,
+GMAC/s over the roofline probe of the row's own target and precision), and results.json / results.csv / results.md agreeing row for row ("—" where nothing was measured)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from enginesmith.benchmarks.bench import add_ratios
 from enginesmith.benchmarks.results import (DASH, DETAIL_COLUMNS, KEYS, PAPER_COLUMNS, detail_cells, empty_row,
                                             pareto_front, write_results)
-from enginesmith.benchmarks.timing import TimingProfile, estimate_peak, summarize, time_calls
+from enginesmith.benchmarks.timing import TimingProfile, summarize, time_calls
 
 # ------------------------------------------------------------------------------------------- timing
 
@@ -59,45 +59,6 @@ def test_summary_refuses_no_samples():
         summarize([], batch=1)
 
 
-# ------------------------------------------------------------------------------------------- peak
-
-
-CPUINFO_SPR = """processor\t: 0
-model name\t: Intel(R) Xeon(R) Processor
-cpu MHz\t\t: 2600.000
-siblings\t: 2
-cpu cores\t: 2
-flags\t\t: fpu sse sse2 fma avx avx2 avx512f avx512_vnni avx512_fp16 amx_bf16 amx_int8
-"""
-CPUINFO_HSW = """processor\t: 0
-model name\t: Intel(R) Core(TM) i7-4770 CPU @ 3.40GHz
-cpu MHz\t\t: 800.000
-siblings\t: 8
-cpu cores\t: 4
-flags\t\t: fpu sse sse2 fma avx avx2
-"""
-
-
-def test_peak_estimate_by_hand():
-    spr = estimate_peak(CPUINFO_SPR, logical_cpus=2)
-    assert spr.cores == 2 and spr.ghz == pytest.approx(2.6) and spr.fp32_lanes == 16
-    assert spr.fp32_gmacs == pytest.approx(2 * 2.6 * 2 * 16)  # cores x GHz x 2 FMA pipes x 16 lanes = 166.4
-    assert spr.fp16_gmacs == pytest.approx(2 * 166.4)  # AVX512-FP16: 32 halves per register
-    assert spr.int8_gmacs == pytest.approx(2 * 2.6 * 1024)  # AMX-INT8
-    assert spr.for_precision("int8") == spr.int8_gmacs and spr.for_precision("fp32") == spr.fp32_gmacs
-    assert spr.for_precision("bf16") is None  # not estimated (AMX-BF16 and AVX512-BF16 differ too much)
-    assert "2 FMA pipes" in spr.basis and "AMX" in spr.basis
-    # 8 logical CPUs, 2 threads per core -> 4 cores; the model name's 3.40 GHz beats 'cpu MHz' (a power state)
-    hsw = estimate_peak(CPUINFO_HSW, logical_cpus=8)
-    assert hsw.cores == 4 and hsw.ghz == pytest.approx(3.4) and hsw.fp32_lanes == 8
-    assert hsw.fp32_gmacs == pytest.approx(4 * 3.4 * 2 * 8)
-    assert hsw.fp16_gmacs == hsw.fp32_gmacs  # f16 executed as f32
-    assert hsw.int8_gmacs == pytest.approx(4 * 3.4 * 2 * 8 * 4 / 3)  # pre-VNNI: 3 instructions per 4 products
-    # cpufreq's maximum wins over everything else; a process pinned to fewer CPUs has fewer cores
-    pinned = estimate_peak(CPUINFO_HSW, logical_cpus=2, max_freq_khz="3900000\n")
-    assert pinned.ghz == pytest.approx(3.9) and pinned.cores == 1
-
-
 # ------------------------------------------------------------------------------------------- Pareto
 
 
@@ -138,23 +99,44 @@ def _row(method, target, precision, batch, fps, map_=None, macs=None, **kw):
     return r
 
 
-class _Peak:
-    def for_precision(self, precision):
-        return {"fp32": 100.0, "fp16": 200.0, "int8": 400.0}[precision]
+# roofline.probe_key -> the probe's GMAC/s, as Roofline.ceilings() gives them; onnxruntime/int8's probe failed
+CEILINGS = {"torch/fp32": 50.0, "openvino/int8": 400.0, "openvino/fp32": 100.0, "onnxruntime/int8": None}
 
 
-def test_ratios_use_the_same_models_pytorch_fp32_and_the_precisions_peak():
+def test_ratios_use_the_same_models_pytorch_fp32_and_the_probe_of_the_rows_own_target_and_precision():
     rows = [_row("SSD300", "torch", "fp32", 1, 10.0, macs=2_000_000_000),
             _row("SSD300", "openvino", "int8", 1, 50.0, macs=2_000_000_000),
             _row("SSD300", "openvino", "int8", 8, 60.0, macs=2_000_000_000),  # no batch-8 baseline
-            _row("SSD300", "tensorrt", "fp16", 1, 500.0, macs=2_000_000_000)]  # GPU: no CPU peak, no CUDA baseline
-    add_ratios(rows, _Peak())
+            _row("SSD300", "tensorrt", "fp16", 1, 500.0, macs=2_000_000_000),  # GPU: no probe, no CUDA baseline
+            _row("SSD300", "openvino", "mixed", 1, 40.0, macs=2_000_000_000),  # a mixed engine is an INT8 engine
+            _row("SSD300", "onnxruntime", "int8", 1, 20.0, macs=2_000_000_000),  # its probe failed
+            _row("SSD300", "openvino", "bf16", 1, 30.0, macs=2_000_000_000)]  # no bf16 probe measured
+    add_ratios(rows, CEILINGS)
     assert rows[0]["speedup_vs_torch"] == 1.0 and rows[1]["speedup_vs_torch"] == 5.0
     assert rows[2]["speedup_vs_torch"] is None and rows[3]["speedup_vs_torch"] is None
-    assert rows[1]["gmacs_per_s"] == pytest.approx(2.0 * 50) and rows[1]["peak_gmacs"] == 400.0
-    assert rows[1]["fraction_of_peak"] == pytest.approx(100.0 / 400.0)
-    assert rows[0]["fraction_of_peak"] == pytest.approx(20.0 / 100.0)
-    assert rows[3]["gmacs_per_s"] == pytest.approx(1000.0) and rows[3]["fraction_of_peak"] is None
+    assert rows[1]["gmacs_per_s"] == pytest.approx(2.0 * 50) and rows[1]["probe_gmacs"] == 400.0
+    assert rows[1]["fraction_of_probe"] == pytest.approx(100.0 / 400.0)
+    assert rows[2]["fraction_of_probe"] == pytest.approx(120.0 / 400.0)
+    assert rows[0]["probe_gmacs"] == 50.0 and rows[0]["fraction_of_probe"] == pytest.approx(20.0 / 50.0)
+    assert rows[3]["gmacs_per_s"] == pytest.approx(1000.0) and rows[3]["fraction_of_probe"] is None
+    assert rows[3]["probe_gmacs"] is None
+    assert rows[4]["probe_gmacs"] == 400.0 and rows[4]["fraction_of_probe"] == pytest.approx(80.0 / 400.0)
+    assert rows[5]["gmacs_per_s"] == pytest.approx(40.0) and rows[5]["fraction_of_probe"] is None
+    assert rows[6]["probe_gmacs"] is None and rows[6]["fraction_of_probe"] is None
+
+
+ROOFLINE = {"stacks": [{"stack": "4x conv3x3 256ch 52x52", "channels": 256, "size": 52, "convs": 4, "macs": 6_379_536_384},
+                       {"stack": "4x conv3x3 512ch 26x26", "channels": 512, "size": 26, "convs": 4, "macs": 6_379_536_384}],
+            "command": "python -m enginesmith.benchmarks.roofline --targets openvino --precisions int8",
+            "probes": {"openvino/int8": {"target": "openvino", "precision": "int8", "gmacs_per_s": 400.0,
+                                         "load_average": [0.5, 0.4, 0.3], "build_s": 6.25, "error": None,
+                                         "stacks": [{"stack": "4x conv3x3 256ch 52x52", "gmacs_per_s": 400.0,
+                                                     "p50_ms": 15.95, "inference_precision": "f32"},
+                                                    {"stack": "4x conv3x3 512ch 26x26", "gmacs_per_s": 380.0,
+                                                     "p50_ms": 16.79}]},
+                       "onnxruntime/int8": {"target": "onnxruntime", "precision": "int8", "gmacs_per_s": None,
+                                            "load_average": [0.5, 0.4, 0.3], "build_s": None, "stacks": [],
+                                            "error": "the probe failed | here"}}}
 
 
 def _md_table(text: str, heading: str) -> list[list[str]]:
@@ -178,8 +160,8 @@ def test_json_csv_and_md_agree_row_for_row_and_unmeasured_cells_read_dash(tmp_pa
     failed.update(method="YOLOv3", model="yolov3", input_size="416x416", target="onnxruntime", precision="int8",
                   batch=1, status="error", error="the onnxruntime int8 engine failed | its check")
     rows.append(failed)
-    add_ratios(rows, _Peak())
-    run = {"suite": "unit", "command": "enginesmith bench ssd300", "peak": {"basis": "by hand"}}
+    add_ratios(rows, CEILINGS)
+    run = {"suite": "unit", "command": "enginesmith bench ssd300", "roofline": ROOFLINE}
     paths = write_results(tmp_path, run, rows, [{"key": "faster-rcnn-vgg16/b8", "reason": "batch 1 only"}])
 
     data = json.loads(paths["json"].read_text())
@@ -222,6 +204,11 @@ def test_json_csv_and_md_agree_row_for_row_and_unmeasured_cells_read_dash(tmp_pa
     assert [x["COCO AP"] for x in d] == [DASH, "45.5", DASH] and [x["top-1"] for x in d] == [DASH, DASH, "98.9"]
     assert d[1]["vs PyTorch"] == DASH  # no batch-8 PyTorch row
     assert d[0]["vs PyTorch"] == "1.00x" and d[1]["OV throughput FPS"] == "150.5 (2 streams, 4 requests)"
+    assert d[1]["% of probe"] == f"{100 * 31 * 123.456 / 400:.1f}%" and d[2]["% of probe"] == DASH
+    probe = _md_table(md, "## Roofline probe")
+    assert probe[0][:3] == ["target", "precision", "inference precision"] and probe[0][3] == "4x conv3x3 256ch 52x52 (6.38 GMAC)"
+    assert probe[2][:6] == ["openvino", "int8", "f32", "400 GMAC/s (15.95 ms)", "380 GMAC/s (16.79 ms)", "400"]
+    assert probe[3][2] == DASH and probe[3][5] == "failed: the probe failed | here" and ROOFLINE["command"] in md
     failed_md = _md_table(md, "## Failed runs")
     assert failed_md[2][0] == "yolov3@416x416/onnxruntime/int8/b1" and "failed | its check" in failed_md[2][1]
     assert "batch 1 only" in md.split("## Not run", 1)[1]
