@@ -268,8 +268,8 @@ def _measure(o: Outcome, config: BuildConfig, manifest: dict[str, Any], engine: 
               dataset=config.val, split=config.val_split)
     built = Built(engine_dir=o.engine_dir, engine_file=engine, manifest=manifest)
     try:
-        measured = measure_isolated(make_job(run, built, profile, objective == "throughput", None),
-                                    CHILD_TIMEOUT_S["full"])
+        job = {**make_job(run, built, profile, objective == "throughput", None), "e2e": False}  # inference only
+        measured = measure_isolated(job, CHILD_TIMEOUT_S["full"])
     except EnginesmithError as e:
         o.status, o.reason = "failed", f"measuring: {e}"
         return o

@@ -8,7 +8,8 @@ on the held-out split, measured, never enforced), and every model's MACs are cou
 Phase 2 measures (one child process per run, `python -m enginesmith.benchmarks.bench JOB OUT`, so peak
 RSS is that engine's own process and a native crash becomes a failed row): load the engine, time
 inference-only calls on one batch of real images, run the end-to-end loop on decoded real images
-(preprocess / inference / decode + NMS timed apart), read the process's peak RSS, then OpenVINO's
+(preprocess / inference / decode + NMS timed apart in a sequential loop, then the whole as detector.batch()
+runs it, host work overlapped with inference), read the process's peak RSS, then OpenVINO's
 throughput mode. Engine children import no torch; the "torch" target is PyTorch eager FP32 on the CPU.
 After the first measured row of each (target, precision) on the CPU, that pair's roofline probe
 (benchmarks/roofline.py: 3x3 convolution stacks built through the same precision stage and backend) is
@@ -31,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -55,6 +56,8 @@ from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
 from enginesmith.pipeline.run import MEASUREMENT_STAGES, BuildConfig, build_engine
 from enginesmith.progress import progress_bar
 from enginesmith.runtime.nms import DEFAULT_SCORE_THRESHOLD, nms_detections
+from enginesmith.runtime.openvino_async import AsyncEngine
+from enginesmith.runtime.overlap import overlapped
 from enginesmith.runtime.preprocess import PreprocessSpec, preprocess
 from enginesmith.runtime.preprocess_override import PreprocessOverride, resolve_preprocess
 
@@ -63,6 +66,8 @@ ACCURACY_NOT_ENFORCED = 100.0  # points: the bench measures accuracy, it does no
 QUICK_CALIB_SIZE = 8
 CHILD_TIMEOUT_S = {"quick": 900.0, "full": 3600.0}
 Echo = Callable[[str], None]
+# (groups, prepare, finish) -> results: runtime/overlap.py's overlapped or AsyncEngine.pipeline, with infer bound
+Pipeline = Callable[[Iterable[Any], Callable[[Any], Any], Callable[[dict[str, np.ndarray], Any], list[Any]]], Iterator[Any]]
 
 
 @dataclass
@@ -327,24 +332,36 @@ def _postprocess(task: str, out: dict[str, np.ndarray], transforms: list[Any]) -
         np.argpartition(-probs, k - 1, axis=1)[:, :k]
 
 
+def _e2e_group(images: list[np.ndarray], batch: int, k: int) -> list[np.ndarray]:
+    """The k-th batch of the end-to-end loops: `batch` images cycled from `images`."""
+    return [images[(k * batch + j) % len(images)] for j in range(batch)]
+
+
+def _e2e_prepare(pre_spec: Any) -> Callable[[list[np.ndarray]], tuple[np.ndarray, list[Any]]]:
+    def prepare(imgs: list[np.ndarray]) -> tuple[np.ndarray, list[Any]]:
+        pairs = [preprocess(img, pre_spec) for img in imgs]
+        return np.stack([p[0] for p in pairs]).astype(np.float32, copy=False), [p[1] for p in pairs]
+    return prepare
+
+
 def end_to_end(runner: Any, input_name: str, images: list[np.ndarray], pre_spec: Any, task: str, batch: int,
                profile: TimingProfile) -> dict[str, float]:
-    """Decoded images in, results out, over batches of `batch` images cycled from `images`: mean ms per
-    image for preprocessing, inference and post-processing, and fps_e2e over their sum."""
+    """Decoded images in, results out, over batches of `batch` images cycled from `images`, one batch after
+    another with each part timed apart: mean ms per image for preprocessing, inference and post-processing,
+    `fps_e2e_sequential` over their sum, and `e2e_calls` batches (end_to_end_pipelined runs as many)."""
     state = {"k": 0}
     parts = np.zeros(3)
+    prepare = _e2e_prepare(pre_spec)
 
     def one_batch() -> None:
         k = state["k"]
-        group = [images[(k * batch + j) % len(images)] for j in range(batch)]
         state["k"] = k + 1
         t0 = time.perf_counter()
-        pairs = [preprocess(img, pre_spec) for img in group]
-        x = np.stack([p[0] for p in pairs]).astype(np.float32, copy=False)
+        x, transforms = prepare(_e2e_group(images, batch, k))
         t1 = time.perf_counter()
         out = runner.infer({input_name: x})
         t2 = time.perf_counter()
-        _postprocess(task, out, [p[1] for p in pairs])
+        _postprocess(task, out, transforms)
         t3 = time.perf_counter()
         parts[:] += (t1 - t0, t2 - t1, t3 - t2)
 
@@ -355,7 +372,33 @@ def end_to_end(runner: Any, input_name: str, images: list[np.ndarray], pre_spec:
     n_images = calls * batch
     per = parts * 1000.0 / n_images
     return {"preprocess_ms": float(per[0]), "inference_ms": float(per[1]), "postprocess_ms": float(per[2]),
-            "fps_e2e": float(n_images / parts.sum()), "e2e_calls": calls}
+            "fps_e2e_sequential": float(n_images / parts.sum()), "e2e_calls": calls}
+
+
+def end_to_end_pipelined(pipeline: Pipeline, images: list[np.ndarray], pre_spec: Any, task: str, batch: int,
+                         calls: int) -> float:
+    """Images per second of `calls` batches (cycled from `images`, as end_to_end's) through `pipeline`, the loop
+    detector.batch() runs (`pipeline_for`), timed as a whole after one warm-up batch."""
+    prepare = _e2e_prepare(pre_spec)
+
+    def finish(out: dict[str, np.ndarray], prepared: tuple[np.ndarray, list[Any]]) -> list[None]:
+        _postprocess(task, out, prepared[1])
+        return [None]
+
+    for _ in pipeline([_e2e_group(images, batch, 0)], prepare, finish):
+        pass
+    t0 = time.perf_counter()
+    for _ in pipeline((_e2e_group(images, batch, k) for k in range(calls)), prepare, finish):
+        pass
+    return calls * batch / (time.perf_counter() - t0)
+
+
+def pipeline_for(runner: Any, input_name: str, async_engine: Any = None) -> Pipeline:
+    """The loop detector.batch() runs over several batches: OpenVINO's async queue on its THROUGHPUT model
+    (`async_engine`, runtime/openvino_async.py), otherwise runtime/overlap.py around `runner`."""
+    if async_engine is not None:
+        return lambda groups, prepare, finish: async_engine.pipeline(input_name, groups, prepare, finish)
+    return lambda groups, prepare, finish: overlapped(groups, prepare, lambda p: runner.infer({input_name: p[0]}), finish)
 
 
 def measure_job(job: dict[str, Any], isolated: bool = True) -> dict[str, Any]:
@@ -384,8 +427,18 @@ def measure_job(job: dict[str, Any], isolated: bool = True) -> dict[str, Any]:
             boxes = int(first["boxes"].shape[1])
             candidates = float((np.asarray(first["scores"]) > DEFAULT_SCORE_THRESHOLD).sum() / batch)
         stats = measure(lambda: runner.infer(feed), batch, profile)
-        e2e = end_to_end(runner, input_name, images, pre_spec, task, batch, profile)
-        peak_rss = _status_mb("VmHWM")
+        e2e = None
+        if job.get("e2e", True):  # --target auto ranks by inference alone and skips the end-to-end loops
+            e2e = end_to_end(runner, input_name, images, pre_spec, task, batch, profile)
+        peak_rss = _status_mb("VmHWM")  # the engine's own: before batch()'s OpenVINO throughput model is compiled
+        if e2e is not None:
+            async_engine = None
+            if not job.get("torch") and TARGETS[job["target"]].streams_async:
+                hint = TARGETS[job["target"]].options(job["precision"])["inference_precision"]
+                async_engine = AsyncEngine(Path(job["engine"]), hint, 0, job.get("runtime", {}).get("num_streams"))
+            e2e["fps_e2e"] = end_to_end_pipelined(pipeline_for(runner, input_name, async_engine), images, pre_spec,
+                                                  task, batch, e2e["e2e_calls"])
+            async_engine = None
     result: dict[str, Any] = {"latency": stats.to_dict(), "e2e": e2e, "boxes": boxes, "candidates": candidates,
                               "load_s": load_s, "torch_imported": "torch" in sys.modules, "state_dict_bytes": state_bytes,
                               "peak_rss_mb": peak_rss if isolated else None, "base_rss_mb": base_rss if isolated else None,

@@ -5,13 +5,16 @@
 On the same decoded real images (the offline photos: uint8 RGB at their own sizes), one after another:
 - inference only: the engine's Runner on one preprocessed batch, synchronous calls (as `enginesmith bench`);
   for OpenVINO also its throughput mode (THROUGHPUT hint, the plugin's streams, async requests);
-- end to end, sequential: `load(engine).batch(images)` (preprocess, infer, decode + NMS, boxes back in
-  the image's pixels, one batch at a time);
-- end to end, streamed: `load(engine).stream(images)` (for OpenVINO an async request queue, so the host
-  preprocesses and post-processes while the engine runs; other backends: as sequential), the path the
-  example app (examples/edge_app.py) uses.
+- end to end, sequential: `detector.batch(group)` on one engine batch of images after another, each call the
+  synchronous path (preprocess, infer, decode + NMS, boxes back in the image's pixels; nothing overlapped);
+- end to end, `load(engine).batch(images)` over all the images: host work overlapped with inference (OpenVINO:
+  stream()'s async request queue on a THROUGHPUT model; other backends: runtime/overlap.py, a worker thread
+  preprocessing the next group and post-processing the last one while the caller's thread runs the engine);
+- end to end, streamed: `load(engine).stream(images)` (the same loop as batch(), lazily), the path the example
+  app (examples/edge_app.py) uses.
 Each loop runs over all images, repeated until `min_time` seconds, after one warm-up pass. Writes
-e2e-MODEL-TARGET-PRECISION.json/.md with the FPS and the ratios end-to-end / inference-only.
+e2e-MODEL-TARGET-PRECISION-bBATCH.json/.md with the FPS, the ratios end-to-end / inference-only, and whether
+batch() and stream() give the sequential loop's detections.
 """
 
 from __future__ import annotations
@@ -60,31 +63,45 @@ def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> 
         hint = TARGETS[info.target].options(info.precision)["inference_precision"]
         result["inference_fps_throughput"] = openvino_throughput(Path(info.engine_file), x, hint, min_time)["fps"]
     with detector:
-        sequential = detector.batch(images)
-        result["e2e_fps_sequential"] = _repeat(lambda: len(detector.batch(images)), min_time)
+        def one_by_one() -> list[Any]:
+            return [r for i in range(0, len(images), batch) for r in detector.batch(images[i:i + batch])]
+
+        sequential = one_by_one()
+        result["e2e_fps_sequential"] = _repeat(lambda: len(one_by_one()), min_time)
+        batched = detector.batch(images)
+        result["e2e_fps_batch"] = _repeat(lambda: len(detector.batch(images)), min_time)
         streamed = list(detector.stream(images))
         result["e2e_fps_streamed"] = _repeat(lambda: len(list(detector.stream(images))), min_time)
-    same = all(len(a) == len(b) and all(d.class_id == e.class_id and np.allclose(d.box, e.box, atol=1e-3)
-                                        for d, e in zip(a, b)) for a, b in zip(sequential, streamed))
-    result["streamed_equals_sequential"] = bool(same)
+    result["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    result["batch_equals_sequential"] = _same(batched, sequential)
+    result["streamed_equals_sequential"] = _same(streamed, sequential)
     result["detections"] = int(sum(len(d) for d in sequential))
-    for key in ("e2e_fps_sequential", "e2e_fps_streamed"):
+    for key in ("e2e_fps_sequential", "e2e_fps_batch", "e2e_fps_streamed"):
         result[key.replace("e2e_fps", "ratio") + "_over_inference"] = result[key] / result["inference_fps"]
     return result
+
+
+def _same(a: list[Any], b: list[Any]) -> bool:
+    return len(a) == len(b) and all(len(x) == len(y) and all(d.class_id == e.class_id and np.allclose(d.box, e.box, atol=1e-3)
+                                                             for d, e in zip(x, y)) for x, y in zip(a, b))
 
 
 def render_markdown(header: dict[str, Any], r: dict[str, Any]) -> str:
     rows = [("inference only, synchronous calls (as `enginesmith bench`)", r["inference_fps"], None),
             ("inference only, OpenVINO throughput mode", r.get("inference_fps_throughput"), None),
-            ("end to end, sequential (`detector.batch`)", r["e2e_fps_sequential"], r["ratio_sequential_over_inference"]),
+            ("end to end, sequential (`detector.batch` on one engine batch at a time)", r["e2e_fps_sequential"],
+             r["ratio_sequential_over_inference"]),
+            ("end to end, `detector.batch` on all images (host work overlapped)", r["e2e_fps_batch"],
+             r["ratio_batch_over_inference"]),
             ("end to end, streamed (`detector.stream`)", r["e2e_fps_streamed"], r["ratio_streamed_over_inference"])]
     lines = [f"# End to end vs inference only: {r['model']} {r['target']} {r['precision']}, batch {r['batch']}", "",
              f"- command: `{header['command']}`", f"- date: {header['date']}",
-             f"- machine: {header['machine']}; commit {header['commit']}; load average at start {header['load_average']}",
+             f"- machine: {header['machine']}; commit {header['commit']}; load average (1/5/15 min) "
+             f"at start {header['load_average']}, at end {r.get('load_average_end')}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in header["versions"].items()),
              f"- {r['images']} decoded real photos (uint8 RGB, their own sizes) cycled, {r['min_time_s']} s per loop after "
-             f"a warm-up pass; {r['detections']} detections per pass; streamed results equal sequential: "
-             f"{r['streamed_equals_sequential']}", "",
+             f"a warm-up pass; {r['detections']} detections per pass; results equal the sequential loop's: batch() "
+             f"{r['batch_equals_sequential']}, stream() {r['streamed_equals_sequential']}", "",
              "| loop | FPS | / inference-only sync FPS |", "|---|---|---|"]
     for name, fps, ratio in rows:
         if fps is not None:

@@ -12,6 +12,7 @@ the conversion rule); results come back in the original image's pixels.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Generic, Iterable, Iterator, Sequence, TypeVar
@@ -25,6 +26,7 @@ from enginesmith.runtime.manifest import EngineInfo, check_runnable, engine_info
 from enginesmith.runtime.nms import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD,
                                      nms_detections)
 from enginesmith.runtime.openvino_async import AsyncEngine
+from enginesmith.runtime.overlap import overlapped
 from enginesmith.runtime.preprocess import Transform, preprocess
 from enginesmith.runtime.trained import warn_if_untrained
 from enginesmith.runtime.two_stage import TwoStageDetector
@@ -63,7 +65,7 @@ class _Engine(Generic[R]):
 
     # lifecycle
     def close(self) -> None:
-        """Release the engine (and the OpenVINO throughput model, if stream() made one)."""
+        """Release the engine (and the OpenVINO throughput model, if stream() or batch() made one)."""
         self._runner.deactivate()
         self._async = None
 
@@ -113,8 +115,16 @@ class _Engine(Generic[R]):
         return self._runner.infer({self.info.input_name: self._pad(x)}), transforms
 
     def batch(self, images: Iterable[ImageLike], channels: Channels = "RGB") -> list[R]:
-        """Results for each image, in order; images run batch_size at a time."""
-        return [r for group in _chunks(images, self.batch_size) for r in self._run_group(group, channels)]
+        """Results for each image, in order; images run batch_size at a time. Up to one group: the synchronous
+        path of __call__; more: the path of stream(), host work overlapped with inference."""
+        groups = _chunks(images, self.batch_size)
+        first = next(groups, None)
+        if first is None:
+            return []
+        second = next(groups, None)
+        if second is None:
+            return self._run_group(first, channels)
+        return list(self._pipeline(itertools.chain((first, second), groups), channels, None))
 
     def _run_group(self, group: list[ImageLike], channels: Channels) -> list[R]:
         outputs, transforms = self.raw(group, channels)
@@ -125,26 +135,32 @@ class _Engine(Generic[R]):
         return self.batch([image], channels)[0]
 
     def stream(self, images: Iterable[ImageLike], channels: Channels = "RGB", requests: int = 0) -> Iterator[R]:
-        """Results for a stream of images, in order. OpenVINO engines run an async queue of `requests`
-        infer requests on a THROUGHPUT-compiled model (0: OpenVINO's optimal number; compiled on first
-        use; NUM_STREAMS from the manifest's runtime settings when it fixes them), so preprocessing of the next
-        images overlaps inference; other backends run batch by batch."""
+        """Results for a stream of images, in order, host work overlapped with inference. OpenVINO engines run
+        an async queue of `requests` infer requests on a THROUGHPUT-compiled model (0: OpenVINO's optimal number;
+        compiled on first use, kept until close(); NUM_STREAMS from the manifest's
+        runtime settings when it fixes them): the next images are preprocessed and the finished ones
+        post-processed while requests run. Other backends: runtime/overlap.py, a worker thread preprocessing the
+        next group and post-processing the last one while this thread runs the engine. Either way a result comes
+        out about one group after its image went in."""
+        yield from self._pipeline(_chunks(images, self.batch_size), channels, requests)
+
+    def _pipeline(self, groups: Iterable[list[ImageLike]], channels: Channels, requests: int | None) -> Iterator[R]:
+        """stream()'s loop; requests None (batch()): OpenVINO's throughput model as it is, else with the optimal number."""
+        def prepare(group: list[ImageLike]) -> tuple[np.ndarray, list[Transform]]:
+            x, transforms = self._prepare(group, channels)
+            return self._pad(x), transforms
+
+        def finish(outputs: dict[str, np.ndarray], prepared: tuple[np.ndarray, list[Transform]]) -> list[R]:
+            return self._postprocess(outputs, prepared[1])
+
         if not TARGETS[self.info.target].streams_async:
-            for group in _chunks(images, self.batch_size):
-                yield from self._run_group(group, channels)
+            infer = self._runner.infer
+            yield from overlapped(groups, prepare, lambda prepared: infer({self.info.input_name: prepared[0]}), finish)
             return
-
-        if self._async is None or self._async.requests_asked != requests:
-            self._async = AsyncEngine(self.info.engine_file, self._options.get("inference_precision", "f32"), requests,
+        if self._async is None or (requests is not None and self._async.requests_asked != requests):
+            self._async = AsyncEngine(self.info.engine_file, self._options.get("inference_precision", "f32"), requests or 0,
                                       self._options.get("num_streams"))
-
-        def batches() -> Iterator[tuple[np.ndarray, list[Transform]]]:
-            for group in _chunks(images, self.batch_size):
-                x, transforms = self._prepare(group, channels)
-                yield self._pad(x), transforms
-
-        for outputs, transforms in self._async.run(self.info.input_name, batches()):
-            yield from self._postprocess(outputs, transforms)
+        yield from self._async.pipeline(self.info.input_name, groups, prepare, finish)
 
 
 def _chunks(items: Iterable[ImageLike], size: int) -> Iterator[list[ImageLike]]:

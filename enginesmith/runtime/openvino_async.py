@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from enginesmith.backends.base import first_line
 from enginesmith.errors import EnginesmithError
 
 T = TypeVar("T")
+G = TypeVar("G")
+P = TypeVar("P", bound=tuple)
+R = TypeVar("R")
 
 
 def _name(port: Any, fallback: str) -> str:
@@ -98,3 +101,10 @@ class AsyncEngine:
                 item = done.pop(emitted)
             yield item
             emitted += 1
+
+    def pipeline(self, input_name: str, groups: Iterable[G], prepare: Callable[[G], P],
+                 finish: Callable[[dict[str, np.ndarray], P], list[R]]) -> Iterator[R]:
+        """runtime/overlap.py's `overlapped` on this queue: prepare(group) -> (x, ...) runs in the caller's thread
+        while earlier requests run, finish(outputs, prepared) as each comes back; results in order."""
+        for outputs, prepared in self.run(input_name, ((p[0], p) for p in map(prepare, groups))):
+            yield from finish(outputs, prepared)

@@ -1,5 +1,5 @@
-"""benchmarks/e2e_stream.py on real tiny detector engines: its three loops run, streamed detections equal
-sequential ones, and the end-to-end FPS cannot exceed the inference-only FPS by more than timing noise
+"""benchmarks/e2e_stream.py on real tiny detector engines: its loops run, batch() and streamed detections equal
+the sequential loop's, and the end-to-end FPS cannot exceed the inference-only FPS by more than timing noise
 when the engine runs one request at a time (sequential loop: inference is a part of it)."""
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ def test_e2e_stream_on_yolov3_tiny(tmp_path, cache_dir, target):
     files = list((tmp_path / "o").glob("e2e-yolov3-tiny-*.json"))
     assert len(files) == 1 and files[0].with_suffix(".md").is_file()
     r = json.loads(files[0].read_text())["result"]
-    assert r["streamed_equals_sequential"] is True and r["images"] == 6
+    assert r["streamed_equals_sequential"] is True and r["batch_equals_sequential"] is True and r["images"] == 6
     assert 0 < r["e2e_fps_sequential"] < 1.5 * r["inference_fps"]
-    assert r["ratio_sequential_over_inference"] == pytest.approx(r["e2e_fps_sequential"] / r["inference_fps"])
+    for loop in ("sequential", "batch", "streamed"):
+        assert r[f"ratio_{loop}_over_inference"] == pytest.approx(r[f"e2e_fps_{loop}"] / r["inference_fps"])
+    assert "`detector.batch` on all images" in files[0].with_suffix(".md").read_text()
     assert (r.get("inference_fps_throughput") is not None) == (target == "openvino")
     assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 2
