@@ -58,7 +58,10 @@ def build_engine(
     with hold_out(out):
         ctx = BuildContext(config, spec, on_stage)
         ctx.cache.on_start = on_start
-        return _run_stages(ctx, out, state, on_search_step)
+        try:
+            return _run_stages(ctx, out, state, on_search_step)
+        finally:
+            ctx.close()
 
 
 def default_out(spec: Any, config: BuildConfig) -> Path:

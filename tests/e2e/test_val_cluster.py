@@ -1,0 +1,68 @@
+"""`build-engine MODEL --val D --cluster ...`: the engine's held-out metric measured in shards, as executor jobs.
+
+A really trained LeNet-5 on the 360 held-out digits: built with `--cluster local` (four shards, each a child
+process running the engine's own runner), its accuracy stage's accuracy.json equals, key for key, the one measured
+in this process without --cluster; and the two share one cache entry (the build without --cluster finds the stage
+cached). Bad --cluster use through the real CLI is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from enginesmith.pipeline.artifacts import Artifact
+from enginesmith.pipeline.run import BuildConfig, build_engine
+
+from test_build_lenet5 import trained_lenet  # noqa: F401  (fixture)
+
+KW = dict(target="onnxruntime", precision="int8", calib_size=32)
+
+
+def _cli(cache_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ENGINESMITH_CACHE": str(cache_dir), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "enginesmith.cli", "build", "lenet5", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _accuracy(ran: list[Artifact]) -> Artifact:
+    (stage,) = [a for a in ran if a.stage == "accuracy"]
+    return stage
+
+
+def test_cluster_local_measures_the_same_metric_in_one_shared_cache_entry(trained_lenet, tmp_path, capfd):
+    weights = trained_lenet[0]
+    config = dict(weights=weights, val=Path("digits"), val_split="test", cache_dir=tmp_path / "cache",
+                  latency_budget_s=0.2, **KW)
+    sharded = build_engine(BuildConfig("lenet5", out=tmp_path / "sharded", cluster="local", **config))
+    entry = _accuracy(sharded.ran)
+    err = capfd.readouterr().err
+    assert not entry.cached
+    for k in range(1, 5):  # the measurement really ran as four shards, each in a child process
+        assert f"accuracy shard {k}/4: images" in err, err[-3000:]
+
+    shared = build_engine(BuildConfig("lenet5", out=tmp_path / "plain", **config))
+    assert _accuracy(shared.ran).cached  # the key does not name --cluster: the sharded measurement is this entry
+
+    again = build_engine(BuildConfig("lenet5", out=tmp_path / "again", rebuild=("accuracy",), **config))
+    fresh = _accuracy(again.ran)
+    assert not fresh.cached and fresh.folder == entry.folder  # measured afresh, in this process, unsharded
+    assert "accuracy shard" not in capfd.readouterr().err
+    assert json.loads((fresh.folder / "accuracy.json").read_text()) == entry.metrics  # every key, exactly
+    assert fresh.metrics["images"] == 360 and sharded.accuracy == again.accuracy
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--val", "digits", "--cluster", "nowhere"], "unknown --cluster 'nowhere': use local, ray"),
+    (["--cluster", "local"], "--cluster runs the --val accuracy measurement in shards: give --val DATA"),
+])
+def test_bad_cluster_use_is_one_line(args, message, tmp_path):
+    proc = _cli(tmp_path / "cache", tmp_path, *args, "--out", str(tmp_path / "out"))
+    both = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and message in both, both
+    assert "Traceback" not in both and not (tmp_path / "out").exists()
