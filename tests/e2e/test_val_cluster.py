@@ -66,3 +66,42 @@ def test_bad_cluster_use_is_one_line(args, message, tmp_path):
     both = proc.stdout + proc.stderr
     assert proc.returncode == 2 and message in both, both
     assert "Traceback" not in both and not (tmp_path / "out").exists()
+
+
+def test_a_worker_that_reads_other_files_fails_its_shard_in_one_line(tmp_path):
+    """predict_val_shard checks what it reads against what the caller measured: the engine's cache manifest and
+    the shard's labels."""
+    import hashlib
+
+    from enginesmith.errors import EnginesmithError
+    from enginesmith.pipeline.accuracy_shards import predict_val_shard
+    from enginesmith.runtime.preprocess import PreprocessSpec
+
+    folder = tmp_path / "engine"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{}")
+    sha = hashlib.sha256(b"{}").hexdigest()
+    kw = dict(engine_folder=str(folder), engine_file="model.onnx", target="onnxruntime", precision="int8",
+              val="digits", task="classification", split="test", preprocess=PreprocessSpec(input_size=(32, 32)),
+              batch=1, start=0, stop=3)
+    with pytest.raises(EnginesmithError, match=r"is not the engine this build measures \(its manifest.json differs"):
+        predict_val_shard(manifest_sha256="0" * 64, expect=[0, 0, 0], **kw)
+    with pytest.raises(EnginesmithError, match=r"is not the data this build measures \(images 0-2 differ\)"):
+        predict_val_shard(manifest_sha256=sha, expect=[-1, -1, -1], **kw)
+    with pytest.raises(EnginesmithError, match=r"does not exist on worker .*must be readable on every worker"):
+        predict_val_shard(manifest_sha256=sha, expect=[0], **{**kw, "engine_folder": str(tmp_path / "gone")})
+
+
+@pytest.mark.slow
+def test_cluster_ray_at_a_static_batch_equals_the_in_process_metric(trained_lenet, tmp_path, capfd):
+    """`--cluster ray` (a local Ray started for the build) at --batch 8: shards cut at whole batches, the last one
+    padded as in one process; the accuracy.json equals the in-process one, key for key."""
+    pytest.importorskip("ray")
+    config = dict(weights=trained_lenet[0], val=Path("digits"), val_split="test", cache_dir=tmp_path / "cache",
+                  latency_budget_s=0.2, batch=8, **KW)
+    ray = _accuracy(build_engine(BuildConfig("lenet5", out=tmp_path / "ray", cluster="ray", **config)).ran)
+    err = capfd.readouterr().err
+    assert not ray.cached and "accuracy shard 1/" in err, err[-3000:]
+    here = _accuracy(build_engine(BuildConfig("lenet5", out=tmp_path / "here", rebuild=("accuracy",), **config)).ran)
+    assert not here.cached and here.folder == ray.folder
+    assert json.loads((here.folder / "accuracy.json").read_text()) == ray.metrics
