@@ -105,3 +105,26 @@ def test_cluster_ray_at_a_static_batch_equals_the_in_process_metric(trained_lene
     here = _accuracy(build_engine(BuildConfig("lenet5", out=tmp_path / "here", rebuild=("accuracy",), **config)).ran)
     assert not here.cached and here.folder == ray.folder
     assert json.loads((here.folder / "accuracy.json").read_text()) == ray.metrics
+
+
+@pytest.mark.slow
+def test_mixed_search_measures_every_step_in_shards_with_the_same_result(trained_lenet, tmp_path, capfd):
+    """--precision mixed with --cluster local: each step's metric is measured in shards on the build's one
+    executor; the search (steps, metrics, drops, kept layers) equals the one measured in this process."""
+    from PIL import Image
+    import numpy as np
+
+    black = tmp_path / "black"
+    black.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(black / "black.png")
+    config = dict(weights=trained_lenet[0], val=Path("digits"), val_split="test", cache_dir=tmp_path / "cache",
+                  latency_budget_s=0.2, target="onnxruntime", precision="mixed", calib=black, calib_size=1,
+                  calib_method="minmax")
+    sharded = build_engine(BuildConfig("lenet5", out=tmp_path / "sharded", cluster="local", **config))
+    err = capfd.readouterr().err
+    steps = sharded.accuracy["search"]["steps"]
+    assert len(steps) >= 2 and err.count("accuracy shard 4/4: images") == len(steps), err[-3000:]
+    here = build_engine(BuildConfig("lenet5", out=tmp_path / "here", rebuild=("accuracy",), **config))
+    assert "accuracy shard" not in capfd.readouterr().err
+    assert here.accuracy == sharded.accuracy
+
