@@ -1,6 +1,6 @@
 """Command line: parse, call the library, print. No pipeline logic and no backend branches here.
 
-A command function is as long as its list of typer options (`build` takes 26); its body only calls the library."""
+A command function is as long as its list of typer options (`build` takes 27); its body only calls the library."""
 
 from __future__ import annotations
 
@@ -73,6 +73,10 @@ def build(
     val: Optional[Path] = typer.Option(None, help="held-out data (VOC folder, COCO json, class folders or 'digits'): "
                                        "the engine's mAP / top-1 is measured against FP32 PyTorch"),
     val_split: str = typer.Option("val", help="split of --val to measure on"),
+    cluster: Optional[str] = typer.Option(None, help="with --val: measure the engine's metric in shards, as jobs on: local "
+                                          "(child processes) | ray (a local Ray) | ray://HOST:PORT or HOST:PORT (a "
+                                          "running cluster) | auto (RAY_ADDRESS); the value, and its cache entry, "
+                                          "equal the unsharded one"),
     accuracy_budget: Optional[float] = typer.Option(None, help="largest allowed metric drop in points "
                                                     "(default 1.0 mAP for detectors, 0.5 top-1 for classifiers)"),
     fallback: str = typer.Option("none", help="int8 only: auto keeps the most sensitive layers in float until the budget holds"),
@@ -100,7 +104,7 @@ def build(
             model=model, target=target, precision=precision or "int8", weights=weights, cfg=cfg, names=names, calib=calib, calib_method=calib_method,
             calib_size=calib_size, batch=batch, dynamic_batch=dynamic_batch,
             input_size=parse_input_size(input_size) if input_size else None, num_classes=num_classes, out=out_dir,
-            nms=nms, val=val, val_split=val_split, accuracy_budget=accuracy_budget, fallback=fallback,
+            nms=nms, val=val, val_split=val_split, cluster=cluster, accuracy_budget=accuracy_budget, fallback=fallback,
             nncf_preset=nncf_preset, overflow_fix=overflow_fix, force=force,
             rebuild=True if no_cache else tuple(rebuild or ()),
             channels=channels, mean=parse_values(mean, "--mean"), std=parse_values(std, "--std"),

@@ -26,10 +26,9 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +38,9 @@ from enginesmith.benchmarks.evaluate import (DEFAULT_BATCH, EVAL_MAX_DETECTIONS,
                                              detection_split, engine_facts, engine_predictor,
                                              load_classification_item, note_untrained, run_predictor)
 from enginesmith.cluster.executor import Executor, executor_for
-from enginesmith.cluster.jobs import Done, Job
+from enginesmith.cluster.jobs import Job
+from enginesmith.cluster.shards import (LOCAL_SHARDS, SHARDS_PER_NODE, default_shards,  # noqa: F401  (re-exported)
+                                        run_shards, shard_ranges)
 from enginesmith.data.classification import classification_samples
 from enginesmith.data.datasets import open_dataset
 from enginesmith.errors import EnginesmithError
@@ -48,28 +49,8 @@ from enginesmith.runtime.manifest import engine_info
 from enginesmith.runtime.preprocess_override import PreprocessOverride
 
 SHARD_FUNC = "enginesmith.benchmarks.sharded_eval:predict_shard"
-SHARDS_PER_NODE = 2  # default on Ray: two shards per live node (one runs while the other's worker starts)
-LOCAL_SHARDS = 4  # default with --cluster local (its child processes run one after another)
 BUILTIN_DIGITS = "digits"  # classification_samples' built-in source: a name, not a path
 SHARED_PATH = "must be readable on every worker (a shared path)"
-
-
-def shard_ranges(n: int, shards: int, align: int = 1) -> list[tuple[int, int]]:
-    """Contiguous [start, stop) ranges covering range(n) in order: `shards` of them, or fewer when range(n) has
-    fewer than `shards` blocks of `align` images (more shards than images gives one shard per image at align 1).
-    Every start is a multiple of `align`; shard sizes in blocks differ by at most one, the larger ones last."""
-    if n < 0 or shards < 1 or align < 1:
-        raise ValueError(f"shard_ranges needs n >= 0, shards >= 1, align >= 1; got {n}, {shards}, {align}")
-    blocks = -(-n // align)
-    k = min(shards, blocks)
-    cuts = [i * blocks // k * align for i in range(k)] + [n]
-    return [(cuts[i], min(cuts[i + 1], n)) for i in range(k)]
-
-
-def default_shards(executor: Executor) -> int:
-    """SHARDS_PER_NODE per live node of a Ray executor (one that lists `nodes()`), else LOCAL_SHARDS."""
-    nodes = getattr(executor, "nodes", None)
-    return SHARDS_PER_NODE * max(1, len(nodes())) if callable(nodes) else LOCAL_SHARDS
 
 
 def _shared_path(path: str | Path) -> str:
@@ -135,7 +116,7 @@ def evaluate_on_cluster(target: str | Path, dataset: str | Path, cluster: str | 
                     kwargs={**common, "start": a, "stop": b, "expect": expect[a:b]})
                 for k, (a, b) in enumerate(ranges)]
         t0 = time.perf_counter()
-        results = _run_shards(executor, jobs, ranges, progress)
+        results = run_shards(executor, jobs, ranges, progress)
         wall = time.perf_counter() - t0
     finally:
         if isinstance(cluster, str):
@@ -158,41 +139,6 @@ def evaluate_on_cluster(target: str | Path, dataset: str | Path, cluster: str | 
         for k, ((r, d), (a, b)) in enumerate(zip(results, ranges))]}
     metrics.update(dataset=str(dataset), split=split)
     return note_untrained(metrics, target, None)
-
-
-def _run_shards(executor: Executor, jobs: list[Job], ranges: Sequence[tuple[int, int]],
-                progress: bool) -> list[tuple[dict[str, Any], Done]]:
-    """Every job's (value, Done), in job order; the first failed shard raises its one line (the others stop: a
-    Ray executor cancels what is still running when its iterator is closed)."""
-    index = {job.key: k for k, job in enumerate(jobs)}
-    results: list[tuple[dict[str, Any], Done] | None] = [None] * len(jobs)
-    dones: Iterator[Done] = executor.run(jobs)
-    try:
-        for finished, done in enumerate(dones, 1):
-            k = index[done.job.key]
-            a, b = ranges[k]
-            on = done.host or "a worker"
-            if not done.ok:
-                raise EnginesmithError(f"{done.job.key} (images {a}-{b - 1}) failed on {on}: {done.error}; no metric "
-                                       "is computed from part of the dataset")
-            value = done.value
-            got = len(value["predictions"]) if isinstance(value, dict) and "predictions" in value else None
-            if got != b - a:
-                raise EnginesmithError(f"{done.job.key} (images {a}-{b - 1}) on {on} returned {got} predictions for "
-                                       f"{b - a} images")
-            results[k] = (value, done)
-            if progress:
-                node = "" if done.node in ("", "local") else f" (node {done.node[:8]})"
-                print(f"{done.job.key}: images {a}-{b - 1} done on {on}{node} in {value['wall_seconds']:.1f} s "
-                      f"[{finished}/{len(jobs)}]", file=sys.stderr, flush=True)
-    finally:
-        close = getattr(dones, "close", None)
-        if close is not None:
-            close()
-    missing = [jobs[k].key for k, r in enumerate(results) if r is None]
-    if missing:
-        raise EnginesmithError(f"{', '.join(missing)} never finished on {executor.name}; no metric is computed")
-    return [r for r in results if r is not None]
 
 
 # ---------------------------------------------------------------------------------------------- the worker

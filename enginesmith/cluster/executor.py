@@ -23,17 +23,21 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+def check_cluster(cluster: str) -> None:
+    """Refuse, in one line, a --cluster value executor_for does not know (nothing is started)."""
+    if cluster in ("", "local", "ray", "auto") or cluster.startswith("ray://"):
+        return
+    if ":" in cluster and cluster.rsplit(":", 1)[1].isdigit():
+        return
+    raise EnginesmithError(f"unknown --cluster {cluster!r}: use local, ray (a local Ray for this run), "
+                           "ray://HOST:PORT or HOST:PORT (a running cluster), or auto (RAY_ADDRESS)")
+
+
 def executor_for(cluster: str | None) -> Executor:
     """The executor for a --cluster value (see the module docstring)."""
     if not cluster or cluster == "local":
         return LocalExecutor()
-    if cluster == "ray":
-        from enginesmith.cluster.ray_cluster import RayExecutor
+    check_cluster(cluster)
+    from enginesmith.cluster.ray_cluster import RayExecutor
 
-        return RayExecutor(None)
-    if cluster == "auto" or cluster.startswith("ray://") or (":" in cluster and cluster.rsplit(":", 1)[1].isdigit()):
-        from enginesmith.cluster.ray_cluster import RayExecutor
-
-        return RayExecutor(cluster)
-    raise EnginesmithError(f"unknown --cluster {cluster!r}: use local, ray (a local Ray for this run), "
-                           "ray://HOST:PORT or HOST:PORT (a running cluster), or auto (RAY_ADDRESS)")
+    return RayExecutor(None if cluster == "ray" else cluster)

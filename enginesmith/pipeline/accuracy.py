@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from enginesmith.backends.targets import engine_precision, get_target
-from enginesmith.backends.torch import TorchRunner
 from enginesmith.data.classification import classification_samples
 from enginesmith.data.datasets import open_dataset
 from enginesmith.errors import EnginesmithError
@@ -111,44 +110,76 @@ def measure(infer: Infer, batch: int | None, val: ValidationSet, preprocess: Pre
     """Run `infer` over the validation set and return {"metric": name, "value": points, ...details}.
 
     batch: the engine's static batch (the last batch is padded), or None for a dynamic one."""
+    return score(val, predict(infer, batch, val.task, val.data, 0, len(val), preprocess, progress))
+
+
+def predict(infer: Infer, batch: int | None, task: str, data: Any, start: int, stop: int, preprocess: PreprocessSpec,
+            progress: Callable[[int], None] = lambda n: None) -> Any:
+    """`infer`'s predictions for images [start, stop) of `data` (a DetectionDataset or a ClassificationSet):
+    detectors, a Predictions per image; classifiers, logits [stop - start, C]. Runner calls take `batch` images
+    (or DYNAMIC_CHUNK for a dynamic batch) from `start` on, so a range starting at a multiple of that gets the
+    calls, and padding, the whole set gets there."""
+    if task == "detection":
+        images = (data.load_image(i) for i in range(start, stop))
+        return predict_detections(infer, images, preprocess, batch, progress=progress)
+    return predict_classes(infer, data.images[start:stop], preprocess, batch, progress=progress)
+
+
+def score(val: ValidationSet, preds: Any) -> dict[str, Any]:
+    """The metric of `preds` (predict()'s, for the whole set in order) on `val`: the one place it is computed."""
     if val.task == "detection":
-        images = (val.data.load_image(i) for i in range(len(val.data)))
-        preds = predict_detections(infer, images, preprocess, batch, progress=progress)
         m = evaluate_detections(preds, val.data)
         return {"metric": val.metric, "value": 100.0 * float(m["voc07_map"]), "map": 100.0 * float(m["map"]),
                 "coco_ap": 100.0 * float(m.get("coco_ap", float("nan"))), "images": len(val),
                 "voc_convention": m["voc_convention"]}
-
-    logits = predict_classes(infer, val.data.images, preprocess, batch, progress=progress)
-    m = classification_metrics(logits, np.asarray(val.data.labels))
+    m = classification_metrics(np.asarray(preds), np.asarray(val.data.labels))
     return {"metric": val.metric, "value": 100.0 * float(m["top1"]), "top5": 100.0 * float(m["top5"]), "images": len(val)}
 
 
 def reference_accuracy_stage(exported: Artifact, ctx: BuildContext) -> Artifact:
     """The task metric of the FP32 PyTorch model on ctx.val: what every engine is judged against."""
+    from enginesmith.backends.torch import TorchRunner  # torch: not in a shard's worker, which imports this module
+
     return _accuracy_stage("accuracy-fp32", [exported], {"runner": "pytorch-eager-fp32"},
-                           lambda: TorchRunner(ctx.model, "images", list(ctx.spec.output_names)), ctx)
+                           lambda batch: _measure_here(lambda: TorchRunner(ctx.model, "images",
+                                                                           list(ctx.spec.output_names)), batch, ctx),
+                           ctx)
 
 
 def engine_accuracy_stage(engine: Artifact, ctx: BuildContext) -> Artifact:
-    """The task metric of the engine on ctx.val, run by its own backend."""
+    """The task metric of the engine on ctx.val, run by its own backend: in this process, or with --cluster in
+    shards on the build's executor (accuracy_shards.py; the same value, so the same cache entry)."""
     c = ctx.config
+
+    def run(batch: int | None) -> dict[str, Any]:
+        if c.cluster is None:
+            return _measure_here(lambda: get_target(c.target).runner(engine.file, c.precision), batch, ctx)
+        from enginesmith.pipeline.accuracy_shards import measure_on_cluster
+
+        return measure_on_cluster(ctx.executor(), engine, c.target, c.precision, batch, ctx.val, ctx.preprocess)
+
     return _accuracy_stage("accuracy", [engine], {"target": c.target, "precision": engine_precision(c.precision)},
-                           lambda: get_target(c.target).runner(engine.file, c.precision), ctx)
+                           run, ctx)
 
 
-def _accuracy_stage(name: str, parents: list[Artifact], params: dict[str, Any], make_runner: Callable[[], Any],
-                    ctx: BuildContext) -> Artifact:
-    """Measure what `make_runner()` gives on ctx.val (keyed by the data's fingerprint, split, metric and the
-    preprocessing fed)."""
+def _measure_here(make_runner: Callable[[], Any], batch: int | None, ctx: BuildContext) -> dict[str, Any]:
+    """measure() with the runner `make_runner()` gives, in this process, with a progress bar."""
+    val = ctx.val
+    with make_runner() as runner, progress_bar(f"{val.metric} on {len(val)} held-out images", len(val)) as update:
+        return measure(lambda x: runner.infer({"images": x}), batch, val, ctx.preprocess, update)
+
+
+def _accuracy_stage(name: str, parents: list[Artifact], params: dict[str, Any],
+                    run: Callable[[int | None], dict[str, Any]], ctx: BuildContext) -> Artifact:
+    """The metric `run(batch)` measures on ctx.val, cached (keyed by the data's fingerprint, split, metric and the
+    preprocessing fed; not by where it ran, which does not change the value)."""
     val = ctx.val
     batch = None if ctx.config.dynamic_batch else ctx.config.batch  # static-batch models take only that
     params = {**params, "val": val.fingerprint, "split": val.split, "metric": val.metric,
               "preprocess": ctx.preprocess.to_dict()}  # the channel order and normalisation change the metric
 
     def produce(tmp: Path) -> StageResult:
-        with make_runner() as runner, progress_bar(f"{val.metric} on {len(val)} held-out images", len(val)) as update:
-            result = measure(lambda x: runner.infer({"images": x}), batch, val, ctx.preprocess, update)
+        result = run(batch)
         check_unchanged(val)  # the images measured are the ones the cache key names
         write_json_atomic(tmp / "accuracy.json", result)
         return StageResult(["accuracy.json"], result)

@@ -15,6 +15,7 @@ from typing import Any
 
 from enginesmith.backends.targets import PRECISIONS, TARGETS, get_precision, get_target
 from enginesmith.calibration.sources import is_detection_dataset
+from enginesmith.cluster.executor import check_cluster
 from enginesmith.data.datasets import open_dataset
 from enginesmith.data.digits import load_digits_32
 from enginesmith.data.image_folder import list_images
@@ -61,6 +62,9 @@ class BuildConfig:
     val: Path | None = None  # held-out data: the task metric is measured and held to accuracy_budget
     val_split: str = "val"
     accuracy_budget: float | None = None  # points; None: pipeline/accuracy.py DEFAULT_BUDGET for the task
+    # --val's engine metric in shards as jobs on this executor (cluster/executor.py executor_for): local, ray,
+    # ray://HOST:PORT, HOST:PORT or auto; None: in this process. The value, and so the cache entry, is the same
+    cluster: str | None = None
     fallback: str = "none"  # "auto": int8 keeps sensitive layers in float until the budget holds (= mixed)
     # an INT8 engine whose outputs miss the cosine tolerance is recorded in its engine stage, not fatal: the
     # bench measures speed, and untrained two-stage detectors reorder proposals under any quantization
@@ -156,6 +160,7 @@ def _check_choices(config: BuildConfig, spec: Any) -> None:
     if config.searches and config.val is None:
         raise EnginesmithError("--precision mixed and --fallback auto judge each step by the task metric: give held-out "
                                "data with --val DIR (e.g. the val split of `enginesmith data offline`)")
+    _check_cluster(config)
     if config.accuracy_budget is not None and config.accuracy_budget < 0:
         raise EnginesmithError(f"--accuracy-budget is a drop in points and cannot be negative, got {config.accuracy_budget}")
     for value, choices, what in ((config.nncf_preset, NNCF_PRESETS, "--nncf-preset"),
@@ -173,6 +178,16 @@ def _check_choices(config: BuildConfig, spec: Any) -> None:
     ok, why = target.precision_runs_here(precision.engine)
     if not ok:
         raise EnginesmithError(why)
+
+
+def _check_cluster(config: BuildConfig) -> None:
+    """--cluster names a known executor and has a --val measurement to run (nothing is started here)."""
+    if config.cluster is None:
+        return
+    if config.val is None:
+        raise EnginesmithError("--cluster runs the --val accuracy measurement in shards: give --val DATA, or drop "
+                               "--cluster")
+    check_cluster(config.cluster)
 
 
 def _check_model_options(config: BuildConfig, spec: Any) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from enginesmith.calibration.feeds import extra_inputs, feed_maker
 from enginesmith.calibration.sources import calibration_batches, calibration_source
+from enginesmith.cluster.executor import Executor, executor_for
 from enginesmith.errors import EnginesmithError
 from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
 from enginesmith.pipeline.accuracy import DEFAULT_BUDGET, check_classes, load_validation
@@ -30,6 +31,7 @@ class BuildContext:
 
     def __init__(self, config: BuildConfig, spec: Any, on_stage: Callable[[Artifact], None]) -> None:
         self.config, self.spec, self.on_stage = config, spec, on_stage
+        self._executor: Executor | None = None  # --cluster's, started when a measurement first needs it
         self.ran: list[Artifact] = []  # every stage this build ran or reused, in order (the report's stage table)
         # the weights are read once: hashed while copied into the cache, and the copy is what gets loaded
         self.weights = stage_file(Path(config.weights), Path(config.cache_dir)) if config.weights else None
@@ -102,6 +104,20 @@ class BuildContext:
     def budget(self) -> float:
         c = self.config
         return c.accuracy_budget if c.accuracy_budget is not None else DEFAULT_BUDGET[self.spec.task]
+
+    def executor(self) -> Executor:
+        """The executor --cluster names, started on first use (a build whose measurements are all cached starts
+        none) and kept for the build's other measurements; close() ends it."""
+        if self._executor is None:
+            assert self.config.cluster is not None
+            self._executor = executor_for(self.config.cluster)
+        return self._executor
+
+    def close(self) -> None:
+        """End the executor, if one was started."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.close()
 
     def record(self, art: Artifact) -> Artifact:
         """Add a finished stage (cached or built) to `ran` and report it to the caller's on_stage; return it."""

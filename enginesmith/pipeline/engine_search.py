@@ -9,13 +9,18 @@ plain build makes one attempt and fails when its drop exceeds the budget; `--pre
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
 from enginesmith.backends.onnxruntime import Runner
 from enginesmith.backends.targets import engine_precision, get_precision, get_target
 from enginesmith.calibration.sensitivity import layer_sensitivity
+from enginesmith.cluster.jobs import Done, Job
 from enginesmith.errors import AccuracyBudgetError, EnginesmithError
 from enginesmith.pipeline.accuracy import engine_accuracy_stage
 from enginesmith.pipeline.artifacts import Artifact
@@ -25,7 +30,13 @@ from enginesmith.pipeline.mixed import Attempt, SearchResult, search
 from enginesmith.pipeline.quantize import DECODE_ONNX_PATTERN, QUANTIZED_OP_TYPES, QuantizeOptions, precision_artifacts
 
 if TYPE_CHECKING:
+    from enginesmith.pipeline.config import BuildConfig
     from enginesmith.pipeline.context import BuildContext
+
+ATTEMPT_FUNC = "enginesmith.pipeline.engine_search:build_attempt"
+# the stages an attempt builds with its own key (its nodes in float): a worker rebuilds these when asked; the
+# lineage and the calibration statistics, shared by every attempt, were built (or rebuilt) by the caller
+PER_ATTEMPT_STAGES = ("quantize-qdq", "quantize-nncf", "engine", "accuracy")
 
 
 def precision_and_engine(base: Artifact, reference_acc: Artifact | None, ctx: BuildContext,
@@ -43,8 +54,9 @@ def precision_and_engine(base: Artifact, reference_acc: Artifact | None, ctx: Bu
         return a.ok and (a.drop is None or a.drop <= ctx.budget + 1e-9)
 
     if config.searches:
+        on_cluster = (lambda keeps: _attempts_on_cluster(keeps, ctx)) if config.cluster is not None else None
         return search(attempt, lambda first: _rank_layers(config.target, base, first, ctx.verify_batches),
-                      within_budget, on_step=on_search_step or (lambda i, n, a: None))
+                      within_budget, on_step=on_search_step or (lambda i, n, a: None), attempt_all=on_cluster)
     result = SearchResult([attempt(())])
     if not within_budget(result.final):
         assert reference_acc is not None  # without --val every verified attempt is within budget
@@ -98,3 +110,58 @@ def _rank_layers(target: str, base: Artifact, first: Any, batches: list[np.ndarr
         raise EnginesmithError("the mixed-precision search needs an INT8 model to rank layers; none was built")
     return layer_sensitivity(base.file, first.quantized.file, get_target(target).layer_ranking, batches,
                              QUANTIZED_OP_TYPES, (DECODE_ONNX_PATTERN,))
+
+
+# ---------------------------------------------------------------------------------------------- on a cluster
+
+
+def _attempts_on_cluster(keeps: list[tuple[str, ...]], ctx: BuildContext) -> Iterator[Attempt]:
+    """The search's steps after the first, built at once as jobs on the build's executor (speculatively: all of
+    them, in parallel where the executor runs jobs in parallel), yielded in order. A step's stages are recorded
+    in this build when the search takes it, so the report lists the steps it took, as without --cluster."""
+    worker = _worker_config(ctx.config)
+    jobs = [Job(key=f"mixed step {i}/{len(keeps)} ({len(keep)} layers in float)", func=ATTEMPT_FUNC,
+                kwargs={"config": worker, "keep_float": list(keep)}) for i, keep in enumerate(keeps, start=1)]
+    dones: dict[str, Done] = {}
+    for done in ctx.executor().run(jobs):
+        dones[done.job.key] = done
+        print(f"{done.job.key}: {'built' if done.ok else 'failed'} on {done.host or 'a worker'} "
+              f"[{len(dones)}/{len(jobs)}]", file=sys.stderr, flush=True)
+    for job in jobs:
+        done = dones.get(job.key)
+        if done is None or not done.ok:
+            why = done.error if done is not None else "it never finished"
+            raise EnginesmithError(f"{job.key} failed on {(done and done.host) or 'a worker'}: {why}")
+        for art in done.value["ran"]:
+            ctx.record(art)
+        yield done.value["attempt"]
+
+
+def _worker_config(config: BuildConfig) -> BuildConfig:
+    """The build's config as a worker takes it: paths absolute, measured in that process (no --cluster), no --out,
+    and only the per-attempt stages rebuilt (see PER_ATTEMPT_STAGES)."""
+    def absolute(p: Path | None) -> Path | None:
+        return None if p is None else Path(os.path.abspath(p))
+
+    val = config.val if config.val is None or (str(config.val) == "digits" and not Path(config.val).exists()) \
+        else absolute(config.val)
+    wanted = PER_ATTEMPT_STAGES if config.rebuild is True else tuple(config.rebuild or ())
+    return replace(config, cluster=None, out=None, weights=absolute(config.weights), cfg=absolute(config.cfg),
+                   names=absolute(config.names), calib=absolute(config.calib), cache_dir=absolute(config.cache_dir),
+                   val=val, rebuild=tuple(s for s in wanted if s in PER_ATTEMPT_STAGES))
+
+
+def build_attempt(config: BuildConfig, keep_float: list[str]) -> dict[str, Any]:
+    """A search step's job, run on a worker: the build's lineage (found in the stage cache at config.cache_dir,
+    which the worker must share) and one attempt with `keep_float` in float, measured there. Returns {"attempt":
+    the Attempt, "ran": the stages the attempt ran or reused, in order}."""
+    from enginesmith.pipeline.context import BuildContext
+    from enginesmith.pipeline.run import lineage
+
+    ctx = BuildContext(config, config.validate(), lambda a: None)
+    _, simplified, with_nms, reference_acc = lineage(ctx)
+    base = with_nms or simplified
+    first = len(ctx.ran)
+    reference = functools.cache(lambda: _reference_outputs(base, ctx))
+    attempt = _attempt(base, reference_acc, tuple(keep_float), reference, ctx)
+    return {"attempt": attempt, "ran": ctx.ran[first:]}

@@ -10,7 +10,7 @@ and re-measuring each time, until the budget holds. Every step is recorded for t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from enginesmith.calibration.sensitivity import LayerSensitivity
 from enginesmith.errors import AccuracyBudgetError
@@ -65,9 +65,14 @@ def search(
     rank: Callable[[Attempt], list[LayerSensitivity]],
     within_budget: Callable[[Attempt], bool],
     on_step: Callable[[int, int, Attempt], None] = lambda i, n, a: None,
+    attempt_all: Callable[[list[tuple[str, ...]]], Iterable[Attempt]] | None = None,
 ) -> SearchResult:
     """Run the search. `attempt(keep_float)` builds and measures; `rank(first_attempt)` orders the
-    layers; `within_budget(a)` judges. Raises AccuracyBudgetError when even all layers in float fail."""
+    layers; `within_budget(a)` judges. Raises AccuracyBudgetError when even all layers in float fail.
+
+    attempt_all(keep_floats): the steps after the first built at once (speculatively, e.g. as executor jobs),
+    their attempts yielded in order; the search takes them as it would take attempt()'s, so the result (the
+    smallest passing step) is the same."""
     result = SearchResult()
     first = attempt(())
     result.attempts.append(first)
@@ -77,8 +82,9 @@ def search(
     result.ranking = rank(first)
     names = [r.name for r in result.ranking]
     steps = schedule(len(names))
-    for i, k in enumerate(steps, start=1):
-        a = attempt(tuple(names[:k]))
+    keeps = [tuple(names[:k]) for k in steps]
+    attempts = attempt_all(keeps) if attempt_all is not None else (attempt(keep) for keep in keeps)
+    for i, a in enumerate(attempts, start=1):
         result.attempts.append(a)
         on_step(i, len(steps), a)
         if within_budget(a):

@@ -58,7 +58,10 @@ def build_engine(
     with hold_out(out):
         ctx = BuildContext(config, spec, on_stage)
         ctx.cache.on_start = on_start
-        return _run_stages(ctx, out, state, on_search_step)
+        try:
+            return _run_stages(ctx, out, state, on_search_step)
+        finally:
+            ctx.close()
 
 
 def default_out(spec: Any, config: BuildConfig) -> Path:
@@ -67,9 +70,9 @@ def default_out(spec: Any, config: BuildConfig) -> Path:
     return Path("build") / name / f"{config.target}-{config.precision}"
 
 
-def _run_stages(ctx: BuildContext, out: Path, state: OutState,
-                on_search_step: Callable[[int, int, Any], None] | None) -> BuildResult:
-    """The stages of one build in order, then the engine folder published at `out`."""
+def lineage(ctx: BuildContext) -> tuple[Artifact, Artifact, Artifact | None, Artifact | None]:
+    """The stages before the precision and engine stages: (exported, simplified, with NMS or None, the FP32
+    PyTorch metric or None without --val)."""
     config = ctx.config
     if config.val is not None:
         ctx.val  # read (and check) the held-out data before any heavy work
@@ -77,6 +80,14 @@ def _run_stages(ctx: BuildContext, out: Path, state: OutState,
     simplified = simplify_stage(exported, ctx)
     with_nms = nms_stage(simplified, ctx) if config.nms == "engine" else None
     reference_acc = reference_accuracy_stage(exported, ctx) if config.val is not None else None
+    return exported, simplified, with_nms, reference_acc
+
+
+def _run_stages(ctx: BuildContext, out: Path, state: OutState,
+                on_search_step: Callable[[int, int, Any], None] | None) -> BuildResult:
+    """The stages of one build in order, then the engine folder published at `out`."""
+    config = ctx.config
+    exported, simplified, with_nms, reference_acc = lineage(ctx)
     result = precision_and_engine(with_nms or simplified, reference_acc, ctx, on_search_step)
     quantized, engine = result.final.quantized, result.final.engine
     assert engine is not None
