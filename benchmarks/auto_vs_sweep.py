@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--md", type=Path, required=True)
     args = p.parse_args(argv)
+    for out in (args.json, args.md):  # before the long run: its results must have somewhere to go
+        out.parent.mkdir(parents=True, exist_ok=True)
     header = {"command": "python benchmarks/auto_vs_sweep.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
               **run_header(), "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
     rows = []
