@@ -50,26 +50,51 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bench-cluster-cache")
 
 
-def test_in_process_local_jobs_and_ray_give_the_same_rows(tmp_path, cache):
-    suite = load_suite(_suite(tmp_path))
-    kw = dict(profile=TimingProfile.quick(), quick=True, cache_dir=cache, engines=tmp_path / "engines", progress=False)
-    plain = run_bench(suite, tmp_path / "plain", **kw)
-    local = run_on_cluster(suite, tmp_path / "local", "local", **kw)
-    on_ray = run_on_cluster(suite, tmp_path / "ray", "ray", **kw)
-    assert [r["status"] for r in plain.rows] == ["ok"] * 5, [r["error"] for r in plain.rows]
-    assert _stable(local.rows) == _stable(plain.rows)
-    assert _stable(on_ray.rows) == _stable(plain.rows)
+def _differences(got: list[dict], want: list[dict]) -> list[tuple]:
+    """(row index, column, got, want) for every stable column that differs."""
+    return [(i, k, g[k], w[k]) for i, (g, w) in enumerate(zip(got, want)) for k in STABLE if g[k] != w[k]]
+
+
+def _check_probes(out) -> None:
+    """Each row's % of probe divides by the probe measured on its own node, for its target and precision."""
+    probes = out.run["roofline"]["probes"]
+    assert {(p["node"], p["target"], p["precision"]) for p in probes.values()} == \
+        {(r["node"], r["target"], r["precision"]) for r in out.rows}
+    for r in out.rows:
+        (p,) = [p for p in probes.values() if (p["node"], p["target"], p["precision"]) == (r["node"], r["target"], r["precision"])]
+        assert r["probe_gmacs"] == p["gmacs_per_s"] > 0 and r["fraction_of_probe"] == r["gmacs_per_s"] / p["gmacs_per_s"]
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory, cache):
+    """The suite run in process (bench.run_bench): the rows the cluster runs must equal."""
+    tmp = tmp_path_factory.mktemp("plain")
+    suite = load_suite(_suite(tmp))
+    out = run_bench(suite, tmp / "res", profile=TimingProfile.quick(), quick=True, cache_dir=cache,
+                    engines=tmp / "engines", progress=False)
+    assert [r["status"] for r in out.rows] == ["ok"] * 5, [r["error"] for r in out.rows]
+    return {"suite": suite, "rows": out.rows, "engines": tmp / "engines"}
+
+
+def test_local_jobs_give_the_in_process_rows(tmp_path, cache, plain):
+    local = run_on_cluster(plain["suite"], tmp_path / "local", "local", profile=TimingProfile.quick(), quick=True,
+                           cache_dir=cache, engines=plain["engines"], progress=False)
+    assert _differences(_stable(local.rows), _stable(plain["rows"])) == []
     assert {r["node"] for r in local.rows} == {os.uname().nodename}
+    _check_probes(local)
+    written = json.loads((tmp_path / "local" / "results.json").read_text())
+    assert written["run"]["cluster"] == "local" and [r["target"] for r in written["rows"]] == [r["target"] for r in plain["rows"]]
+
+
+@pytest.mark.slow  # ~1.5 min: a Ray started for the run
+def test_ray_tasks_give_the_in_process_rows(tmp_path, cache, plain):
+    on_ray = run_on_cluster(plain["suite"], tmp_path / "ray", "ray", profile=TimingProfile.quick(), quick=True,
+                            cache_dir=cache, engines=plain["engines"], progress=False)
+    assert _differences(_stable(on_ray.rows), _stable(plain["rows"])) == []
     assert all(r["node"].startswith(os.uname().nodename + " (") and r["machine"] for r in on_ray.rows)
-    for out in (local, on_ray):  # each row's % of probe divides by the probe measured on its own node
-        probes = out.run["roofline"]["probes"]
-        assert {(p["node"], p["target"], p["precision"]) for p in probes.values()} == \
-            {(r["node"], r["target"], r["precision"]) for r in out.rows}
-        for r in out.rows:
-            (p,) = [p for p in probes.values() if (p["node"], p["target"], p["precision"]) == (r["node"], r["target"], r["precision"])]
-            assert r["probe_gmacs"] == p["gmacs_per_s"] > 0 and r["fraction_of_probe"] == r["gmacs_per_s"] / p["gmacs_per_s"]
+    _check_probes(on_ray)
     written = json.loads((tmp_path / "ray" / "results.json").read_text())
-    assert written["run"]["cluster"] == "ray" and [r["target"] for r in written["rows"]] == [r["target"] for r in plain.rows]
+    assert written["run"]["cluster"] == "ray"
 
 
 @pytest.fixture(scope="module")
