@@ -8,12 +8,14 @@ re-measures). Reported per model:
 - the sweep's best configuration and speed, and auto's winner as the sweep measured it (same run: the ratio of
   the two is what pruning cost);
 - the best batch-1 configuration of the committed results files given (seed-table / edge; measured on the
-  machine their header names), re-measured in the sweep on this machine, against auto's winner.
+  machine their header names), re-measured in the sweep on this machine, against auto's winner;
+- then those contenders re-measured interleaved over --rounds rounds (default 5: every one once per round, the
+  order rotated), their medians and ranges: single measurements here differ by more than the 5% judged.
 Speed: images per second of one synchronous call at a time (objective latency), or throughput mode.
 
 usage:
   python benchmarks/auto_vs_sweep.py --work DIR --json OUT.json --md OUT.md [--objective latency]
-      [--dataset DATA --split test --calib-size 300] [--committed RESULTS.json ...]
+      [--dataset DATA --split test --calib-size 300] [--committed RESULTS.json ...] [--rounds 5]
       MODEL[@HxW][=CHECKPOINT.pt] [...]
 A model with a checkpoint is judged on --dataset (its task metric within the default budget) and calibrated on
 it; one without is a seeded, untrained network judged by the verification tolerance.
@@ -24,13 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from enginesmith.backends.targets import TARGETS
-from enginesmith.benchmarks.auto_target import Outcome, build_auto, speed
+from enginesmith.benchmarks.auto_target import Outcome, build_auto, remeasure, speed
 from enginesmith.benchmarks.machine import run_header
 from enginesmith.files import write_json_atomic, write_text_atomic
 from enginesmith.pipeline.run import BuildConfig
@@ -98,6 +101,16 @@ def one_model(spec: str, args: argparse.Namespace) -> dict[str, Any]:
            "candidates_auto": [o.to_dict() for o in auto], "candidates_sweep": [o.to_dict() for o in sweep]}
     row["winner_over_sweep_best"] = _ratio(row["auto_winner_in_sweep"], row["sweep_best_speed"])
     row["auto_over_committed_here"] = _ratio(row["auto_speed"], row["committed_best_here"])
+    # the contenders again, interleaved over rounds: single measurements differ by more than the 5% asked about
+    contenders = list({o.candidate.key: o.candidate for o in (winner, best, ref_here) if o is not None}.values())
+    if args.rounds > 0:
+        speeds = remeasure(contenders, config, args.objective, args.rounds, echo=echo)
+        row["rounds"] = {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "all": v}
+                         for k, v in speeds.items()}
+        med = lambda key: row["rounds"][key]["median"] if key in row["rounds"] else None  # noqa: E731
+        ref_key_here = ref_here.candidate.key if ref_here is not None else None
+        row["rounds_winner_over_sweep_best"] = _ratio(med(winner.candidate.key), med(best.candidate.key))
+        row["rounds_winner_over_committed_here"] = _ratio(med(winner.candidate.key), med(ref_key_here)) if ref_key_here else None
     return row
 
 
@@ -126,6 +139,19 @@ def render(header: dict[str, Any], rows: list[dict[str, Any]], objective: str) -
             f"{r['committed_best'] or '—'} ({_f(r['committed_best_fps'], '.1f')}) | {_f(r['committed_best_here'], '.1f')}"
             f"{'' if r['committed_best_status_here'] in (None, 'winner', 'passed') else ' (' + r['committed_best_status_here'] + ')'} | "
             f"{_f(r['auto_over_committed_here'], '.2f')} |")
+    rounds = [r for r in rows if r.get("rounds")]
+    if rounds:
+        lines += ["", "The contenders (auto's winner, the sweep's best, the committed best) re-measured interleaved: "
+                  "each round measures every one once, the order rotated; median and range over the rounds.", "",
+                  "| model | configuration | median | min - max | rounds |", "|---|---|---|---|---|"]
+        for r in rounds:
+            for key, v in r["rounds"].items():
+                lines.append(f"| {r['model']} | {key} | {v['median']:.1f} | {v['min']:.1f} - {v['max']:.1f} | {len(v['all'])} |")
+        lines += ["", "| model | auto winner / sweep best (medians) | auto winner / committed best here (medians) |",
+                  "|---|---|---|"]
+        for r in rounds:
+            lines.append(f"| {r['model']} | {_f(r['rounds_winner_over_sweep_best'], '.3f')} | "
+                         f"{_f(r['rounds_winner_over_committed_here'], '.3f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -141,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--committed", nargs="*", default=[])
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--md", type=Path, required=True)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved re-measurements of the contenders (0: none)")
     args = p.parse_args(argv)
     for out in (args.json, args.md):  # before the long run: its results must have somewhere to go
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -208,6 +209,36 @@ def build_auto(config: BuildConfig, objective: str = "latency", calib_method: st
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return out, outcomes
+
+
+def remeasure(cands: list[Candidate], config: BuildConfig, objective: str = "latency", rounds: int = 5,
+              profile: TimingProfile | None = None, echo: Callable[[str], None] = lambda line: None) -> dict[str, list[float]]:
+    """speed() of each candidate over `rounds` interleaved rounds (each round measures every candidate once, the
+    order rotated from round to round), for contenders whose single measurements lie within the machine's spread.
+    Each engine comes from the stage cache of build_auto's builds (same config), into a temporary folder."""
+    spec = registry.get(config.model)
+    budget = config.accuracy_budget if config.accuracy_budget is not None else DEFAULT_BUDGET.get(spec.task, 1.0)
+    calib_method = config.calib_method
+    config = replace(config, fallback="none", calib_method=calib_method or "minmax")
+    profile = profile or TimingProfile()
+    speeds: dict[str, list[float]] = {c.key: [] for c in cands}
+    with tempfile.TemporaryDirectory(prefix="es-remeasure-") as tmp:
+        bases: dict[str, Outcome] = {}
+        for c in cands:
+            plain = replace(c, settings=())
+            if plain.key not in bases:
+                bases[plain.key] = _try(plain, config, calib_method, budget, objective, profile, Path(tmp), spec.task)
+                if bases[plain.key].engine_dir is None:
+                    raise EnginesmithError(f"{plain.key}: {bases[plain.key].reason}")
+        for r in range(rounds):
+            k = r % len(cands)
+            for c in cands[k:] + cands[:k]:
+                o = _measure_settings(c, bases[replace(c, settings=()).key], config, objective, profile, spec.task)
+                if o.status != "passed":
+                    raise EnginesmithError(f"{c.key}: {o.reason}")
+                speeds[c.key].append(speed(o, objective))
+                echo(f"round {r + 1}/{rounds}: {c.key}: {speeds[c.key][-1]:.1f}")
+    return speeds
 
 
 def _settings_bases(outcomes: list[Outcome], objective: str, settings: str) -> list[Outcome]:
