@@ -236,9 +236,11 @@ def run_on_cluster(suite: Suite, out: Path, cluster: str, artifacts: str = "send
                 continue
             items.append((run, make_job(run, b, profile, throughput, ov_streams), where.get(run.key)))
         by_key = {r.key: r for r in runs}
+        position: dict[int, int] = {}  # id(row) -> its run's place in the suite
         for key, error in failed.items():
             run = by_key[key]
             rows.append(make_row(run, built.get(key), None, None, macs[(run.model, run.input_size, run.num_classes)], error))
+            position[id(rows[-1])] = order[key]
         try:
             with bar(f"measuring {len(items)} runs", max(1, len(items))) as update:
                 for i, done in enumerate(measure_all(executor, items, CHILD_TIMEOUT_S["quick" if quick else "full"])):
@@ -248,9 +250,10 @@ def run_on_cluster(suite: Suite, out: Path, cluster: str, artifacts: str = "send
                     row.update(node=node_name(done), machine=done.machine or None)
                     nodes[row["node"] or ""] = done.node
                     rows.append(row)
+                    position[id(row)] = order[run.key]
                     echo(f"FAILED {run.key} on {done.host or 'the cluster'}: {done.error}" if not done.ok else
                          f"{run.key} on {done.host}: {row['fps']:.1f} FPS, end to end {row['fps_e2e']:.1f}")
-                    rows.sort(key=lambda r: order[_row_key(r)])
+                    rows.sort(key=lambda r: position[id(r)])
                     add_node_ratios(rows, probes)
                     paths = write_results(out, header, rows, skipped_d, plot=False)
                     update(i + 1)
@@ -259,12 +262,8 @@ def run_on_cluster(suite: Suite, out: Path, cluster: str, artifacts: str = "send
             header["roofline"] = roofline_header(probes, quick)
         finally:
             if rows:
-                rows.sort(key=lambda r: order[_row_key(r)])
+                rows.sort(key=lambda r: position[id(r)])
                 add_node_ratios(rows, probes)
                 paths = write_results(out, header, rows, skipped_d, plot=True)
     return BenchOutcome(rows, skipped, paths, header)
 
-
-def _row_key(r: dict[str, Any]) -> str:
-    """A results row's Run.key."""
-    return f"{r['model']}@{r['input_size']}/{r['target']}/{r['precision']}/b{r['batch']}"
