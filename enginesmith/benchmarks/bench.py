@@ -511,10 +511,11 @@ def make_row(run: Run, built: Built | None, measured: dict[str, Any] | None, acc
     return r
 
 
-def add_ratios(rows: list[dict[str, Any]], ceilings: dict[str, float | None]) -> None:
+def add_ratios(rows: list[dict[str, Any]], ceilings: dict[str, float | None],
+               ceiling_key: Callable[[dict[str, Any]], str] = lambda r: probe_key(r["target"], r["precision"])) -> None:
     """speedup_vs_torch (CPU targets over "torch" FP32, GPU targets over "torch-cuda" FP32, same model,
     size and batch) and GMAC/s over the roofline probe's GMAC/s of the row's own target and precision
-    (`ceilings`: roofline.probe_key -> GMAC/s; GPU rows and failed probes: none)."""
+    (`ceilings`: ceiling_key(row) -> GMAC/s, by default roofline.probe_key; GPU rows and failed probes: none)."""
     base = {(r["model"], r["input_size"], r["batch"], r["target"]): r["fps"] for r in rows
             if r["status"] == "ok" and r["target"] in REFERENCE_BASELINE.values() and r["precision"] == "fp32"}
     for r in rows:
@@ -525,7 +526,7 @@ def add_ratios(rows: list[dict[str, Any]], ceilings: dict[str, float | None]) ->
         r["speedup_vs_torch"] = r["fps"] / ref if ref else None
         if r["macs"]:
             r["gmacs_per_s"] = r["macs"] * r["fps"] / 1e9
-            r["probe_gmacs"] = ceilings.get(probe_key(r["target"], r["precision"]))
+            r["probe_gmacs"] = ceilings.get(ceiling_key(r))
             r["fraction_of_probe"] = r["gmacs_per_s"] / r["probe_gmacs"] if r["probe_gmacs"] else None
 
 

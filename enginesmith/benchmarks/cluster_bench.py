@@ -84,13 +84,9 @@ def probe_all(executor: Any, rows: list[dict[str, Any]], nodes: dict[str, str], 
 
 
 def add_node_ratios(rows: list[dict[str, Any]], probes: dict[str, dict[str, Any]]) -> None:
-    """bench.add_ratios with each row's fraction taken over the probe measured on the row's own node."""
-    add_ratios(rows, {})
-    for r in rows:
-        p = probes.get(f"{r.get('node')} {probe_key(r['target'], r['precision'])}")
-        if r.get("gmacs_per_s") and p and p.get("gmacs_per_s"):
-            r["probe_gmacs"] = p["gmacs_per_s"]
-            r["fraction_of_probe"] = r["gmacs_per_s"] / p["gmacs_per_s"]
+    """bench.add_ratios with each row's fraction taken over the probe measured on the row's own node (probe_all's keys)."""
+    add_ratios(rows, {k: p.get("gmacs_per_s") for k, p in probes.items()},
+               ceiling_key=lambda r: f"{r.get('node')} {probe_key(r['target'], r['precision'])}")
 
 
 def pack_folder(folder: Path) -> bytes:

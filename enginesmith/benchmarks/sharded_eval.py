@@ -23,7 +23,6 @@ Engine folders only: a checkpoint or a registered model name runs in one process
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import time
@@ -39,7 +38,8 @@ from enginesmith.benchmarks.evaluate import (DEFAULT_BATCH, EVAL_MAX_DETECTIONS,
                                              load_classification_item, note_untrained, run_predictor)
 from enginesmith.cluster.executor import Executor, executor_for
 from enginesmith.cluster.jobs import Job
-from enginesmith.cluster.shards import (LOCAL_SHARDS, SHARDS_PER_NODE, default_shards,  # noqa: F401  (re-exported)
+from enginesmith.cluster.shards import (BUILTIN_DIGITS, SHARED_PATH, dataset_arg, manifest_file_sha256, shared_path,
+                                        LOCAL_SHARDS, SHARDS_PER_NODE, default_shards,  # noqa: F401  (re-exported)
                                         run_shards, shard_ranges)
 from enginesmith.data.classification import classification_samples
 from enginesmith.data.datasets import open_dataset
@@ -49,25 +49,6 @@ from enginesmith.runtime.manifest import engine_info
 from enginesmith.runtime.preprocess_override import PreprocessOverride
 
 SHARD_FUNC = "enginesmith.benchmarks.sharded_eval:predict_shard"
-BUILTIN_DIGITS = "digits"  # classification_samples' built-in source: a name, not a path
-SHARED_PATH = "must be readable on every worker (a shared path)"
-
-
-def _shared_path(path: str | Path) -> str:
-    """`path` as workers get it: absolute (against this process's working folder), symlinks kept."""
-    return os.path.abspath(os.path.expanduser(str(path)))
-
-
-def _dataset_arg(dataset: str | Path) -> str:
-    if str(dataset) == BUILTIN_DIGITS and not Path(dataset).expanduser().exists():
-        return BUILTIN_DIGITS
-    return _shared_path(dataset)
-
-
-def _manifest_sha256(folder: str | Path) -> str:
-    return hashlib.sha256((Path(folder) / "manifest.json").read_bytes()).hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------- the caller
 
 
@@ -109,8 +90,8 @@ def evaluate_on_cluster(target: str | Path, dataset: str | Path, cluster: str | 
     executor = executor_for(cluster) if isinstance(cluster, str) else cluster
     try:
         ranges = shard_ranges(len(expect), shards or default_shards(executor), align=facts.batch)
-        common = {"engine": _shared_path(path), "dataset": _dataset_arg(dataset), "split": split, "task": facts.task,
-                  "manifest_sha256": _manifest_sha256(path), "batch_size": facts.batch,
+        common = {"engine": shared_path(path), "dataset": dataset_arg(dataset), "split": split, "task": facts.task,
+                  "manifest_sha256": manifest_file_sha256(path), "batch_size": facts.batch,
                   "score_threshold": score_threshold, "max_detections": max_detections, "nms_iou": EVAL_NMS_IOU}
         jobs = [Job(key=f"shard {k + 1}/{len(ranges)}", func=SHARD_FUNC,
                     kwargs={**common, "start": a, "stop": b, "expect": expect[a:b]})
@@ -173,7 +154,7 @@ def predict_shard(engine: str, dataset: str, split: str, task: str, start: int, 
     try:
         _readable(engine, "engine folder", host)
         _readable(os.path.join(engine, "manifest.json"), "engine folder", host)
-        if _manifest_sha256(engine) != manifest_sha256:
+        if manifest_file_sha256(engine) != manifest_sha256:
             raise EnginesmithError(f"the engine folder {engine} on worker {host} is not the engine this evaluation "
                                    f"checked (its manifest.json differs): the engine folder path {SHARED_PATH}, the "
                                    "same on every worker")

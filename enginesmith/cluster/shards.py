@@ -7,7 +7,10 @@ the concatenated predictions, with the code it uses in one process."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from enginesmith.cluster.executor import Executor
@@ -16,6 +19,27 @@ from enginesmith.errors import EnginesmithError
 
 SHARDS_PER_NODE = 2  # default on Ray: two shards per live node (one runs while the other's worker starts)
 LOCAL_SHARDS = 4  # default with --cluster local (its child processes run one after another)
+
+
+BUILTIN_DIGITS = "digits"  # classification_samples' built-in source: a name, not a path
+SHARED_PATH = "must be readable on every worker (a shared path)"
+
+
+def shared_path(path: str | Path) -> str:
+    """`path` as workers get it: absolute (against this process's working folder), symlinks kept."""
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def dataset_arg(dataset: str | Path) -> str:
+    """A dataset as workers get it: the built-in "digits" by name, anything else as shared_path."""
+    if str(dataset) == BUILTIN_DIGITS and not Path(dataset).expanduser().exists():
+        return BUILTIN_DIGITS
+    return shared_path(dataset)
+
+
+def manifest_file_sha256(folder: str | Path) -> str:
+    """sha256 of folder/manifest.json: a worker checks it reads the engine the caller means."""
+    return hashlib.sha256((Path(folder) / "manifest.json").read_bytes()).hexdigest()
 
 
 def shard_ranges(n: int, shards: int, align: int = 1) -> list[tuple[int, int]]:

@@ -15,7 +15,6 @@ fails its shard in one line, and a failed shard fails the build: no metric is co
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import time
@@ -27,7 +26,8 @@ import numpy as np
 from enginesmith.backends.targets import get_target
 from enginesmith.cluster.executor import Executor
 from enginesmith.cluster.jobs import Job
-from enginesmith.cluster.shards import default_shards, run_shards, shard_ranges
+from enginesmith.cluster.shards import (BUILTIN_DIGITS, SHARED_PATH, dataset_arg, default_shards, manifest_file_sha256,
+                                        run_shards, shard_ranges)
 from enginesmith.data.classification import classification_samples
 from enginesmith.data.datasets import open_dataset
 from enginesmith.errors import EnginesmithError
@@ -37,8 +37,6 @@ from enginesmith.pipeline.artifacts import Artifact
 from enginesmith.runtime.preprocess import PreprocessSpec
 
 SHARD_FUNC = "enginesmith.pipeline.accuracy_shards:predict_val_shard"
-BUILTIN_DIGITS = "digits"
-SHARED = "must be readable on every worker (a shared path)"
 
 
 def measure_on_cluster(executor: Executor, engine: Artifact, target: str, precision: str, batch: int | None,
@@ -49,8 +47,8 @@ def measure_on_cluster(executor: Executor, engine: Artifact, target: str, precis
     expect = _expected(val)
     ranges = shard_ranges(len(expect), shards or default_shards(executor), align=batch or DYNAMIC_CHUNK)
     common = {"engine_folder": os.path.abspath(engine.folder), "engine_file": engine.manifest["files"][0],
-              "manifest_sha256": _manifest_sha256(engine.folder), "target": target, "precision": precision,
-              "val": _val_arg(val.path), "task": val.task, "split": val.split, "preprocess": preprocess,
+              "manifest_sha256": manifest_file_sha256(engine.folder), "target": target, "precision": precision,
+              "val": dataset_arg(val.path), "task": val.task, "split": val.split, "preprocess": preprocess,
               "batch": batch}
     jobs = [Job(key=f"accuracy shard {k + 1}/{len(ranges)}", func=SHARD_FUNC,
                 kwargs={**common, "start": a, "stop": b, "expect": expect[a:b]}) for k, (a, b) in enumerate(ranges)]
@@ -67,14 +65,6 @@ def _expected(val: ValidationSet) -> list[Any]:
     if val.task == "detection":
         return [s.image_id for s in val.data.samples]
     return [int(v) for v in val.data.labels]
-
-
-def _val_arg(path: Path) -> str:
-    return BUILTIN_DIGITS if str(path) == BUILTIN_DIGITS and not path.exists() else os.path.abspath(path)
-
-
-def _manifest_sha256(folder: str | Path) -> str:
-    return hashlib.sha256((Path(folder) / "manifest.json").read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- the worker
@@ -98,23 +88,23 @@ def predict_val_shard(engine_folder: str, engine_file: str, manifest_sha256: str
     except OSError as e:  # a path that vanished or turned unreadable between the checks and the reads
         where = f" {e.filename}" if e.filename else ""
         raise EnginesmithError(f"cannot read{where} on worker {host} ({e.strerror or type(e).__name__}): the engine "
-                               f"cache folder and the --val data {SHARED}") from None
+                               f"cache folder and the --val data {SHARED_PATH}") from None
     return {"predictions": preds, "wall_seconds": time.perf_counter() - t0}
 
 
 def _check_engine(folder: str, manifest_sha256: str, host: str) -> None:
     manifest = os.path.join(folder, "manifest.json")
     if not os.path.isfile(manifest):
-        raise EnginesmithError(f"the engine cache folder {folder} does not exist on worker {host}: it {SHARED}")
-    if _manifest_sha256(folder) != manifest_sha256:
+        raise EnginesmithError(f"the engine cache folder {folder} does not exist on worker {host}: it {SHARED_PATH}")
+    if manifest_file_sha256(folder) != manifest_sha256:
         raise EnginesmithError(f"the engine cache folder {folder} on worker {host} is not the engine this build "
-                               f"measures (its manifest.json differs): it {SHARED}, the same on every worker")
+                               f"measures (its manifest.json differs): it {SHARED_PATH}, the same on every worker")
 
 
 def _shard_data(val: str, task: str, split: str, start: int, stop: int, expect: list[Any], host: str) -> Any:
     """The held-out set on this worker, checked to hold `expect` at [start, stop)."""
     if val != BUILTIN_DIGITS and not os.path.exists(val):
-        raise EnginesmithError(f"--val {val} does not exist on worker {host}: it {SHARED}")
+        raise EnginesmithError(f"--val {val} does not exist on worker {host}: it {SHARED_PATH}")
     if task == "detection":
         data: Any = open_dataset(Path(val), split)
         got: list[Any] = [s.image_id for s in data.samples[start:stop]]
@@ -123,5 +113,5 @@ def _shard_data(val: str, task: str, split: str, start: int, stop: int, expect: 
         got = [int(v) for v in data.labels[start:stop]]
     if got != list(expect):
         raise EnginesmithError(f"the --val data on worker {host} is not the data this build measures (images "
-                               f"{start}-{stop - 1} differ): it {SHARED}, the same on every worker")
+                               f"{start}-{stop - 1} differ): it {SHARED_PATH}, the same on every worker")
     return data

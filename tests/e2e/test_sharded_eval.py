@@ -197,7 +197,7 @@ def test_a_failed_shard_fails_the_eval_in_one_line(detector, run_cli, tmp_path):
 
 def test_a_worker_that_cannot_read_the_paths_says_they_must_be_shared(detector, tmp_path):
     engine, voc, _ = detector
-    from enginesmith.benchmarks.sharded_eval import _manifest_sha256
+    from enginesmith.cluster.shards import manifest_file_sha256 as _manifest_sha256
 
     base = {"split": "test", "task": "detection", "start": 0, "stop": 1, "expect": ["000"], "batch_size": 1,
             "manifest_sha256": _manifest_sha256(engine)}
