@@ -8,6 +8,8 @@ Standard library only (no enginesmith imports), so data/, pipeline/ and runtime/
 - Temporary names carry the writer's pid (`.NAME.tmp-PID-RANDOM`, `.tmp-KEY-PID-RANDOM`): one whose
   writer is gone (dead pid, or a pid reused by a process started after the folder was made) is stale
   and may be removed by anyone (`remove_stale_temps`).
+- Scratch folders in the system temp folder (`scratch_dir`) are named the same way, so the next one made
+  with the same prefix removes those a killed process left.
 - Locks are `fcntl.flock` locks, released by the kernel when their holder dies: a SIGKILLed build
   never leaves a lock behind.
 """
@@ -21,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -139,6 +142,26 @@ def remove_stale_temps(folder: Path, prefix: str = ".") -> list[Path]:
                     p.unlink()
             removed.append(p)
     return removed
+
+
+def make_scratch(prefix: str) -> Path:
+    """A new private folder in the system temp folder, `.{prefix}.tmp-PID-RANDOM`, after removing the stale
+    ones of the same prefix (their process was killed before it could remove them). The caller removes it."""
+    root = Path(tempfile.gettempdir())
+    remove_stale_temps(root, prefix=f".{prefix}.tmp-")
+    path = root / temp_name(f"{prefix}.tmp")
+    path.mkdir(mode=0o700)
+    return path
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """`make_scratch(prefix)`, removed on leaving (also when what ran inside raised)."""
+    path = make_scratch(prefix)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def publish_folder(build: Callable[[Path], None], dest: Path) -> None:

@@ -38,6 +38,7 @@ from enginesmith.backends.tensorrt_nms import EfficientNMS, efficient_nms_onnx
 from enginesmith.backends.tensorrt_options import (BuildOptions, batch_profile, check_qdq_symmetric, major, onnx_typing,
                                                     plan_typing, timing_cache_file)
 from enginesmith.errors import EnginesmithError
+from enginesmith.files import scratch_dir
 
 __all__ = ["ENGINE_FILE", "BuildOptions", "EfficientNMS", "Runner", "available", "build", "device_info", "stage_options"]
 
@@ -249,7 +250,7 @@ def build(source: Any, out_dir: Path, precision: str, *, options: BuildOptions |
     from polygraphy.backend.trt import EngineBytesFromNetwork
 
     strongly_typed, fp16_flag = plan_typing(trt.__version__, precision, fp16_typed, qdq)
-    with tempfile.TemporaryDirectory(prefix="enginesmith-trt-") as tmp, timing_cache_files(opts.timing_cache) as (old, new):
+    with scratch_dir("enginesmith-trt") as tmp, timing_cache_files(opts.timing_cache) as (old, new):
         onnx_path = src if opts.efficient_nms is None else efficient_nms_onnx(src, Path(tmp) / src.name, opts.efficient_nms)
         with _polygraphy(f"TensorRT cannot parse {src.name}", "simplify the ONNX or change the opset (parser errors above)"):
             network, config = polygraphy_loaders(trt, onnx_path, precision, opts, strongly_typed, fp16_flag, old)

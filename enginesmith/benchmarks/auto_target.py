@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -35,7 +34,7 @@ from enginesmith.benchmarks.bench import CHILD_TIMEOUT_S, Built, make_job, measu
 from enginesmith.benchmarks.suite import Run
 from enginesmith.benchmarks.timing import TimingProfile
 from enginesmith.errors import AccuracyBudgetError, EnginesmithError
-from enginesmith.files import remove_stale_temps, temp_name, write_json_atomic
+from enginesmith.files import remove_stale_temps, scratch_dir, temp_name, write_json_atomic
 from enginesmith.models import registry
 from enginesmith.pipeline.accuracy import DEFAULT_BUDGET
 from enginesmith.pipeline.outdir import hold_out, out_state, publish_engine_folder
@@ -222,7 +221,7 @@ def remeasure(cands: list[Candidate], config: BuildConfig, objective: str = "lat
     config = replace(config, fallback="none", calib_method=calib_method or "minmax")
     profile = profile or TimingProfile()
     speeds: dict[str, list[float]] = {c.key: [] for c in cands}
-    with tempfile.TemporaryDirectory(prefix="es-remeasure-") as tmp:
+    with scratch_dir("es-remeasure") as tmp:
         bases: dict[str, Outcome] = {}
         for c in cands:
             plain = replace(c, settings=())

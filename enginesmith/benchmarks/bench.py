@@ -28,7 +28,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from enginesmith.data.classification import classification_samples
 from enginesmith.data.datasets import open_dataset
 from enginesmith.data.offline_photos import offline_photos
 from enginesmith.errors import EnginesmithError
-from enginesmith.files import write_json_atomic
+from enginesmith.files import scratch_dir, write_json_atomic
 from enginesmith.models import registry
 from enginesmith.models.weights.checkpoint_info import read_checkpoint_info
 from enginesmith.pipeline.run import MEASUREMENT_STAGES, BuildConfig, build_engine
@@ -454,7 +453,7 @@ def measure_isolated(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """measure_job in a child process (`python -m enginesmith.benchmarks.bench JOB OUT`)."""
     import signal
 
-    with tempfile.TemporaryDirectory(prefix="es-bench-") as tmp:
+    with scratch_dir("es-bench") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(json.dumps(job))
         cmd = [sys.executable, "-m", "enginesmith.benchmarks.bench", str(job_path), str(out_path)]

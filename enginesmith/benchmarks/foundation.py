@@ -15,7 +15,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from enginesmith.benchmarks.machine import cpu_name as _cpu_name
 from enginesmith.benchmarks.machine import git_commit as _git_commit
 from enginesmith.data.digits import load_digits_32
 from enginesmith.evaluation.latency import measure_latency
+from enginesmith.files import make_scratch
 from enginesmith.models import registry
 from enginesmith.pipeline.artifacts import tool_versions
 from enginesmith.pipeline.run import BuildConfig, build_engine
@@ -218,7 +218,7 @@ def main() -> None:
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--budget", type=float, default=20.0, help="seconds of timing per runner")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="es-bench-"))
+    work = make_scratch("es-foundation")
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",

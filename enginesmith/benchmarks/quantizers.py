@@ -16,7 +16,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 from enginesmith.backends.targets import TARGETS
 from enginesmith.benchmarks.machine import run_header
 from enginesmith.errors import EnginesmithError
+from enginesmith.files import make_scratch
 from enginesmith.pipeline.run import BuildConfig, build_engine
 from enginesmith.progress import progress_bar
 
@@ -141,7 +141,7 @@ def main() -> None:
     args = ap.parse_args()
 
     header = run_header()
-    work = Path(tempfile.mkdtemp(prefix="es-quant-"))
+    work = make_scratch("es-quant")
     cache = args.cache_dir or work / "cache"
     rows = rows_for(args.targets.split(","))
     results = []

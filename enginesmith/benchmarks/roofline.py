@@ -29,7 +29,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from enginesmith.backends.targets import TARGETS, engine_precision
 from enginesmith.benchmarks.suite import BASELINES
 from enginesmith.benchmarks.timing import TimingProfile, summarize, time_calls
 from enginesmith.errors import EnginesmithError
+from enginesmith.files import make_scratch
 
 INPUT_NAME = "x"
 OUTPUT_NAME = "y"
@@ -257,7 +257,7 @@ class Roofline:
         self.stacks = tuple(stacks)
         self.echo = echo
         self.probes: dict[str, dict[str, Any]] = {}
-        self._tmp = Path(tempfile.mkdtemp(prefix="es-roofline-"))
+        self._tmp = make_scratch("es-roofline")
 
     def __enter__(self) -> "Roofline":
         return self

@@ -30,7 +30,6 @@ such as Transpose/Reshape/Concat): see _keep_decode_inputs_float.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -40,6 +39,7 @@ from enginesmith.calibration.statistics import decode_node_names, quantizable_te
 from enginesmith.calibration.tensorrt_placement import PER_CHANNEL_AXIS, Placement, tensorrt_placement
 from enginesmith.calibration.onnx_io import save_onnx_atomic
 from enginesmith.errors import EnginesmithError
+from enginesmith.files import scratch_dir
 
 
 def _qdq_config(symmetric: bool) -> dict[str, Any]:
@@ -250,7 +250,7 @@ def _load_for_quantizer(src: Path, cfg: dict[str, Any]) -> Any:
 
     if not src.is_file():
         raise EnginesmithError(f"ONNX model not found: {src}")
-    with tempfile.TemporaryDirectory(prefix="enginesmith-qdq-") as tmpdir:
+    with scratch_dir("enginesmith-qdq") as tmpdir:
         local = Path(tmpdir) / "model.onnx"
         local.write_bytes(src.read_bytes())
         model = load_model_with_shape_infer(local)

@@ -10,18 +10,18 @@ import pickle
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from enginesmith.cluster.devices import local_kinds
 from enginesmith.cluster.jobs import Done, Job, where
 from enginesmith.errors import EnginesmithError
+from enginesmith.files import scratch_dir
 
 
 def run_in_child(job: Job, timeout_s: float | None = None) -> tuple[object, str | None]:
     """(value, None) or (None, one-line error): job's function run by `python -m enginesmith.cluster.child`."""
-    with tempfile.TemporaryDirectory(prefix="es-job-") as tmp:
+    with scratch_dir("es-job") as tmp:
         job_path, out_path = Path(tmp) / "job.pkl", Path(tmp) / "out.pkl"
         job_path.write_bytes(pickle.dumps({"func": job.func, "kwargs": job.kwargs}))
         proc = subprocess.Popen([sys.executable, "-m", "enginesmith.cluster.child", str(job_path), str(out_path),

@@ -36,7 +36,7 @@ def _graph_macs(model) -> int:
     return total
 
 
-def test_probe_macs_by_hand_from_the_graph_and_by_the_projects_counter():
+def test_probe_macs_by_hand_from_the_graph_and_by_the_projects_counter(tmp_path):
     # 4 convs x 52 x 52 output pixels x 256 out x 256 in x 9 taps; 26 x 26 x 512 x 512 is the same product
     assert [s.macs for s in STACKS] == [6_379_536_384, 6_379_536_384]
     assert TINY.macs == 2 * 5 * 5 * 3 * 3 * 9
@@ -49,7 +49,7 @@ def test_probe_macs_by_hand_from_the_graph_and_by_the_projects_counter():
     import onnx
 
     for stack in (TINY, ProbeStack(64, 13, 3)):
-        path = f"/tmp/es-probe-{stack.channels}-{stack.size}.onnx"
+        path = str(tmp_path / f"probe-{stack.channels}-{stack.size}.onnx")
         onnx.save(probe_onnx(stack), path)
         assert profile_forward(_torch_probe(path).model, stack.shape[1:])[0] == stack.macs
 
