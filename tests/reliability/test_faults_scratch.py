@@ -95,8 +95,8 @@ def test_a_local_job_whose_caller_is_killed_leaves_nothing_after_the_next_job(tm
             time.sleep(0.05)
         print("made" if time.monotonic() < end else "no scratch folder after 60 s", flush=True)
     """)
+    _kill(caller)  # first, so a failed assertion leaves no process behind
     assert said == "made\n", said
-    _kill(caller)
     left = _entries(tmpdir_env)
     assert len(left) == 1 and next(iter(left)).startswith(f".es-job.tmp-{caller.pid}-")
     deadline = time.monotonic() + 30  # the job's own process follows its caller (prctl PDEATHSIG)
