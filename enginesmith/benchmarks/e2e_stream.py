@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import sys
 from pathlib import Path
@@ -38,12 +39,21 @@ from enginesmith.runtime import load
 from enginesmith.runtime.preprocess import preprocess
 
 
-def _repeat(call: Callable[[], int], min_time: float) -> float:
+def _cpu_s() -> float:
+    """CPU seconds this process has used so far, all its threads (the engine's own included)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _repeat(call: Callable[[], int], min_time: float, cpu: dict[str, float], key: str) -> float:
     """Images per second over repeated calls of `call` (which returns how many images it did): one
-    warm-up call, then timing.time_calls until `min_time` seconds."""
+    warm-up call, then timing.time_calls until `min_time` seconds. cpu[key] = the CPU seconds per image over
+    all the calls (warm-up included)."""
     counts: list[int] = []
+    start = _cpu_s()
     ms = time_calls(lambda: counts.append(call()), TimingProfile(warmup_iterations=1, warmup_s=0.0,
                                                                  min_iterations=1, min_time_s=min_time))
+    cpu[key] = (_cpu_s() - start) / max(1, sum(counts))
     return sum(counts[-len(ms):]) * 1000.0 / float(ms.sum())
 
 
@@ -57,8 +67,9 @@ def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> 
     x = np.stack([preprocess(images[i % len(images)], info.preprocess)[0] for i in range(batch)]).astype(np.float32)
     result: dict[str, Any] = {"engine": str(engine_dir), "model": info.model, "target": info.target,
                               "precision": info.precision, "batch": batch, "images": len(images), "min_time_s": min_time}
+    cpu: dict[str, float] = {}
     with TARGETS[info.target].runner(info.engine_file, info.precision) as runner:
-        result["inference_fps"] = _repeat(lambda: (runner.infer({info.input_name: x}), batch)[1], min_time)
+        result["inference_fps"] = _repeat(lambda: (runner.infer({info.input_name: x}), batch)[1], min_time, cpu, "inference")
     if TARGETS[info.target].streams_async:
         hint = TARGETS[info.target].options(info.precision)["inference_precision"]
         result["inference_fps_throughput"] = openvino_throughput(Path(info.engine_file), x, hint, min_time)["fps"]
@@ -67,12 +78,19 @@ def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> 
             return [r for i in range(0, len(images), batch) for r in detector.batch(images[i:i + batch])]
 
         sequential = one_by_one()
-        result["e2e_fps_sequential"] = _repeat(lambda: len(one_by_one()), min_time)
+        result["e2e_fps_sequential"] = _repeat(lambda: len(one_by_one()), min_time, cpu, "sequential")
         batched = detector.batch(images)
-        result["e2e_fps_batch"] = _repeat(lambda: len(detector.batch(images)), min_time)
+        result["e2e_fps_batch"] = _repeat(lambda: len(detector.batch(images)), min_time, cpu, "batch")
         streamed = list(detector.stream(images))
-        result["e2e_fps_streamed"] = _repeat(lambda: len(list(detector.stream(images))), min_time)
+        result["e2e_fps_streamed"] = _repeat(lambda: len(list(detector.stream(images))), min_time, cpu, "streamed")
     result["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    # CPU-ms per image and how many cores each loop kept busy (CPU-s per image x images per s): a loop near
+    # `cores` busy is bound by the CPU, and no overlap makes it faster without less work per image
+    result["cores"] = len(os.sched_getaffinity(0))
+    result["cpu_ms_per_image"] = {k: 1e3 * v for k, v in cpu.items()}
+    fps = {"inference": result["inference_fps"], "sequential": result["e2e_fps_sequential"],
+           "batch": result["e2e_fps_batch"], "streamed": result["e2e_fps_streamed"]}
+    result["cores_busy"] = {k: cpu[k] * fps[k] for k in fps}
     result["batch_equals_sequential"] = _same(batched, sequential)
     result["streamed_equals_sequential"] = _same(streamed, sequential)
     result["detections"] = int(sum(len(d) for d in sequential))
@@ -87,13 +105,15 @@ def _same(a: list[Any], b: list[Any]) -> bool:
 
 
 def render_markdown(header: dict[str, Any], r: dict[str, Any]) -> str:
-    rows = [("inference only, synchronous calls (as `enginesmith bench`)", r["inference_fps"], None),
-            ("inference only, OpenVINO throughput mode", r.get("inference_fps_throughput"), None),
+    rows = [("inference only, synchronous calls (as `enginesmith bench`)", r["inference_fps"], None, "inference"),
+            ("inference only, OpenVINO throughput mode", r.get("inference_fps_throughput"), None, None),
             ("end to end, sequential (`detector.batch` on one engine batch at a time)", r["e2e_fps_sequential"],
-             r["ratio_sequential_over_inference"]),
+             r["ratio_sequential_over_inference"], "sequential"),
             ("end to end, `detector.batch` on all images (host work overlapped)", r["e2e_fps_batch"],
-             r["ratio_batch_over_inference"]),
-            ("end to end, streamed (`detector.stream`)", r["e2e_fps_streamed"], r["ratio_streamed_over_inference"])]
+             r["ratio_batch_over_inference"], "batch"),
+            ("end to end, streamed (`detector.stream`)", r["e2e_fps_streamed"], r["ratio_streamed_over_inference"],
+             "streamed")]
+    cpu, busy = r.get("cpu_ms_per_image", {}), r.get("cores_busy", {})  # absent from results of before they were measured
     lines = [f"# End to end vs inference only: {r['model']} {r['target']} {r['precision']}, batch {r['batch']}", "",
              f"- command: `{header['command']}`", f"- date: {header['date']}",
              f"- machine: {header['machine']}; commit {header['commit']}; load average (1/5/15 min) "
@@ -102,10 +122,13 @@ def render_markdown(header: dict[str, Any], r: dict[str, Any]) -> str:
              f"- {r['images']} decoded real photos (uint8 RGB, their own sizes) cycled, {r['min_time_s']} s per loop after "
              f"a warm-up pass; {r['detections']} detections per pass; results equal the sequential loop's: batch() "
              f"{r['batch_equals_sequential']}, stream() {r['streamed_equals_sequential']}", "",
-             "| loop | FPS | / inference-only sync FPS |", "|---|---|---|"]
-    for name, fps, ratio in rows:
+             f"- CPU-ms per image: the process's CPU time (every thread) over the loop's images; cores busy: that x "
+             f"FPS, of the {r.get('cores', '?')} this process may use", "",
+             "| loop | FPS | / inference-only sync FPS | CPU-ms per image | cores busy |", "|---|---|---|---|---|"]
+    for name, fps, ratio, key in rows:
         if fps is not None:
-            lines.append(f"| {name} | {fps:.1f} | " + ("—" if ratio is None else f"{100 * ratio:.0f}%") + " |")
+            lines.append(f"| {name} | {fps:.1f} | " + ("—" if ratio is None else f"{100 * ratio:.0f}%") + " | "
+                         + (f"{cpu[key]:.2f} | {busy[key]:.2f}" if key in cpu else "— | —") + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -26,5 +26,10 @@ def test_e2e_stream_on_yolov3_tiny(tmp_path, cache_dir, target):
     for loop in ("sequential", "batch", "streamed"):
         assert r[f"ratio_{loop}_over_inference"] == pytest.approx(r[f"e2e_fps_{loop}"] / r["inference_fps"])
     assert "`detector.batch` on all images" in files[0].with_suffix(".md").read_text()
+    # CPU time counts the engine's threads too: no loop keeps more cores busy than the process may use (10% for
+    # the warm-up calls the CPU time includes and the FPS does not), and host work costs CPU
+    assert set(r["cores_busy"]) == {"inference", "sequential", "batch", "streamed"}
+    assert all(0 < b <= 1.1 * r["cores"] for b in r["cores_busy"].values()), r["cores_busy"]
+    assert r["cpu_ms_per_image"]["sequential"] > r["cpu_ms_per_image"]["inference"] > 0, r["cpu_ms_per_image"]
     assert (r.get("inference_fps_throughput") is not None) == (target == "openvino")
     assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 2
