@@ -13,8 +13,10 @@ On the same decoded real images (the offline photos: uint8 RGB at their own size
 - end to end, streamed: `load(engine).stream(images)` (the same loop as batch(), lazily), the path the example
   app (examples/edge_app.py) uses.
 Each loop runs over all images, repeated until `min_time` seconds, after one warm-up pass. Writes
-e2e-MODEL-TARGET-PRECISION-bBATCH.json/.md with the FPS, the ratios end-to-end / inference-only, and whether
-batch() and stream() give the sequential loop's detections.
+e2e-MODEL-TARGET-PRECISION-bBATCH.json/.md with the FPS, the ratios end-to-end / inference-only, each loop's
+CPU-ms per image and cores kept busy (the process's CPU time, engine threads included: a loop with every core
+busy is bound by the CPU, not by how it overlaps), and whether batch() and stream() give the sequential loop's
+detections.
 """
 
 from __future__ import annotations
