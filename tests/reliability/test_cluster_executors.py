@@ -53,6 +53,15 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[1])
 
 
+def _signal_masks(pid: int) -> dict[str, str]:
+    """The SigBlk / SigIgn / SigCgt masks of process pid (/proc/PID/status), or {} when it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return dict(ln.split(":\t", 1) for ln in lines if ln.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
 def _gone(pid: int, timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -98,8 +107,15 @@ def test_ctrl_c_stops_the_jobs_processes(cluster, tmp_path, request):
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, address, str(marker)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     pid = int(_wait_lines(marker, 1)[0].split()[0])
+    masks = _signal_masks(driver.pid)  # a SIGINT blocked or ignored here was inherited from the test process
     driver.send_signal(signal.SIGINT)
-    driver.wait(timeout=60)
+    try:
+        driver.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        _, err = driver.communicate()
+        pytest.fail(f"the caller did not exit within 60 s of SIGINT; its signal masks before it: {masks}; "
+                    f"stderr: {err[-2000:]}")
     assert driver.returncode != 0
     assert _gone(pid), f"the job's process {pid} outlived the caller's Ctrl-C"
 
