@@ -90,9 +90,9 @@ def test_local_executor_refuses_a_device_this_machine_is_not():
 
 
 # The caller stands for a command run from a terminal, where Ctrl-C reaches it. It restores Python's SIGINT handler
-# first: a child starts with the dispositions of the process that started it, and in full-suite runs the pytest
-# process has passed SIGINT and SIGQUIT on ignored (SigIgn 0x...006, the pair system(3) ignores; its source in the
-# suite is not known), which made the caller deaf to the signal this test sends.
+# first: a child starts with the dispositions of the process that started it, and a pytest started as a background
+# job of a non-interactive shell (`pytest ... &`) has SIGINT and SIGQUIT ignored (SigIgn 0x...006), which made the
+# caller deaf to the signal this test sends.
 DRIVER = textwrap.dedent("""
     import signal
     import sys
