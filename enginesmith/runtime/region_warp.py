@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from enginesmith.runtime.preprocess import PreprocessSpec, _channel_tables
+from enginesmith.runtime.preprocess import PreprocessSpec, normalize_channels
 
 PAPER_CONTEXT_PAD = 16  # pixels at 227x227 (R-CNN's AlexNet); scaled with the input size elsewhere
 
@@ -67,22 +67,11 @@ def warp_regions(image: np.ndarray, boxes: np.ndarray, size: int, pad: float,
     return out
 
 
-def normalize_crops(crops: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """[P, S, S, 3] uint8 RGB -> [P, 3, S, S] float32 through the spec's scale/mean/std (no resize: the
-    crops are already at the input size). Same lookup tables as runtime/preprocess.py."""
-    lut = _channel_tables(spec.scale, tuple(spec.mean[:3]), tuple(spec.std[:3]))
-    rgb = crops[..., ::-1] if spec.color == "BGR" else crops
-    out = np.empty((len(crops), 3, crops.shape[1], crops.shape[2]), dtype=np.float32)
-    for c in range(3):
-        np.take(lut[c], rgb[..., c], out=out[:, c])
-    return out
-
-
 def region_inputs(image: np.ndarray, boxes: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """R-CNN's engine input for `boxes` [P, 4] of an HxWx3 uint8 RGB image: each box warped to the spec's
     (square) input size with the paper's context and mean-pixel fill, then normalised -> [P, 3, S, S] float32."""
     size = int(spec.input_size[0])
-    return normalize_crops(warp_regions(image, boxes, size, context_pad(size), mean_pixel(spec)), spec)
+    return normalize_channels(warp_regions(image, boxes, size, context_pad(size), mean_pixel(spec)), spec)
 
 
 def decode_deltas(proposals: np.ndarray, deltas: np.ndarray, width: float, height: float) -> np.ndarray:
@@ -115,5 +104,5 @@ def encode_targets(proposals: np.ndarray, truths: np.ndarray) -> np.ndarray:
     return np.stack([tx, ty, np.log(gw / pw), np.log(gh / ph)], axis=1).astype(np.float32)
 
 
-__all__ = ["region_inputs", "warp_regions", "dilate_boxes", "normalize_crops", "context_pad", "mean_pixel",
+__all__ = ["region_inputs", "warp_regions", "dilate_boxes", "context_pad", "mean_pixel",
            "decode_deltas", "encode_targets"]

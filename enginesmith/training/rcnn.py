@@ -7,9 +7,9 @@ offline set and a 2-core CPU. Three stages, as the paper:
    background (0). Each step takes `recipe.batch_size` images and REGIONS_PER_IMAGE regions from each, 25%
    foreground (the paper's 32 + 96 of 128 per minibatch; with 4 images x 32 regions it is the same 128),
    filled with background when an image has too few foreground regions. Regions are warped exactly as the
-   engine's host stage warps them (runtime/region_warp.py: context padding 16 px at 227, mean-pixel fill,
-   normalize_crops). Horizontal flip: a region is mirrored with probability 1/2 only when its label is
-   background or a mirror-symmetric class (MIRROR_SAFE_CLASSES; a mirrored 2 is not a 2, see
+   engine's host stage warps them (runtime/region_warp.py: context padding 16 px at 227, mean-pixel fill;
+   runtime/preprocess.py's normalize_channels). Horizontal flip: a region is mirrored with probability 1/2
+   only when its label is background or a mirror-symmetric class (MIRROR_SAFE_CLASSES; a mirrored 2 is not a 2, see
    training/augment.py). Softmax cross-entropy on fc8 (model.forward_train), the recipe's optimiser and
    schedule (training/loop.py make_optimizer, lr_at), bfloat16 autocast on CPU (weights stay float32).
 2. Per-class linear SVMs on fc7 (eval mode, float32), scikit-learn LinearSVC with the paper's released
@@ -47,7 +47,8 @@ from enginesmith.data.proposals import split_proposals
 from enginesmith.errors import EnginesmithError
 from enginesmith.evaluation.detection_metrics import Predictions, evaluate_detections
 from enginesmith.evaluation.predict import EVAL_IOU_THRESHOLD, EVAL_MAX_DETECTIONS, EVAL_SCORE_THRESHOLD
-from enginesmith.runtime.region_warp import context_pad, encode_targets, mean_pixel, normalize_crops, warp_regions
+from enginesmith.runtime.preprocess import normalize_channels
+from enginesmith.runtime.region_warp import context_pad, encode_targets, mean_pixel, warp_regions
 from enginesmith.runtime.two_stage import detect_from_raw, fast_rcnn_raw, rcnn_raw
 from enginesmith.training.common import Bar
 from enginesmith.training.two_stage_loop import run_epochs
@@ -138,7 +139,7 @@ def warp_batch(image: np.ndarray, boxes: np.ndarray, spec, flips: np.ndarray | N
     crops = warp_regions(image, boxes, size, context_pad(size), mean_pixel(spec))
     if flips is not None and flips.any():
         crops[flips] = crops[flips][:, :, ::-1]
-    return normalize_crops(crops, spec)
+    return normalize_channels(crops, spec)
 
 
 def sample_regions(reg: LabelledRegions, rng: np.random.Generator, count: int = REGIONS_PER_IMAGE,

@@ -36,7 +36,7 @@ def test_stretch_mean_std_and_bgr_match_pillow_reference():
 @pytest.mark.parametrize("color,mean,std", [("RGB", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
                                             ("BGR", (104.0, 117.0, 123.0), (1.0, 1.0, 1.0)), ("RGB", (0.5,), (0.25,))])
 def test_normalisation_is_bit_identical_to_the_per_pixel_float32_formula(color, mean, std):
-    """The lookup tables give exactly what (pixel * scale - mean) / std in float32 gives, pixel by pixel."""
+    """The plane-wise normalising gives exactly what (pixel * scale - mean) / std in float32 gives, pixel by pixel."""
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, (41, 29, 3), dtype=np.uint8)
     scale = 1.0 if mean[0] > 1 else 1 / 255

@@ -13,9 +13,8 @@ import pytest
 
 from enginesmith.errors import EnginesmithError
 from enginesmith.runtime import proposals as P
-from enginesmith.runtime.preprocess import PreprocessSpec
-from enginesmith.runtime.region_warp import (context_pad, decode_deltas, dilate_boxes, encode_targets, mean_pixel,
-                                             normalize_crops, warp_regions)
+from enginesmith.runtime.preprocess import PreprocessSpec, normalize_channels
+from enginesmith.runtime.region_warp import context_pad, decode_deltas, dilate_boxes, encode_targets, mean_pixel, warp_regions
 
 IMAGENET = PreprocessSpec(input_size=(64, 64), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -94,7 +93,7 @@ def test_warp_fills_outside_the_image_with_the_mean_pixel() -> None:
     b = crops[1]
     assert (b[:, -3:] == fill).all() and (b[-3:, :] == fill).all() and (b[8:-8, 8:-8] == 255).all()
     # normalised, the fill is ~0 in every channel
-    x = normalize_crops(crops, IMAGENET)
+    x = normalize_channels(crops, IMAGENET)
     assert x.shape == (2, 3, size, size) and x.dtype == np.float32
     assert np.abs(x[0, :, :, :3]).max() < 0.01
     # a box wholly outside the image: all fill, no error
@@ -102,14 +101,14 @@ def test_warp_fills_outside_the_image_with_the_mean_pixel() -> None:
     assert (c == fill).all()
 
 
-def test_normalize_crops_is_the_spec_formula() -> None:
+def test_normalize_channels_on_crops_is_the_spec_formula() -> None:
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
-    x = normalize_crops(crops, IMAGENET)
+    x = normalize_channels(crops, IMAGENET)
     mean, std = np.array(IMAGENET.mean, np.float32), np.array(IMAGENET.std, np.float32)
     ref = ((crops.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)
     assert np.allclose(x, ref, atol=1e-5)
-    bgr = normalize_crops(crops, PreprocessSpec(input_size=(16, 16), color="BGR"))
+    bgr = normalize_channels(crops, PreprocessSpec(input_size=(16, 16), color="BGR"))
     assert np.allclose(bgr[:, 0], crops[..., 2] / 255.0, atol=1e-6)
 
 
