@@ -12,6 +12,10 @@ On the same decoded real images (the offline photos: uint8 RGB at their own size
   preprocessing the next group and post-processing the last one while the caller's thread runs the engine);
 - end to end, streamed: `load(engine).stream(images)` (the same loop as batch(), lazily), the path the example
   app (examples/edge_app.py) uses.
+- host work alone, in this thread with the engine idle: preprocessing (resize + normalise, as `batch()` does it)
+  and post-processing (decode + NMS + boxes back in the image's pixels) of the same images, as CPU-ms per image.
+  With them, the CPU bound of any end-to-end loop: cores / (inference CPU-ms + host CPU-ms) images per second,
+  as a fraction of the inference-only FPS. No overlap beats it; only less work per image does.
 Each loop runs over all images, repeated until `min_time` seconds, after one warm-up pass. Writes
 e2e-MODEL-TARGET-PRECISION-bBATCH.json/.md with the FPS, the ratios end-to-end / inference-only, each loop's
 CPU-ms per image and cores kept busy (the process's CPU time, engine threads included: a loop with every core
@@ -38,7 +42,7 @@ from enginesmith.benchmarks.timing import TimingProfile, openvino_throughput, ti
 from enginesmith.errors import EnginesmithError
 from enginesmith.files import write_json_atomic, write_text_atomic
 from enginesmith.runtime import load
-from enginesmith.runtime.preprocess import preprocess
+from enginesmith.runtime.preprocess import preprocess, preprocess_batch
 
 
 def _cpu_s() -> float:
@@ -59,6 +63,23 @@ def _repeat(call: Callable[[], int], min_time: float, cpu: dict[str, float], key
     return sum(counts[-len(ms):]) * 1000.0 / float(ms.sum())
 
 
+def _thread_cpu_s() -> float:
+    """CPU seconds the calling thread has used so far (host work alone: no engine thread counted)."""
+    r = resource.getrusage(resource.RUSAGE_THREAD)
+    return r.ru_utime + r.ru_stime
+
+
+def _host_cpu_ms(call: Callable[[], int], min_time: float) -> float:
+    """This thread's CPU-ms per image over repeated calls of `call` (which returns how many images it did):
+    one warm-up call, then calls until `min_time` seconds of CPU (at least one)."""
+    call()
+    images, start = 0, _thread_cpu_s()
+    while True:
+        images += call()
+        if _thread_cpu_s() - start >= min_time:
+            return 1e3 * (_thread_cpu_s() - start) / images
+
+
 def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> dict[str, Any]:
     """The FPS of the module docstring for the detector in `engine_dir` on `images` (H, W, 3) uint8 RGB."""
     detector = load(engine_dir)
@@ -76,6 +97,12 @@ def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> 
         hint = TARGETS[info.target].options(info.precision)["inference_precision"]
         result["inference_fps_throughput"] = openvino_throughput(Path(info.engine_file), x, hint, min_time)["fps"]
     with detector:
+        groups = [images[i:i + batch] for i in range(0, len(images), batch)]
+        raws = [detector.raw(group) for group in groups]
+        host = {"preprocess": _host_cpu_ms(lambda: sum(len(preprocess_batch(g, info.preprocess)) for g in groups),
+                                           min_time / 3),
+                "postprocess": _host_cpu_ms(lambda: sum(len(detector._postprocess(*raw)) for raw in raws), min_time / 3)}
+
         def one_by_one() -> list[Any]:
             return [r for i in range(0, len(images), batch) for r in detector.batch(images[i:i + batch])]
 
@@ -93,6 +120,9 @@ def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> 
     fps = {"inference": result["inference_fps"], "sequential": result["e2e_fps_sequential"],
            "batch": result["e2e_fps_batch"], "streamed": result["e2e_fps_streamed"]}
     result["cores_busy"] = {k: cpu[k] * fps[k] for k in fps}
+    result["host_cpu_ms_per_image"] = host
+    result["cpu_bound_fps"] = result["cores"] * 1e3 / (1e3 * cpu["inference"] + sum(host.values()))
+    result["cpu_bound_over_inference"] = result["cpu_bound_fps"] / result["inference_fps"]
     result["batch_equals_sequential"] = _same(batched, sequential)
     result["streamed_equals_sequential"] = _same(streamed, sequential)
     result["detections"] = int(sum(len(d) for d in sequential))
@@ -116,6 +146,7 @@ def render_markdown(header: dict[str, Any], r: dict[str, Any]) -> str:
             ("end to end, streamed (`detector.stream`)", r["e2e_fps_streamed"], r["ratio_streamed_over_inference"],
              "streamed")]
     cpu, busy = r.get("cpu_ms_per_image", {}), r.get("cores_busy", {})  # absent from results of before they were measured
+    host = r.get("host_cpu_ms_per_image", {})  # absent from results of before it was measured
     lines = [f"# End to end vs inference only: {r['model']} {r['target']} {r['precision']}, batch {r['batch']}", "",
              f"- command: `{header['command']}`", f"- date: {header['date']}",
              f"- machine: {header['machine']}; commit {header['commit']}; load average (1/5/15 min) "
@@ -131,6 +162,12 @@ def render_markdown(header: dict[str, Any], r: dict[str, Any]) -> str:
         if fps is not None:
             lines.append(f"| {name} | {fps:.1f} | " + ("—" if ratio is None else f"{100 * ratio:.0f}%") + " | "
                          + (f"{cpu[key]:.2f} | {busy[key]:.2f}" if key in cpu else "— | —") + " |")
+    if host:
+        lines += ["", "Host work alone, in one thread with the engine idle (CPU-ms per image): preprocessing (resize + "
+                  f"normalise) {host['preprocess']:.2f}, post-processing (decode + NMS + boxes back) "
+                  f"{host['postprocess']:.2f}. CPU bound of any end-to-end loop on these {r['cores']} cores: "
+                  f"{r['cores']} / (inference {cpu['inference']:.2f} + host {sum(host.values()):.2f} CPU-ms) = "
+                  f"{r['cpu_bound_fps']:.1f} FPS, {100 * r['cpu_bound_over_inference']:.0f}% of inference only."]
     return "\n".join(lines) + "\n"
 
 

@@ -31,5 +31,11 @@ def test_e2e_stream_on_yolov3_tiny(tmp_path, cache_dir, target):
     assert set(r["cores_busy"]) == {"inference", "sequential", "batch", "streamed"}
     assert all(0 < b <= 1.1 * r["cores"] for b in r["cores_busy"].values()), r["cores_busy"]
     assert r["cpu_ms_per_image"]["sequential"] > r["cpu_ms_per_image"]["inference"] > 0, r["cpu_ms_per_image"]
+    # host work alone is a part of the sequential loop's work; the bound is cores over inference + host CPU-ms
+    host = r["host_cpu_ms_per_image"]
+    assert set(host) == {"preprocess", "postprocess"} and all(v > 0 for v in host.values()), host
+    assert r["cpu_ms_per_image"]["sequential"] > host["preprocess"] + host["postprocess"], (r["cpu_ms_per_image"], host)
+    assert r["cpu_bound_fps"] == pytest.approx(r["cores"] * 1e3 / (r["cpu_ms_per_image"]["inference"] + sum(host.values())))
+    assert "CPU bound of any end-to-end loop" in files[0].with_suffix(".md").read_text()
     assert (r.get("inference_fps_throughput") is not None) == (target == "openvino")
     assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 2
