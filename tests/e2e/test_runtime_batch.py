@@ -79,8 +79,9 @@ def test_a_bad_image_in_the_middle_is_one_error_and_leaves_no_thread(engines, ph
     assert not _workers() and {t.ident for t in threading.enumerate()} <= before
 
 
-def test_a_stream_stopped_early_leaves_no_thread(engines, photos):
-    with load(engines[("onnxruntime", 1)]) as det:
+@pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
+def test_a_stream_stopped_early_leaves_no_thread(engines, photos, target):
+    with load(engines[(target, 1)]) as det:
         stream = det.stream(photos)
         first = next(stream)
         assert first == det(photos[0])
