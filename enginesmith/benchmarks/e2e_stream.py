@@ -1,6 +1,6 @@
 """End-to-end FPS of a built detector as an app sees it, against its inference-only FPS, in one process.
 
-    python -m enginesmith.benchmarks.e2e_stream ENGINE_DIR [--images 32] [--min-time 3] [--out DIR]
+    python -m enginesmith.benchmarks.e2e_stream ENGINE_DIR [--images 32] [--min-time 3] [--rounds 3] [--out DIR]
 
 On the same decoded real images (the offline photos: uint8 RGB at their own sizes), one after another:
 - inference only: the engine's Runner on one preprocessed batch, synchronous calls (as `enginesmith bench`);
@@ -16,7 +16,8 @@ On the same decoded real images (the offline photos: uint8 RGB at their own size
   and post-processing (decode + NMS + boxes back in the image's pixels) of the same images, as CPU-ms per image.
   With them, the CPU bound of any end-to-end loop: cores / (inference CPU-ms + host CPU-ms) images per second,
   as a fraction of the inference-only FPS. No overlap beats it; only less work per image does.
-Each loop runs over all images, repeated until `min_time` seconds, after one warm-up pass. Writes
+Each loop runs over all images, repeated until `min_time` seconds, after one warm-up pass; the four loops run in
+`--rounds` interleaved rounds (a drifting machine slows them alike) and each reports its median. Writes
 e2e-MODEL-TARGET-PRECISION-bBATCH.json/.md with the FPS, the ratios end-to-end / inference-only, each loop's
 CPU-ms per image and cores kept busy (the process's CPU time, engine threads included: a loop with every core
 busy is bound by the CPU, not by how it overlaps), and whether batch() and stream() give the sequential loop's
@@ -80,8 +81,12 @@ def _host_cpu_ms(call: Callable[[], int], min_time: float) -> float:
             return 1e3 * (_thread_cpu_s() - start) / images
 
 
-def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> dict[str, Any]:
-    """The FPS of the module docstring for the detector in `engine_dir` on `images` (H, W, 3) uint8 RGB."""
+def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float, rounds: int = 1) -> dict[str, Any]:
+    """The FPS of the module docstring for the detector in `engine_dir` on `images` (H, W, 3) uint8 RGB.
+
+    The four loops (inference only, sequential, batch(), streamed) run `rounds` times interleaved, one after another
+    in each round, so a machine whose speed drifts slows every loop alike; each loop's FPS and CPU-ms per image is
+    its median over the rounds (all rounds' FPS in `fps_rounds`)."""
     detector = load(engine_dir)
     info = detector.info
     if info.task != "detection":
@@ -89,14 +94,14 @@ def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> 
     batch = detector.batch_size
     x = np.stack([preprocess(images[i % len(images)], info.preprocess)[0] for i in range(batch)]).astype(np.float32)
     result: dict[str, Any] = {"engine": str(engine_dir), "model": info.model, "target": info.target,
-                              "precision": info.precision, "batch": batch, "images": len(images), "min_time_s": min_time}
-    cpu: dict[str, float] = {}
-    with TARGETS[info.target].runner(info.engine_file, info.precision) as runner:
-        result["inference_fps"] = _repeat(lambda: (runner.infer({info.input_name: x}), batch)[1], min_time, cpu, "inference")
+                              "precision": info.precision, "batch": batch, "images": len(images), "min_time_s": min_time,
+                              "rounds": rounds}
     if TARGETS[info.target].streams_async:
         hint = TARGETS[info.target].options(info.precision)["inference_precision"]
         result["inference_fps_throughput"] = openvino_throughput(Path(info.engine_file), x, hint, min_time)["fps"]
-    with detector:
+    fps_rounds: dict[str, list[float]] = {"inference": [], "sequential": [], "batch": [], "streamed": []}
+    cpu_rounds: dict[str, list[float]] = {k: [] for k in fps_rounds}
+    with TARGETS[info.target].runner(info.engine_file, info.precision) as runner, detector:
         groups = [images[i:i + batch] for i in range(0, len(images), batch)]
         raws = [detector.raw(group) for group in groups]
         host = {"preprocess": _host_cpu_ms(lambda: sum(len(preprocess_batch(g, info.preprocess)) for g in groups),
@@ -106,12 +111,22 @@ def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float) -> 
         def one_by_one() -> list[Any]:
             return [r for i in range(0, len(images), batch) for r in detector.batch(images[i:i + batch])]
 
-        sequential = one_by_one()
-        result["e2e_fps_sequential"] = _repeat(lambda: len(one_by_one()), min_time, cpu, "sequential")
-        batched = detector.batch(images)
-        result["e2e_fps_batch"] = _repeat(lambda: len(detector.batch(images)), min_time, cpu, "batch")
-        streamed = list(detector.stream(images))
-        result["e2e_fps_streamed"] = _repeat(lambda: len(list(detector.stream(images))), min_time, cpu, "streamed")
+        sequential, batched, streamed = one_by_one(), detector.batch(images), list(detector.stream(images))
+        loops: dict[str, Callable[[], int]] = {
+            "inference": lambda: (runner.infer({info.input_name: x}), batch)[1],
+            "sequential": lambda: len(one_by_one()),
+            "batch": lambda: len(detector.batch(images)),
+            "streamed": lambda: len(list(detector.stream(images)))}
+        for _ in range(rounds):
+            for key, call in loops.items():
+                cpu: dict[str, float] = {}
+                fps_rounds[key].append(_repeat(call, min_time, cpu, key))
+                cpu_rounds[key].append(cpu[key])
+    cpu = {k: float(np.median(v)) for k, v in cpu_rounds.items()}
+    result["fps_rounds"] = fps_rounds
+    result["inference_fps"] = float(np.median(fps_rounds["inference"]))
+    for key in ("sequential", "batch", "streamed"):
+        result[f"e2e_fps_{key}"] = float(np.median(fps_rounds[key]))
     result["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     # CPU-ms per image and how many cores each loop kept busy (CPU-s per image x images per s): a loop near
     # `cores` busy is bound by the CPU, and no overlap makes it faster without less work per image
@@ -153,7 +168,7 @@ def render_markdown(header: dict[str, Any], r: dict[str, Any]) -> str:
              f"at start {header['load_average']}, at end {r.get('load_average_end')}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in header["versions"].items()),
              f"- {r['images']} decoded real photos (uint8 RGB, their own sizes) cycled, {r['min_time_s']} s per loop after "
-             f"a warm-up pass; {r['detections']} detections per pass; results equal the sequential loop's: batch() "
+             f"a warm-up pass, {r.get('rounds', 1)} interleaved round(s), medians; {r['detections']} detections per pass; results equal the sequential loop's: batch() "
              f"{r['batch_equals_sequential']}, stream() {r['streamed_equals_sequential']}", "",
              f"- CPU-ms per image: the process's CPU time (every thread) over the loop's images; cores busy: that x "
              f"FPS, of the {r.get('cores', '?')} this process may use", "",
@@ -176,15 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("engine", type=Path, help="a detector engine folder (manifest.json + engine)")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--min-time", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the four loops (medians reported)")
     parser.add_argument("--out", type=Path, default=Path("build/bench"))
     args = parser.parse_args(argv)
     try:
-        if args.images < 1 or args.min_time < 0:
-            raise EnginesmithError("--images must be >= 1 and --min-time >= 0")
+        if args.images < 1 or args.min_time < 0 or args.rounds < 1:
+            raise EnginesmithError("--images and --rounds must be >= 1 and --min-time >= 0")
         header = {**run_header(), "command": shlex.join(["python", "-m", "enginesmith.benchmarks.e2e_stream",
                                                           *(sys.argv[1:] if argv is None else argv)]),
                   "load_average": [round(v, 2) for v in os.getloadavg()]}
-        result = measure_e2e(args.engine, load_images({"kind": "photos", "seed": 0}, args.images), args.min_time)
+        result = measure_e2e(args.engine, load_images({"kind": "photos", "seed": 0}, args.images), args.min_time,
+                             args.rounds)
     except EnginesmithError as e:
         sys.stderr.write(f"error: {e}\n")
         return e.exit_code

@@ -17,7 +17,7 @@ def test_e2e_stream_on_yolov3_tiny(tmp_path, cache_dir, target):
     engine = tmp_path / f"tiny-{target}"
     build_engine(BuildConfig(model="yolov3-tiny", target=target, precision="fp32", input_size=(64, 64),
                              cache_dir=cache_dir, out=engine, latency_budget_s=0.2, calib_size=4))
-    assert main([str(engine), "--images", "6", "--min-time", "0.2", "--out", str(tmp_path / "o")]) == 0
+    assert main([str(engine), "--images", "6", "--min-time", "0.2", "--rounds", "3", "--out", str(tmp_path / "o")]) == 0
     files = list((tmp_path / "o").glob("e2e-yolov3-tiny-*.json"))
     assert len(files) == 1 and files[0].with_suffix(".md").is_file()
     r = json.loads(files[0].read_text())["result"]
@@ -25,6 +25,10 @@ def test_e2e_stream_on_yolov3_tiny(tmp_path, cache_dir, target):
     assert 0 < r["e2e_fps_sequential"] < 1.5 * r["inference_fps"]
     for loop in ("sequential", "batch", "streamed"):
         assert r[f"ratio_{loop}_over_inference"] == pytest.approx(r[f"e2e_fps_{loop}"] / r["inference_fps"])
+    # three interleaved rounds of every loop; the reported FPS is the middle one
+    assert {k: len(v) for k, v in r["fps_rounds"].items()} == {"inference": 3, "sequential": 3, "batch": 3, "streamed": 3}
+    assert r["inference_fps"] == sorted(r["fps_rounds"]["inference"])[1]
+    assert r["e2e_fps_batch"] == sorted(r["fps_rounds"]["batch"])[1]
     assert "`detector.batch` on all images" in files[0].with_suffix(".md").read_text()
     # CPU time counts the engine's threads too: no loop keeps more cores busy than the process may use (10% for
     # the warm-up calls the CPU time includes and the FPS does not), and host work costs CPU
