@@ -46,39 +46,33 @@ from enginesmith.runtime import load
 from enginesmith.runtime.preprocess import preprocess, preprocess_batch
 
 
-def _cpu_s() -> float:
-    """CPU seconds this process has used so far, all its threads (the engine's own included)."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
+def _cpu_s(who: int = resource.RUSAGE_SELF) -> float:
+    """CPU seconds used so far: by this process, all its threads (the engine's own included), or with
+    RUSAGE_THREAD by the calling thread alone."""
+    r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
 
 
-def _repeat(call: Callable[[], int], min_time: float, cpu: dict[str, float], key: str) -> float:
-    """Images per second over repeated calls of `call` (which returns how many images it did): one
-    warm-up call, then timing.time_calls until `min_time` seconds. cpu[key] = the CPU seconds per image over
-    all the calls (warm-up included)."""
+def _repeat(call: Callable[[], int], min_time: float) -> tuple[float, float]:
+    """(images per second, process CPU seconds per image) over repeated calls of `call` (which returns how many
+    images it did): one warm-up call, then timing.time_calls until `min_time` seconds; the CPU seconds count all
+    the calls (warm-up included)."""
     counts: list[int] = []
     start = _cpu_s()
     ms = time_calls(lambda: counts.append(call()), TimingProfile(warmup_iterations=1, warmup_s=0.0,
                                                                  min_iterations=1, min_time_s=min_time))
-    cpu[key] = (_cpu_s() - start) / max(1, sum(counts))
-    return sum(counts[-len(ms):]) * 1000.0 / float(ms.sum())
-
-
-def _thread_cpu_s() -> float:
-    """CPU seconds the calling thread has used so far (host work alone: no engine thread counted)."""
-    r = resource.getrusage(resource.RUSAGE_THREAD)
-    return r.ru_utime + r.ru_stime
+    return sum(counts[-len(ms):]) * 1000.0 / float(ms.sum()), (_cpu_s() - start) / max(1, sum(counts))
 
 
 def _host_cpu_ms(call: Callable[[], int], min_time: float) -> float:
     """This thread's CPU-ms per image over repeated calls of `call` (which returns how many images it did):
     one warm-up call, then calls until `min_time` seconds of CPU (at least one)."""
     call()
-    images, start = 0, _thread_cpu_s()
+    images, start = 0, _cpu_s(resource.RUSAGE_THREAD)
     while True:
         images += call()
-        if _thread_cpu_s() - start >= min_time:
-            return 1e3 * (_thread_cpu_s() - start) / images
+        if _cpu_s(resource.RUSAGE_THREAD) - start >= min_time:
+            return 1e3 * (_cpu_s(resource.RUSAGE_THREAD) - start) / images
 
 
 def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float, rounds: int = 1) -> dict[str, Any]:
@@ -119,21 +113,20 @@ def measure_e2e(engine_dir: Path, images: list[np.ndarray], min_time: float, rou
             "streamed": lambda: len(list(detector.stream(images)))}
         for _ in range(rounds):
             for key, call in loops.items():
-                cpu: dict[str, float] = {}
-                fps_rounds[key].append(_repeat(call, min_time, cpu, key))
-                cpu_rounds[key].append(cpu[key])
+                images_per_s, cpu_s = _repeat(call, min_time)
+                fps_rounds[key].append(images_per_s)
+                cpu_rounds[key].append(cpu_s)
     cpu = {k: float(np.median(v)) for k, v in cpu_rounds.items()}
+    fps = {k: float(np.median(v)) for k, v in fps_rounds.items()}
     result["fps_rounds"] = fps_rounds
-    result["inference_fps"] = float(np.median(fps_rounds["inference"]))
+    result["inference_fps"] = fps["inference"]
     for key in ("sequential", "batch", "streamed"):
-        result[f"e2e_fps_{key}"] = float(np.median(fps_rounds[key]))
+        result[f"e2e_fps_{key}"] = fps[key]
     result["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     # CPU-ms per image and how many cores each loop kept busy (CPU-s per image x images per s): a loop near
     # `cores` busy is bound by the CPU, and no overlap makes it faster without less work per image
     result["cores"] = len(os.sched_getaffinity(0))
     result["cpu_ms_per_image"] = {k: 1e3 * v for k, v in cpu.items()}
-    fps = {"inference": result["inference_fps"], "sequential": result["e2e_fps_sequential"],
-           "batch": result["e2e_fps_batch"], "streamed": result["e2e_fps_streamed"]}
     result["cores_busy"] = {k: cpu[k] * fps[k] for k in fps}
     result["host_cpu_ms_per_image"] = host
     result["cpu_bound_fps"] = result["cores"] * 1e3 / (1e3 * cpu["inference"] + sum(host.values()))
