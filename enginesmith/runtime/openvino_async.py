@@ -118,8 +118,8 @@ class AsyncEngine:
 
         prepare(group) -> (x, ...) runs in PREPARE_WORKERS worker threads (named runtime/overlap.py's WORKER_NAME),
         at most `jobs` + PREPARE_WORKERS groups ahead of the requests; finish runs in the caller's thread as each
-        request comes back; the caller's iterable is read in the caller's thread. An exception in prepare is raised
-        in the caller as it was raised; on any exit (the end, an exception, the caller closing the generator early)
+        request comes back; the caller's iterable is read in the caller's thread. An EnginesmithError in prepare is
+        raised in the caller as it was raised (others as `run` words them); on any exit (the end, an exception, the caller closing the generator early)
         the queued preparation is cancelled and the workers joined, so no thread outlives the call."""
         source = iter(groups)
         executor = ThreadPoolExecutor(max_workers=PREPARE_WORKERS, thread_name_prefix=WORKER_NAME)
@@ -135,10 +135,12 @@ class AsyncEngine:
                     ahead.append(executor.submit(prepare, nxt))
                 yield p[0], p
 
+        requests = self.run(input_name, prepared())
         try:
-            for outputs, p in self.run(input_name, prepared()):
+            for outputs, p in requests:
                 yield from finish(outputs, p)
         finally:
+            requests.close()  # its requests waited for now, not when the generator is collected
             for f in ahead:
                 f.cancel()
             executor.shutdown(wait=True)
